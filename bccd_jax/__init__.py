@@ -1,0 +1,10 @@
+"""bccd_jax: white-blood-cell classification on BCCD in JAX/Flax.
+
+A functional reproduction of a Keras CNN study (optimizers, overfitting,
+regularization, architecture, VGG16 transfer) with multi-seed statistics.
+"""
+
+CLASS_NAMES = ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL")
+"""The four white-cell subtypes, in the Kaggle folder (alphabetical) order; label i is CLASS_NAMES[i]."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,56 @@
+"""The study's CNN family as one configurable Flax linen module.
+
+`base`, `expanded` and `deep` differ only in `conv_blocks` (see
+bccd_jax.config.ARCH_PRESETS); dropout, batch norm, kernel counts and sizes are
+parameters so every variant of the study is a config, not a new class.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def scale_inputs(x: jnp.ndarray, input_mean: Sequence[float] | None, dtype) -> jnp.ndarray:
+    """0..255 pixels -> roughly unit scale; with `input_mean`, feature centering first."""
+    x = x.astype(jnp.float32)
+    if input_mean is not None:
+        x = x - jnp.asarray(input_mean, jnp.float32)
+    return (x / 255.0).astype(dtype)
+
+
+class CNN(nn.Module):
+    """conv blocks (conv[-BN]-ReLU ..., 2x2 max-pool) -> dense -> dropout -> logits."""
+
+    conv_blocks: Sequence[Sequence[int]] = ((32,),)
+    kernel_size: int = 3
+    dense_features: int = 128
+    dropout: float = 0.0
+    batch_norm: bool = False
+    padding: str = "VALID"
+    num_classes: int = 4
+    input_mean: Sequence[float] | None = None  # feature centering when set
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        x = scale_inputs(x, self.input_mean, self.dtype)
+        for block in self.conv_blocks:
+            for features in block:
+                x = nn.Conv(features, (self.kernel_size, self.kernel_size), padding=self.padding,
+                            use_bias=not self.batch_norm, dtype=self.dtype)(x)
+                if self.batch_norm:
+                    x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
+                                     dtype=self.dtype)(x)
+                x = nn.relu(x)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.Dense(self.dense_features, dtype=self.dtype)(x)
+        if self.batch_norm:
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=self.dtype)(x)
+        x = nn.relu(x)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        return x.astype(jnp.float32)
