@@ -1,0 +1,74 @@
+"""Figures of the study: 2x2 learning-curve panels with a band over seeds, confusion matrices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bccd_jax import CLASS_NAMES  # noqa: E402
+
+PANELS = (("train_acc", "train accuracy"), ("test_acc", "test accuracy"),
+          ("train_loss", "train loss"), ("test_loss", "test loss"))
+
+
+def plot_curves(histories: Mapping[str, Mapping[str, list]], path: str | Path, title: str = "") -> Path:
+    """The study's 2x2 panels (train/test accuracy and loss per epoch) for several variants.
+
+    Each variant is a mean line over seeds with a band from the per-epoch min to max seed.
+    """
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
+    for ax, (key, label) in zip(axes.flat, PANELS):
+        for name, hist in histories.items():
+            if key not in hist or not hist[key]:
+                continue
+            epochs = np.asarray(hist["epoch"])
+            values = np.asarray(hist[key], dtype=float)  # [epochs, seeds]
+            line, = ax.plot(epochs, values.mean(axis=1), label=name, lw=1.5)
+            if values.shape[1] > 1:
+                ax.fill_between(epochs, values.min(axis=1), values.max(axis=1), color=line.get_color(),
+                                alpha=0.2, lw=0)
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
+    fig.suptitle(f"{title} (line: mean over seeds, band: min..max)" if title else
+                 "mean over seeds, band: min..max")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(cm: np.ndarray, path: str | Path, title: str = "",
+                   class_names: Sequence[str] = CLASS_NAMES) -> Path:
+    """Row-normalised confusion matrix with the raw counts written in each cell."""
+    cm = np.asarray(cm, dtype=float)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), [c[:3] for c in class_names])
+    ax.set_yticks(range(len(class_names)), [c[:3] for c in class_names])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
