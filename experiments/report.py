@@ -149,6 +149,13 @@ def experiment_section(config: dict, metrics: dict, fig_rel: str, fig_names: lis
              f"backend {v['backend']} ({', '.join(v['devices'][:2])})",
              f"- wall time of the variants: {sum(r['wall_s'] for r in metrics.values() if 'wall_s' in r):.0f} s",
              ""]
+    done = [r for r in metrics.values() if not r.get("incomplete")]
+    if done:
+        n_seeds = len(done[0]["seeds"])  # the confusion matrix is summed over seeds
+        support = {c: v["support"] // n_seeds for c, v in done[0]["final"]["test"]["per_class"].items()}
+        major = max(support, key=support.get)
+        lines += [f"- majority-class baseline on TEST: {support[major] / max(1, sum(support.values())):.3f} "
+                  f"(always {major}); class counts {support}", ""]
     has_simple = any("test_simple" in r.get("final", {}) for r in metrics.values())
     head = ("| variant | seeds | epochs | train acc | TEST final (95% CI) | TEST best epoch (optimistic) | "
             "grouped by cell (95% CI) | cells |" + (" TEST_SIMPLE (71 originals) |" if has_simple else ""))

@@ -152,3 +152,16 @@ def test_custom_chain_and_schedule_reduce_the_loss(data):
     r = fit(build_model(ModelConfig.preset("base", **SMALL)), chain, tc, data, [0, 1])
     loss = np.asarray(r.history["train_loss"]).mean(axis=1)
     assert loss[-1] < 0.8 * loss[0]
+
+
+def test_smoke_training_on_embedded_originals_reduces_the_loss(tmp_path_factory):
+    from bccd_jax.data import load_dataset
+
+    ds = load_dataset("originals", image_size=(24, 32), cache_dir=str(tmp_path_factory.mktemp("data_cache")))
+    data = TrainData.from_dataset(ds, ["test"])
+    assert data.train_images.shape[1:] == (24, 32, 3) and data.train_images.shape[0] >= 250
+    tc = TrainConfig(epochs=4, batch_size=32, optimizer="adam")
+    r = fit(build_model(ModelConfig.preset("base")), make_optimizer(tc), tc, data, [0, 1])
+    loss = np.asarray(r.history["train_loss"]).mean(axis=1)
+    assert loss[-1] < loss[0], loss
+    assert np.isfinite(np.asarray(r.history["test_loss"])).all()
