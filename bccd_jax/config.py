@@ -78,7 +78,9 @@ class TrainConfig:
     learning_rate: float | None = None  # None: the study's default for the optimizer
     eval_batch_size: int = 256
     epoch_mode: str = "auto"  # "scan" (one compiled epoch), "loop" (jitted steps), "auto" (per backend)
-    seed_strategy: str = "vmap"  # "vmap" (seeds batched) or "map" (seeds one after another, one program)
+    # how S seeds share one program: "vmap" (batched: grouped convolutions), "map" (lax.map loop),
+    # "unroll" (S single-seed programs side by side), "auto" (fastest per backend, as measured)
+    seed_strategy: str = "auto"
     checkpoint_every: int = 10  # epochs between checkpoints (and always at the end)
 
     def resolved_learning_rate(self) -> float:
@@ -97,8 +99,8 @@ class TrainConfig:
             raise UserError(f"epochs >= 0 and batch sizes >= 1 required, got {self}")
         if self.epoch_mode not in ("auto", "scan", "loop"):
             raise UserError(f"epoch_mode must be auto, scan or loop, got {self.epoch_mode!r}")
-        if self.seed_strategy not in ("vmap", "map"):
-            raise UserError(f"seed_strategy must be vmap or map, got {self.seed_strategy!r}")
+        if self.seed_strategy not in ("vmap", "map", "unroll", "auto"):
+            raise UserError(f"seed_strategy must be vmap, map, unroll or auto, got {self.seed_strategy!r}")
         self.resolved_learning_rate()
         return self
 

@@ -166,12 +166,14 @@ def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, num_exampl
 
     def evaluate(state: TrainState, images, labels):
         n = images.shape[0]
-        chunks = max(1, math.ceil(n / eval_batch_size))
-        pad = chunks * eval_batch_size - n
-        idx = jnp.concatenate([jnp.arange(n), jnp.zeros((pad,), jnp.int32)]).reshape(chunks, eval_batch_size)
+        chunk = min(eval_batch_size, n)  # a small test set is not padded up to a whole eval batch
+        chunks = max(1, math.ceil(n / chunk))
+        pad = chunks * chunk - n
+        idx = jnp.concatenate([jnp.arange(n), jnp.zeros((pad,), jnp.int32)]).reshape(chunks, chunk)
         variables = _variables(state.params, state.batch_stats)
-        logits = jax.lax.map(lambda b: model.apply(variables, images[b], train=False), idx)
-        logits = logits.reshape(chunks * eval_batch_size, -1)[:n]
+        # chunks unrolled at trace time, not lax.map: XLA:CPU runs a convolution inside a loop
+        # body ~10x slower than at the top level (benchmarks/RESULTS.md)
+        logits = jnp.concatenate([model.apply(variables, images[idx[c]], train=False) for c in range(chunks)])[:n]
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         acc = jnp.mean(jnp.argmax(logits, -1) == labels)
         return jnp.mean(ce), acc, logits
@@ -209,12 +211,39 @@ def make_train(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainCon
 
 def resolve_epoch_mode(mode: str, backend: str | None = None) -> str:
     """'auto' -> the faster formulation per backend, as measured (benchmarks/RESULTS.md):
-    on XLA:CPU a Python loop of jitted steps beats a scanned epoch; on GPU one scanned
-    epoch avoids per-step dispatch."""
+    on XLA:CPU a Python loop of jitted steps beats a scanned epoch by far (XLA:CPU runs a
+    convolution inside a loop body about 10x slower than the same convolution at the top
+    level); on GPU one scanned epoch avoids per-step dispatch."""
     if mode != "auto":
         return mode
     backend = backend or jax.default_backend()
     return "loop" if backend == "cpu" else "scan"
+
+
+def resolve_seed_strategy(strategy: str, num_seeds: int | None = None, backend: str | None = None) -> str:
+    """'auto' -> the fastest way to run several seeds in one program, as measured (benchmarks/RESULTS.md).
+
+    - "vmap": per-seed weights turn every convolution into a grouped convolution
+      (feature_group_count = S forward, batch_group_count = S for the weight gradient),
+      which XLA runs far below the speed of S plain convolutions: on this project's
+      2-core CPU 8 vmapped seeds ran at 0.66x the per-seed speed of one seed; on an H100
+      2.6x (base) / 5.2x (deep) slower than one seed alone.
+    - "map" (`lax.map`): the seeds' steps run in a while loop; on GPU each convolution
+      stays a plain cuDNN call, but XLA:CPU runs convolutions inside a loop body about
+      10x slower than the same convolution at the top level (the same cause makes
+      scanned epochs lose on CPU).
+    - "unroll": the S single-seed steps written one after another in one program: plain
+      top-level convolutions, so S seeds cost about S single-seed steps minus the
+      dispatch they share. Compile time grows with S.
+
+    'auto' is "unroll" on CPU and "map" elsewhere; one seed always runs the plain program.
+    """
+    if strategy != "auto":
+        return strategy
+    if num_seeds == 1:
+        return "unroll"
+    backend = backend or jax.default_backend()
+    return "unroll" if backend == "cpu" else "map"
 
 
 class MultiSeedTrainer:
@@ -222,7 +251,14 @@ class MultiSeedTrainer:
 
     `seed_strategy="vmap"` batches the seeds (per-seed weights become grouped
     convolutions); `"map"` runs them one after another with `lax.map` inside the same
-    program, for hardware where batching loses. The numbers are the same either way.
+    program; `"unroll"` writes the S single-seed programs one after another (no loop, no
+    grouped convolutions; compile time grows with S); `"auto"` picks per backend and
+    seed count (`resolve_seed_strategy`). The numbers are the same either way.
+
+    With `sharding` (a NamedSharding over a 1-D mesh whose axis splits the seeds, see
+    `bccd_jax.runtime.seed_sharding`) every function is a `shard_map` over that axis:
+    each device runs its S/D seeds with the chosen strategy, the state lives sharded
+    on the seed axis and the data are replicated once per array.
     """
 
     def __init__(self, model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig,
@@ -233,7 +269,9 @@ class MultiSeedTrainer:
         self.fns = make_step_fns(model, tx, num_examples, cfg.batch_size, cfg.eval_batch_size)
         self.steps_per_epoch = max(1, math.ceil(num_examples / cfg.batch_size))
         self.epoch_mode = resolve_epoch_mode(cfg.epoch_mode)
+        self.seed_strategy = resolve_seed_strategy(cfg.seed_strategy)  # "auto" is re-resolved per seed count
         self.sharding = sharding
+        self._data_cache: dict[int, tuple[Any, Any]] = {}
         fns = self.fns
         per_seed = self._per_seed
 
@@ -243,40 +281,102 @@ class MultiSeedTrainer:
                                   donate_argnums=0)
         self.train_epoch = jax.jit(per_seed(fns.train_epoch, (0, None, None, None)), donate_argnums=0)
         self.evaluate = jax.jit(per_seed(fns.evaluate, (0, None, None)))
+        if sharding is not None:  # same signature; the data are replicated on the mesh first
+            evaluate = self.evaluate
+            self.evaluate = lambda state, images, labels: evaluate(state, self._data(images), self._data(labels))
 
     def _per_seed(self, fn: Callable, in_axes: tuple) -> Callable:
-        """Lift a single-seed fn to the seed axis by vmap or by lax.map (same signature)."""
-        if self.cfg.seed_strategy == "vmap":
-            return jax.vmap(fn, in_axes=in_axes)
+        """Lift a single-seed fn to the seed axis by vmap, lax.map or unrolling (same signature);
+        with a seed sharding, each device lifts it over its own seeds inside a shard_map."""
+        local = _lift_seeds(fn, in_axes, self.cfg.seed_strategy)
+        if self.sharding is None:
+            return local
+        from jax.sharding import PartitionSpec as P
 
-        def mapped(*args):
-            batched = [a for a, ax in zip(args, in_axes) if ax == 0]
+        spec = self.sharding.spec
+        axis = spec[0] if len(spec) else None
+        if axis is None:
+            raise ValueError(f"the seed sharding must split the leading axis, got spec {spec}")
+        in_specs = tuple(P(axis) if ax == 0 else P() for ax in in_axes)
+        return jax.shard_map(local, mesh=self.sharding.mesh, in_specs=in_specs, out_specs=P(axis),
+                             check_vma=False)
 
-            def one(xs):
-                it = iter(xs)
-                return fn(*[next(it) if ax == 0 else a for a, ax in zip(args, in_axes)])
+    def _data(self, array):
+        """`array` replicated on the seed mesh (once per array object); unchanged without sharding."""
+        if self.sharding is None:
+            return array
+        hit = self._data_cache.get(id(array))
+        if hit is not None and hit[0] is array:
+            return hit[1]
+        from jax.sharding import NamedSharding, PartitionSpec as P
 
-            return jax.lax.map(one, tuple(batched))
-
-        return mapped
+        placed = jax.device_put(array, NamedSharding(self.sharding.mesh, P()))
+        if len(self._data_cache) > 16:
+            self._data_cache.clear()
+        self._data_cache[id(array)] = (array, placed)  # holding `array` keeps its id unique
+        return placed
 
     def init_state(self, seeds: Sequence[int], sample_images, pretrained=None) -> TrainState:
         keys = jnp.stack([seed_key(int(s)) for s in seeds])
         if self.sharding is not None:
             keys = jax.device_put(keys, self.sharding)
+            sample = self._data(jnp.asarray(sample_images[:1]))
+            if pretrained is not None:  # a pytree of arrays, replicated like the data
+                pretrained = jax.device_put(pretrained, jax.sharding.NamedSharding(
+                    self.sharding.mesh, jax.sharding.PartitionSpec()))
+            return self.init(keys, sample, pretrained)
         return self.init(keys, jnp.asarray(sample_images[:1]), pretrained)
 
     def run_epoch(self, state: TrainState, images, labels, epoch: int) -> tuple[TrainState, EpochMetrics]:
         """One epoch for every seed; returns summed metrics with shape [S]."""
+        images, labels = self._data(images), self._data(labels)
         if self.epoch_mode == "scan":
             return self.train_epoch(state, images, labels, jnp.int32(epoch))
         idx, mask = self.batch_plan(state.key, jnp.int32(epoch))
-        mask = mask[0]  # positions are the same for every seed
+        mask = mask[0] if self.sharding is None else self._data(np.asarray(mask[0]))  # same for every seed
         total = None
         for i in range(self.steps_per_epoch):
             state, m = self.train_step(state, images, labels, idx[:, i], mask[i], jnp.int32(epoch), jnp.int32(i))
             total = m if total is None else jax.tree.map(jnp.add, total, m)
         return state, total
+
+
+def _lift_seeds(fn: Callable, in_axes: tuple, strategy: str) -> Callable:
+    """`fn` over a leading seed axis of the arguments whose in_axes entry is 0: vmap, lax.map or unrolled.
+    "auto" picks one at trace time from the (per-device) seed count and the backend."""
+    if strategy == "auto":
+        def auto(*args):
+            batched = [a for a, ax in zip(args, in_axes) if ax == 0]
+            num = jax.tree.leaves(batched)[0].shape[0]
+            return _lift_seeds(fn, in_axes, resolve_seed_strategy("auto", num))(*args)
+
+        return auto
+    if strategy == "vmap":
+        return jax.vmap(fn, in_axes=in_axes)
+    if strategy == "unroll":
+        def unrolled(*args):
+            batched = [a for a, ax in zip(args, in_axes) if ax == 0]
+            num = jax.tree.leaves(batched)[0].shape[0]
+            outs = []
+            for s in range(num):
+                it = iter([jax.tree.map(lambda v: v[s], b) for b in batched])
+                outs.append(fn(*[next(it) if ax == 0 else a for a, ax in zip(args, in_axes)]))
+            return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+        return unrolled
+    if strategy != "map":
+        raise ValueError(f"unknown seed strategy {strategy!r}")
+
+    def mapped(*args):
+        batched = [a for a, ax in zip(args, in_axes) if ax == 0]
+
+        def one(xs):
+            it = iter(xs)
+            return fn(*[next(it) if ax == 0 else a for a, ax in zip(args, in_axes)])
+
+        return jax.lax.map(one, tuple(batched))
+
+    return mapped
 
 
 # ----------------------------------------------------------------------------- the runner

@@ -198,10 +198,15 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         if not metrics:
             raise UserError(f"{rd} has no finished variant (metrics.json missing); finish or resume the run first")
         exp = config["experiment"]
-        if exp in summary:
-            print(f"warning: {exp} appears twice; {rd} replaces the earlier run in summary.json", file=sys.stderr)
-        summary[exp] = {name: variant_summary(r, config["data"]["dataset"]) for name, r in metrics.items()
-                        if not r.get("incomplete")}
+        dataset = config["data"]["dataset"]
+        entries = summary.setdefault(exp, {})
+        for name, r in metrics.items():
+            if r.get("incomplete"):
+                continue
+            key = name if name not in entries else f"{name}@{dataset}"  # the same study on another data set
+            if key in entries:
+                print(f"warning: {exp}/{key} appears twice; {rd} replaces the earlier run", file=sys.stderr)
+            entries[key] = variant_summary(r, dataset)
         fig_dir = out / "figures" / exp
         fig_names = []
         if (rd / "figures").is_dir():

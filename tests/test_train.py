@@ -119,7 +119,7 @@ def test_pure_make_train_vmapped_matches_single_key(data):
         np.testing.assert_allclose(hist_many[k][2], hist_one[k], rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("variant", [dict(seed_strategy="map"), dict(epoch_mode="scan")])
+@pytest.mark.parametrize("variant", [dict(seed_strategy="map"), dict(seed_strategy="unroll"), dict(epoch_mode="scan")])
 def test_formulations_agree(data, three_seeds, variant):
     other = _fit(data, [0, 1, 2], **{"seed_strategy": "vmap", "epoch_mode": "loop", **variant})
     np.testing.assert_allclose(three_seeds.history["test_loss"], other.history["test_loss"], rtol=1e-3, atol=1e-4)
@@ -133,16 +133,17 @@ def test_same_seed_same_numbers_run_to_run(data, seed_one_alone):
 
 def test_resume_equals_uninterrupted(data, three_seeds, tmp_path):
     meta = {"model": {"arch": "base"}, "data_fingerprint": "abc"}
-    first = _fit(data, [0, 1, 2], checkpoints=CheckpointStore(tmp_path), run_meta=meta, stop_after_epoch=1)
+    same = dict(seed_strategy="vmap", epoch_mode="loop")  # the formulation of `three_seeds`
+    first = _fit(data, [0, 1, 2], checkpoints=CheckpointStore(tmp_path), run_meta=meta, stop_after_epoch=1, **same)
     assert first.interrupted and CheckpointStore(tmp_path).latest_epoch() == 1
-    resumed = _fit(data, [0, 1, 2], checkpoints=CheckpointStore(tmp_path), run_meta=meta, resume=True)
+    resumed = _fit(data, [0, 1, 2], checkpoints=CheckpointStore(tmp_path), run_meta=meta, resume=True, **same)
     assert resumed.history["epoch"] == [1, 2, 3]
     np.testing.assert_allclose(three_seeds.history["test_loss"], resumed.history["test_loss"], rtol=1e-6)
     np.testing.assert_allclose(three_seeds.final_logits["test"], resumed.final_logits["test"], rtol=1e-5, atol=1e-6)
     # another data fingerprint is refused unless forced
     with pytest.raises(UserError, match="data_fingerprint differs"):
         _fit(data, [0, 1, 2], checkpoints=CheckpointStore(tmp_path), run_meta={**meta, "data_fingerprint": "xyz"},
-             resume=True)
+             resume=True, **same)
 
 
 def test_custom_chain_and_schedule_reduce_the_loss(data):

@@ -1,0 +1,1 @@
+"""Benchmarks of the training core (run `python -m benchmarks.bench --help`)."""
