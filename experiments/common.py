@@ -37,6 +37,7 @@ class Variant:
     group: str = ""  # the part of the experiment it belongs to ("dropout", "overfit", ...)
     num_seeds: int | None = None  # None: the experiment's --seeds
     optimizer: optax.GradientTransformation | None = None  # a composed chain instead of train.optimizer
+    epochs_follow_flag: bool = True  # False: --epochs leaves this variant's epochs alone (e.g. the 200-epoch run)
 
 
 def make_parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -76,7 +77,7 @@ def _parse_value(text: str) -> Any:
 def apply_overrides(v: Variant, args: argparse.Namespace) -> Variant:
     """--epochs / --batch-size / --checkpoint-every / --set FIELD=VALUE applied to one variant."""
     train_over: dict[str, Any] = {"batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every}
-    if args.epochs is not None:
+    if args.epochs is not None and v.epochs_follow_flag:
         train_over["epochs"] = args.epochs
     model_over: dict[str, Any] = {}
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from experiments.common import Variant, main_for, preset_variant
 
 NAME = "regularization"
@@ -22,7 +24,7 @@ PARTS = ("overfit", "dropout", "batchnorm", "centering")
 def add_arguments(p) -> None:
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which comparisons to run")
     p.add_argument("--dropouts", nargs="+", type=float, default=[0.0, 0.1, 0.2, 0.3, 0.5])
-    p.add_argument("--overfit-epochs", type=int, default=200)
+    p.add_argument("--overfit-epochs", type=int, default=200, help="epochs of the overfitting run (not --epochs)")
     p.add_argument("--centering-seeds", type=int, default=10,
                    help="seeds for the feature-centering comparison (default 10)")
 
@@ -30,7 +32,9 @@ def add_arguments(p) -> None:
 def variants(args) -> list[Variant]:
     out: list[Variant] = []
     if "overfit" in args.parts:
-        out.append(preset_variant("overfit_200ep", "base", group="overfit", epochs=args.overfit_epochs, dropout=0.0))
+        overfit = preset_variant(f"overfit_{args.overfit_epochs}ep", "base", group="overfit",
+                                 epochs=args.overfit_epochs, dropout=0.0)
+        out.append(dataclasses.replace(overfit, epochs_follow_flag=False))  # --epochs is for the other parts
     if "dropout" in args.parts:
         out += [preset_variant(f"dropout_{r:g}", "base", group="dropout", dropout=r) for r in args.dropouts]
     if "batchnorm" in args.parts:

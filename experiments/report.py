@@ -61,8 +61,9 @@ def claims_for(experiment: str, res: dict[str, dict]) -> list[tuple[str, str, st
             out.append((f"{adaptive} (lr 1e-3) reaches a higher test accuracy than SGD (lr 0.01) at "
                         f"{res[adaptive]['epochs']} epochs", v, e))
     if experiment == "regularization":
-        if "overfit_200ep" in res:
-            h = res["overfit_200ep"]["history"]
+        overfit = [k for k, r in res.items() if r.get("group") == "overfit"]
+        if overfit:
+            h = res[overfit[0]]["history"]
             tl = np.asarray(h["test_loss"]).mean(axis=1)
             ta = np.asarray(h["train_acc"]).mean(axis=1)
             best = int(tl.argmin())
