@@ -10,7 +10,9 @@ folder and renames it on completion).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -75,9 +77,10 @@ class CheckpointStore:
                                 "(start a new run folder, or pass --force to resume anyway)")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template_state)
         try:
-            restored = self.manager.restore(
-                epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                               meta=ocp.args.JsonRestore()))
+            with _quiet_logs():  # Orbax logs a full traceback before raising on a shape mismatch
+                restored = self.manager.restore(
+                    epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                   meta=ocp.args.JsonRestore()))
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"checkpoint {self.directory}/{epoch} does not fit this model: "
                             f"{str(e).splitlines()[0][:200]}") from e
@@ -85,6 +88,20 @@ class CheckpointStore:
 
     def close(self) -> None:
         self.manager.close()
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+    """Silence the absl/orbax loggers for a block (their errors are re-raised as one-line UserErrors)."""
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def meta_differences(saved: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
