@@ -142,7 +142,7 @@ def experiment_section(config: dict, metrics: dict, fig_rel: str, fig_names: lis
     exp = config["experiment"]
     data = config["data"]
     v = config["versions"]
-    lines = [f"## {exp}", "", f"{config.get('description', '')}", "",
+    lines = [f"## {exp} ({data['dataset']} data)", "", f"{config.get('description', '')}", "",
              f"- data: **{data['dataset']}**, image {data['image_shape'][0]}x{data['image_shape'][1]}, "
              f"splits {data['splits']}, fingerprint `{data['fingerprint'][:16]}`",
              f"- command: `{config['command']}`",
@@ -208,14 +208,15 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
             if key in entries:
                 print(f"warning: {exp}/{key} appears twice; {rd} replaces the earlier run", file=sys.stderr)
             entries[key] = variant_summary(r, dataset)
-        fig_dir = out / "figures" / exp
+        fig_key = f"{exp}_{dataset}"  # the same experiment may come from both data sets
+        fig_dir = out / "figures" / fig_key
         fig_names = []
         if (rd / "figures").is_dir():
             fig_dir.mkdir(parents=True, exist_ok=True)
             for f in sorted((rd / "figures").glob("curves_*.png")) + sorted((rd / "figures").glob("confusion_*.png")):
                 shutil.copy2(f, fig_dir / f.name)
                 fig_names.append(f.name)
-        sections += experiment_section(config, metrics, f"figures/{exp}", fig_names)
+        sections += experiment_section(config, metrics, f"figures/{fig_key}", fig_names)
     lines = [f"# {title or 'bccd_jax: reproduction of the BCCD white-cell CNN study'}", ""]
     if notes:
         lines += [notes.strip(), ""]
