@@ -105,7 +105,9 @@ def claims_for(experiment: str, res: dict[str, dict]) -> list[tuple[str, str, st
     if experiment == "architecture":
         if "deep" in res:
             m, (lo, hi) = mean_ci(final_acc(res["deep"]))
-            v = "supported" if hi >= 0.85 else "contradicted"
+            epochs = res["deep"]["epochs"]
+            v = ("supported" if hi >= 0.85 else "contradicted" if epochs >= 50
+                 else f"not reached in {epochs} epochs (fewer than the study's 50: not a test of the claim)")
             out.append(("the deep CNN reaches about 85 % test accuracy", v,
                         f"deep: {m:.3f} (95% CI {lo:.3f} to {hi:.3f}) over {len(res['deep']['seeds'])} seeds"))
             if "base" in res:
