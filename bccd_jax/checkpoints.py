@@ -11,8 +11,10 @@ folder and renames it on completion).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -76,6 +78,7 @@ class CheckpointStore:
                 raise UserError(f"cannot resume from {self.directory}: {'; '.join(diff)} "
                                 "(start a new run folder, or pass --force to resume anyway)")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template_state)
+        self._check_shapes(epoch, abstract)
         try:
             with _quiet_logs():  # Orbax logs a full traceback before raising on a shape mismatch
                 restored = self.manager.restore(
@@ -86,20 +89,51 @@ class CheckpointStore:
                             f"{str(e).splitlines()[0][:200]}") from e
         return restored["state"], dict(restored["meta"])
 
+    def _check_shapes(self, epoch: int, abstract: Any) -> None:
+        """Refuse a checkpoint whose saved array shapes differ from the model's, before Orbax reads it
+        (a mismatch inside Orbax's async reads leaves tracebacks on stderr from worker threads)."""
+        path = self.directory / str(epoch) / "state" / "_METADATA"
+        try:
+            saved = json.loads(path.read_text())["tree_metadata"]
+        except (OSError, ValueError, KeyError):
+            return  # no readable metadata: let Orbax decide
+        shapes = {}
+        for entry in saved.values():
+            keys = tuple(str(k["key"]) for k in entry.get("key_metadata", []))
+            shape = entry.get("value_metadata", {}).get("write_shape")
+            if shape is not None:
+                shapes[keys] = tuple(shape)
+        for leaf_path, leaf in jax.tree_util.tree_leaves_with_path(abstract):
+            keys = tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in leaf_path)
+            want = tuple(getattr(leaf, "shape", ()))
+            have = shapes.get(keys)
+            if have is not None and have != want:
+                raise UserError(f"checkpoint {self.directory}/{epoch} does not fit this model: "
+                                f"{'/'.join(keys)} has shape {have} there, the model expects {want}")
+
     def close(self) -> None:
         self.manager.close()
 
 
 @contextlib.contextmanager
 def _quiet_logs():
-    """Silence the absl/orbax loggers for a block (their errors are re-raised as one-line UserErrors)."""
-    loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
+    """Silence Orbax's side channels for a block; its errors are re-raised as one-line UserErrors.
+
+    On a shape mismatch Orbax logs tracebacks (absl/asyncio loggers) and leaves failed read
+    coroutines whose garbage collection prints "Exception ignored in ..." tracebacks through
+    sys.unraisablehook; both are muted here, and the coroutines are collected before unmuting.
+    """
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax", "asyncio")]
     levels = [lg.level for lg in loggers]
+    hook = sys.unraisablehook
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda unraisable: None
     try:
         yield
     finally:
+        gc.collect()
+        sys.unraisablehook = hook
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
 

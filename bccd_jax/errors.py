@@ -34,6 +34,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         if debug:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
+        if not debug:  # the process ends here: no late "Exception ignored in ..." noise from GC'd coroutines
+            sys.unraisablehook = lambda unraisable: None
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
