@@ -8,6 +8,7 @@ exits with code 2; `--debug` shows the traceback instead.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import traceback
 from typing import Callable, Sequence
@@ -20,6 +21,13 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # force one line
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one-line UserErrors (exit 2 through run_cli, no usage block)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:

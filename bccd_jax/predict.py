@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bccd_jax import CLASS_NAMES
-from bccd_jax.errors import UserError, run_cli
+from bccd_jax.errors import ArgumentParser, UserError, run_cli
 
 ORIGINAL_SIZE = (640, 480)   # (W, H) of a BCCD original
 AUGMENTED_SIZE = (320, 240)  # (W, H) of an image of the Kaggle augmented set
@@ -52,13 +52,10 @@ def flush_notes() -> None:
     _NOTES.clear()
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line + exit 2 through run_cli, not argparse's usage block
-        raise UserError(f"{message} (see python -m bccd_jax.predict --help)")
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m bccd_jax.predict",
+    p = ArgumentParser(prog="python -m bccd_jax.predict",
                 description="Classify white-cell images with a trained run folder (probabilities averaged over seeds).")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG images: 640x480 originals (with --xml) "
                    "or cell images of any size >= 32 px (resized to the run's image size)")

@@ -13,19 +13,14 @@ import sys
 import time
 from typing import Sequence
 
-from bccd_jax.errors import UserError, run_cli
+from bccd_jax.errors import ArgumentParser, UserError, run_cli
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as a one-line UserError instead of a multi-line usage dump."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message}")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m bccd_jax.data", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = ArgumentParser(prog="python -m bccd_jax.data", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     def common(sp: argparse.ArgumentParser, need_data: bool) -> None:
         sp.add_argument("--dataset", choices=("originals", "augmented"), default="originals" if not need_data else "augmented")

