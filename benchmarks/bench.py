@@ -272,6 +272,7 @@ def write_markdown(res: dict, path: Path):
         f"- machine: {res['machine']} (backend {res['backend']}, device {res['device']})",
         f"- date: {res['date']}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}",
+        f"- XLA_FLAGS: `{res.get('xla_flags') or '(none)'}` (bccd_jax/_xla_env.py)",
         f"- load average at start / end: {res.get('loadavg_start')} / {res.get('loadavg_end')}",
         "",
         "img*seed/s = images x seeds per second (median over repeats); 'vs 1 seed' = an S-seed row's img*seed/s "
@@ -377,6 +378,7 @@ def main(argv=None):
     p.add_argument("--append", action="store_true", help="add to the rows of an existing results.json")
     a = p.parse_args(argv)
 
+    import bccd_jax  # noqa: F401  first: sets the XLA:CPU flags (bccd_jax/_xla_env.py) before JAX starts
     import jax
 
     if a.out_dir != HERE:
@@ -387,7 +389,8 @@ def main(argv=None):
     res = {"machine": f"{platform.node()}: {cpu_name()}" + (f", {jax.device_count()}x {device}" if backend != "cpu" else ""),
            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "command": "python -m benchmarks.bench " + " ".join(shlex.quote(s) for s in (argv if argv is not None else sys.argv[1:])),
-           "backend": backend, "device": device, "versions": versions(), "rows": [], "skipped": [],
+           "backend": backend, "device": device, "versions": versions(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "rows": [], "skipped": [],
            "notes": a.note, "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
     out_json = a.out_dir / "results.json"
     if a.append and out_json.exists():

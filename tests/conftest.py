@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+import bccd_jax  # noqa: F401  first: its XLA:CPU flags must be set before JAX starts a backend
 import jax
 
 _CACHE = os.environ.get("BCCD_JAX_TEST_COMPILE_CACHE") or tempfile.mkdtemp(prefix="bccd_jax_test_xla_")
