@@ -65,6 +65,8 @@ class StepFns(NamedTuple):
     init: Callable  # (key, sample_images, pretrained_params) -> TrainState
     batch_plan: Callable  # (key, epoch) -> (indices [steps, B], mask [steps, B])
     train_step: Callable  # (state, images, labels, idx, mask, epoch, i) -> (state, EpochMetrics)
+    step_grads: Callable  # (params, batch_stats, key, images, labels, idx, mask, epoch, i) -> (grads, batch_stats, EpochMetrics)
+    apply_grads: Callable  # (state, grads, batch_stats) -> state: the optimizer half of train_step
     train_epoch: Callable  # (state, images, labels, epoch) -> (state, EpochMetrics), one lax.scan
     evaluate: Callable  # (state, images, labels) -> (mean loss, accuracy, logits)
 
@@ -137,21 +139,27 @@ def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, num_exampl
         loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
         return loss, (logits, new_stats, ce)
 
-    def train_step(state: TrainState, images, labels, idx, mask, epoch, i):
+    def step_grads(params, batch_stats, key, images, labels, idx, mask, epoch, i):
         batch_images, batch_labels = images[idx], labels[idx]
-        dropout_key = jax.random.fold_in(
-            jax.random.fold_in(jax.random.fold_in(state.key, _DROPOUT), epoch), i)
+        dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, _DROPOUT), epoch), i)
         grad_fn = jax.value_and_grad(loss_and_logits, has_aux=True)
-        (_, (logits, new_stats, ce)), grads = grad_fn(state.params, state.batch_stats, batch_images,
-                                                      batch_labels, mask, dropout_key)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        (_, (logits, new_stats, ce)), grads = grad_fn(params, batch_stats, batch_images, batch_labels, mask,
+                                                      dropout_key)
         w = mask.astype(jnp.float32)
         metrics = EpochMetrics(loss_sum=jnp.sum(ce * w),
                                correct=jnp.sum((jnp.argmax(logits, -1) == batch_labels) * w),
                                count=jnp.sum(w))
-        return state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                             opt_state=opt_state), metrics
+        return grads, new_stats, metrics
+
+    def apply_grads(state: TrainState, grads, new_stats):
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
+
+    def train_step(state: TrainState, images, labels, idx, mask, epoch, i):
+        grads, new_stats, metrics = step_grads(state.params, state.batch_stats, state.key, images, labels,
+                                               idx, mask, epoch, i)
+        return apply_grads(state, grads, new_stats), metrics
 
     def train_epoch(state: TrainState, images, labels, epoch):
         idx, mask = batch_plan(state.key, epoch)
@@ -178,7 +186,7 @@ def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, num_exampl
         acc = jnp.mean(jnp.argmax(logits, -1) == labels)
         return jnp.mean(ce), acc, logits
 
-    return StepFns(init, batch_plan, train_step, train_epoch, evaluate)
+    return StepFns(init, batch_plan, train_step, step_grads, apply_grads, train_epoch, evaluate)
 
 
 def make_train(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig,
@@ -226,15 +234,16 @@ def resolve_seed_strategy(strategy: str, num_seeds: int | None = None, backend: 
     - "vmap": per-seed weights turn every convolution into a grouped convolution
       (feature_group_count = S forward, batch_group_count = S for the weight gradient),
       which XLA runs far below the speed of S plain convolutions: on this project's
-      2-core CPU 8 vmapped seeds ran at 0.66x the per-seed speed of one seed; on an H100
-      2.6x (base) / 5.2x (deep) slower than one seed alone.
+      2-core CPU 8 vmapped seeds ran at 0.60x (base) / 0.47x (deep) the per-seed speed of
+      one seed; on an H100 2.6x (base) / 5.2x (deep) slower than one seed alone.
     - "map" (`lax.map`): the seeds' steps run in a while loop; on GPU each convolution
       stays a plain cuDNN call, but XLA:CPU runs convolutions inside a loop body about
       10x slower than the same convolution at the top level (the same cause makes
       scanned epochs lose on CPU).
-    - "unroll": the S single-seed steps written one after another in one program: plain
-      top-level convolutions, so S seeds cost about S single-seed steps minus the
-      dispatch they share. Compile time grows with S.
+    - "unroll": the S single-seed forward/backward passes written one after another in
+      one program (plain top-level convolutions), the optimizer update vmapped over the
+      stacked state: 8 seeds at 1.14x (base) / 1.02x (deep) the per-seed speed of one
+      seed on the 2-core CPU. Compile time grows with S.
 
     'auto' is "unroll" on CPU and "map" elsewhere; one seed always runs the plain program.
     """
@@ -251,8 +260,9 @@ class MultiSeedTrainer:
 
     `seed_strategy="vmap"` batches the seeds (per-seed weights become grouped
     convolutions); `"map"` runs them one after another with `lax.map` inside the same
-    program; `"unroll"` writes the S single-seed programs one after another (no loop, no
-    grouped convolutions; compile time grows with S); `"auto"` picks per backend and
+    program; `"unroll"` writes the S single-seed forward/backward passes one after another
+    (no loop, no grouped convolutions; compile time grows with S) and updates the stacked
+    state with one vmapped optimizer step; `"auto"` picks per backend and
     seed count (`resolve_seed_strategy`). The numbers are the same either way.
 
     With `sharding` (a NamedSharding over a 1-D mesh whose axis splits the seeds, see
@@ -277,18 +287,19 @@ class MultiSeedTrainer:
 
         self.init = jax.jit(per_seed(fns.init, (0, None, None)))
         self.batch_plan = jax.jit(per_seed(fns.batch_plan, (0, None)))
-        self.train_step = jax.jit(per_seed(fns.train_step, (0, None, None, 0, None, None, None)),
-                                  donate_argnums=0)
+        self.train_step = jax.jit(per_seed(fns.train_step, _STEP_IN_AXES,
+                                           local=_lift_train_step(fns, cfg.seed_strategy)), donate_argnums=0)
         self.train_epoch = jax.jit(per_seed(fns.train_epoch, (0, None, None, None)), donate_argnums=0)
         self.evaluate = jax.jit(per_seed(fns.evaluate, (0, None, None)))
         if sharding is not None:  # same signature; the data are replicated on the mesh first
             evaluate = self.evaluate
             self.evaluate = lambda state, images, labels: evaluate(state, self._data(images), self._data(labels))
 
-    def _per_seed(self, fn: Callable, in_axes: tuple) -> Callable:
+    def _per_seed(self, fn: Callable, in_axes: tuple, local: Callable | None = None) -> Callable:
         """Lift a single-seed fn to the seed axis by vmap, lax.map or unrolling (same signature);
-        with a seed sharding, each device lifts it over its own seeds inside a shard_map."""
-        local = _lift_seeds(fn, in_axes, self.cfg.seed_strategy)
+        with a seed sharding, each device lifts it over its own seeds inside a shard_map.
+        `local`, when given, is the already lifted function (used for train_step)."""
+        local = local if local is not None else _lift_seeds(fn, in_axes, self.cfg.seed_strategy)
         if self.sharding is None:
             return local
         from jax.sharding import PartitionSpec as P
@@ -339,6 +350,35 @@ class MultiSeedTrainer:
             state, m = self.train_step(state, images, labels, idx[:, i], mask[i], jnp.int32(epoch), jnp.int32(i))
             total = m if total is None else jax.tree.map(jnp.add, total, m)
         return state, total
+
+
+_STEP_IN_AXES = (0, None, None, 0, None, None, None)
+_GRADS_IN_AXES = (0, 0, 0, None, None, 0, None, None, None)
+
+
+def _lift_train_step(fns: StepFns, strategy: str) -> Callable:
+    """train_step over a leading seed axis. As `_lift_seeds`, except that "unroll" unrolls only
+    the forward/backward pass (plain convolutions per seed) and vmaps the optimizer update:
+    updating the stacked state in place instead of slicing every seed's params and optimizer
+    moments out and stacking them back saves several copies of the state per step (the base
+    CNN's 19M-parameter dense layer made those copies cost ~10 % of an 8-seed step on CPU)."""
+    if strategy == "auto":
+        def auto(state, *args):
+            num = jax.tree.leaves(state)[0].shape[0]
+            return _lift_train_step(fns, resolve_seed_strategy("auto", num))(state, *args)
+
+        return auto
+    if strategy != "unroll":
+        return _lift_seeds(fns.train_step, _STEP_IN_AXES, strategy)
+    grads_per_seed = _lift_seeds(fns.step_grads, _GRADS_IN_AXES, "unroll")
+    apply_per_seed = jax.vmap(fns.apply_grads)
+
+    def step(state, images, labels, idx, mask, epoch, i):
+        grads, stats, metrics = grads_per_seed(state.params, state.batch_stats, state.key, images, labels,
+                                               idx, mask, epoch, i)
+        return apply_per_seed(state, grads, stats), metrics
+
+    return step
 
 
 def _lift_seeds(fn: Callable, in_axes: tuple, strategy: str) -> Callable:
