@@ -37,6 +37,11 @@ class ModelConfig:
     dense_features: int = 128
     dropout: float = 0.0
     batch_norm: bool = False
+    # Keras' BatchNormalization default. The running statistics start at mean 0 / var 1 and keep
+    # a weight of momentum**steps of that start: after the originals' 30 x 9 steps 0.99**270 = 0.07,
+    # several times the true conv-output variance, so evaluation there collapses to one class;
+    # 0.9 forgets the start within ~50 steps (experiments.regularization, batchnorm group).
+    bn_momentum: float = 0.99
     feature_centering: bool = False  # subtract the training-set per-channel mean
     padding: str = "VALID"  # Keras' Conv2D default
     num_classes: int = 4
@@ -55,6 +60,8 @@ class ModelConfig:
     def validate(self) -> "ModelConfig":
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.bn_momentum < 1.0:
+            raise UserError(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
         if self.kernel_size < 1:
             raise UserError(f"kernel_size must be >= 1, got {self.kernel_size}")
         if self.dtype not in ("float32", "bfloat16"):

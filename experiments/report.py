@@ -90,6 +90,10 @@ def claims_for(experiment: str, res: dict[str, dict]) -> list[tuple[str, str, st
         if {"batchnorm_on", "batchnorm_off"} <= set(res):
             v, e = verdict_greater(final_acc(res["batchnorm_on"]), final_acc(res["batchnorm_off"]))
             out.append(("batch normalization improves test accuracy", v, e))
+        if {"batchnorm_on_m0.9", "batchnorm_off"} <= set(res):
+            v, e = verdict_greater(final_acc(res["batchnorm_on_m0.9"]), final_acc(res["batchnorm_off"]))
+            out.append(("batch normalization improves test accuracy (running-statistics momentum 0.9 instead "
+                        "of Keras' 0.99)", v, e))
         if {"centering_on", "centering_off"} <= set(res):
             on, off = np.asarray(final_acc(res["centering_on"])), np.asarray(final_acc(res["centering_off"]))
             n = min(on.size, off.size)

@@ -54,6 +54,24 @@ def test_dropout_is_active_only_in_training():
     np.testing.assert_array_equal(model.apply(v, x), model.apply(v, x))
 
 
+@pytest.mark.parametrize("momentum", [0.99, 0.9])
+def test_batch_norm_running_statistics_follow_bn_momentum(momentum):
+    """One training-mode pass moves the running mean from its start (0) by (1 - momentum) of the batch mean,
+    and the running variance from 1 likewise: the start keeps a weight of momentum**steps."""
+    cfg = ModelConfig.preset("base", batch_norm=True, bn_momentum=momentum, **SMALL)
+    model = build_model(cfg)
+    x = jnp.asarray(synthetic(16)[0])
+    v = model.init(jax.random.PRNGKey(0), x)
+    _, upd = model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(1)})
+    conv = jax.lax.conv_general_dilated(x.astype(jnp.float32) / 255.0, v["params"]["Conv_0"]["kernel"], (1, 1),
+                                        "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    stats = upd["batch_stats"]["BatchNorm_0"]
+    np.testing.assert_allclose(stats["mean"], (1 - momentum) * conv.mean((0, 1, 2)), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(stats["var"], momentum + (1 - momentum) * conv.var((0, 1, 2)), rtol=1e-4)
+    with pytest.raises(UserError, match="bn_momentum"):
+        ModelConfig.preset("base", bn_momentum=1.0).validate()
+
+
 def test_feature_centering_needs_and_uses_the_mean():
     cfg = ModelConfig.preset("base", feature_centering=True, **SMALL)
     with pytest.raises(UserError, match="train_mean"):

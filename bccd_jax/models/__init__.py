@@ -28,6 +28,7 @@ def build_model(cfg: ModelConfig, train_mean: Sequence[float] | None = None) -> 
                      dtype=dtype)
     return CNN(conv_blocks=tuple(tuple(b) for b in cfg.conv_blocks), kernel_size=cfg.kernel_size,
                dense_features=cfg.dense_features, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
+               bn_momentum=cfg.bn_momentum,
                padding=cfg.padding, num_classes=cfg.num_classes, input_mean=mean, dtype=dtype)
 
 

@@ -43,6 +43,7 @@ class CNN(nn.Module):
     dense_features: int = 128
     dropout: float = 0.0
     batch_norm: bool = False
+    bn_momentum: float = 0.99  # Keras' default; see ModelConfig.bn_momentum
     padding: str = "VALID"
     num_classes: int = 4
     input_mean: Sequence[float] | None = None  # feature centering when set
@@ -56,14 +57,14 @@ class CNN(nn.Module):
                 x = nn.Conv(features, (self.kernel_size, self.kernel_size), padding=self.padding,
                             use_bias=not self.batch_norm, dtype=self.dtype)(x)
                 if self.batch_norm:
-                    x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
+                    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3,
                                      dtype=self.dtype)(x)
                 x = nn.relu(x)
             x = max_pool_2x2(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.Dense(self.dense_features, dtype=self.dtype)(x)
         if self.batch_norm:
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=self.dtype)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3, dtype=self.dtype)(x)
         x = nn.relu(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
