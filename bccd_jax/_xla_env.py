@@ -2,8 +2,8 @@
 
 jaxlib 0.10 routes CPU convolutions (and the weight-gradient convolutions of the
 backward pass) through YNNPACK fusions by default. On the project's 2-core Xeon these
-ran 4-7x slower than XLA's Eigen convolutions (deep CNN step at batch 32: 5.4-6.7 s
-with YNNPACK, 1.3 s without; benchmarks/RESULTS.md, `python -m benchmarks.xla_cpu_ab`),
+convolutions ran 4-7x slower than XLA's Eigen ones (deep CNN step at batch 32: 5.6 s
+with YNNPACK, 1.45 s without; benchmarks/RESULTS.md, `python -m benchmarks.xla_cpu_ab`),
 so bccd_jax turns the YNNPACK fusions off. The flag only concerns the CPU backend.
 
 It is added to XLA_FLAGS only when all of these hold:
@@ -64,7 +64,7 @@ def configure_xla_cpu() -> str | None:
     if _backend_started():
         if sys.modules["jax"].default_backend() == "cpu":
             log.warning("bccd_jax was imported after JAX started its backend: XLA:CPU keeps its YNNPACK "
-                    "convolutions (4-7x slower here); import bccd_jax first or set XLA_FLAGS=%s", YNN_FLAG)
+                        "convolutions (4-7x slower here); import bccd_jax first or set XLA_FLAGS=%s", YNN_FLAG)
         return None
     os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}".strip()
     return YNN_FLAG
