@@ -199,6 +199,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict[str, Any]] = {}
     sections: list[str] = []
+    used_fig_keys: set[str] = set()
     for rd in run_dirs:
         rd = Path(rd)
         config, metrics = runs.read_run(rd)
@@ -206,15 +207,24 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
             raise UserError(f"{rd} has no finished variant (metrics.json missing); finish or resume the run first")
         exp = config["experiment"]
         dataset = config["data"]["dataset"]
+        size = "x".join(str(v) for v in config["data"].get("image_shape", [])[:2])
         entries = summary.setdefault(exp, {})
         for name, r in metrics.items():
             if r.get("incomplete"):
                 continue
-            key = name if name not in entries else f"{name}@{dataset}"  # the same study on another data set
+            # the same variant again gets a suffix: the data set when that differs, else data set and image size
+            key = name
+            if key in entries:
+                key = f"{name}@{dataset}" if entries[name]["dataset"] != dataset else f"{name}@{dataset}-{size}"
+            if key in entries:
+                key = f"{name}@{dataset}-{size}"
             if key in entries:
                 print(f"warning: {exp}/{key} appears twice; {rd} replaces the earlier run", file=sys.stderr)
             entries[key] = variant_summary(r, dataset)
-        fig_key = f"{exp}_{dataset}"  # the same experiment may come from both data sets
+        fig_key = f"{exp}_{dataset}"  # the same experiment may come from both data sets and several sizes
+        if fig_key in used_fig_keys:
+            fig_key = f"{fig_key}_{size}"
+        used_fig_keys.add(fig_key)
         fig_dir = out / "figures" / fig_key
         fig_names = []
         if (rd / "figures").is_dir():

@@ -97,6 +97,22 @@ def test_report_from_a_run_folder(tmp_path):
     with pytest.raises(UserError, match="not found|does not exist"):
         write_report([tmp_path / "missing"], tmp_path / "r2")
 
+    # the same experiment on the same data at another image size: kept apart, nothing replaced
+    run2 = tmp_path / "optimizers" / "20260101-000001"
+    run2.mkdir(parents=True)
+    (run2 / "config.json").write_text(json.dumps({**config, "data": {**config["data"], "image_shape": [60, 80, 3]}}))
+    (run2 / "metrics.json").write_text(json.dumps({"adam": {**metrics["adam"], "test_acc_mean": 0.8}}))
+    (run / "figures").mkdir()
+    (run2 / "figures").mkdir()
+    for r in (run, run2):
+        (r / "figures" / "curves_optimizers.png").write_bytes(b"png")
+    report, summary = write_report([run, run2], tmp_path / "r3")
+    s = json.loads(summary.read_text())
+    assert set(s["optimizers"]) == {"sgd", "adam", "adam@originals-60x80"}
+    text = report.read_text()
+    assert "figures/optimizers_originals/curves_optimizers.png" in text
+    assert "figures/optimizers_originals_60x80/curves_optimizers.png" in text
+
 
 def test_experiment_modules_expose_the_runner_interface():
     from experiments import architecture, optimizers, vgg
