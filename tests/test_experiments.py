@@ -65,6 +65,13 @@ def test_claims_follow_the_numbers():
                                     train_acc=[[0.5], [0.8], [0.99]])}
     (claim, verdict, evidence), = claims_for("regularization", over)
     assert verdict == "supported" and "3.0x" in evidence
+    # the 85 % claim: a wide interval that merely contains 0.85 does not support it
+    def deep_verdict(accs, epochs):
+        return claims_for("architecture", {"deep": _variant([accs] * epochs)})[0][1]
+    assert deep_verdict([0.86, 0.87, 0.85], 50) == "supported"
+    assert deep_verdict([0.70, 0.72, 0.71], 50) == "contradicted"
+    assert deep_verdict([0.25, 0.65, 0.95], 50) == "inconclusive"
+    assert deep_verdict([0.25, 0.65, 0.95], 5).startswith("not reached in 5 epochs")
 
 
 def test_report_from_a_run_folder(tmp_path):
