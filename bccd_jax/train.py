@@ -287,19 +287,21 @@ class MultiSeedTrainer:
 
         self.init = jax.jit(per_seed(fns.init, (0, None, None)))
         self.batch_plan = jax.jit(per_seed(fns.batch_plan, (0, None)))
-        self.train_step = jax.jit(per_seed(fns.train_step, _STEP_IN_AXES,
-                                           local=_lift_train_step(fns, cfg.seed_strategy)), donate_argnums=0)
+        self.train_step = jax.jit(self._shard(_lift_train_step(fns, cfg.seed_strategy), _STEP_IN_AXES),
+                                  donate_argnums=0)
         self.train_epoch = jax.jit(per_seed(fns.train_epoch, (0, None, None, None)), donate_argnums=0)
         self.evaluate = jax.jit(per_seed(fns.evaluate, (0, None, None)))
         if sharding is not None:  # same signature; the data are replicated on the mesh first
             evaluate = self.evaluate
             self.evaluate = lambda state, images, labels: evaluate(state, self._data(images), self._data(labels))
 
-    def _per_seed(self, fn: Callable, in_axes: tuple, local: Callable | None = None) -> Callable:
+    def _per_seed(self, fn: Callable, in_axes: tuple) -> Callable:
         """Lift a single-seed fn to the seed axis by vmap, lax.map or unrolling (same signature);
-        with a seed sharding, each device lifts it over its own seeds inside a shard_map.
-        `local`, when given, is the already lifted function (used for train_step)."""
-        local = local if local is not None else _lift_seeds(fn, in_axes, self.cfg.seed_strategy)
+        with a seed sharding, each device lifts it over its own seeds inside a shard_map."""
+        return self._shard(_lift_seeds(fn, in_axes, self.cfg.seed_strategy), in_axes)
+
+    def _shard(self, local: Callable, in_axes: tuple) -> Callable:
+        """`local` (already over the seed axis) as a shard_map over the seed sharding; unchanged without one."""
         if self.sharding is None:
             return local
         from jax.sharding import PartitionSpec as P
@@ -356,6 +358,19 @@ _STEP_IN_AXES = (0, None, None, 0, None, None, None)
 _GRADS_IN_AXES = (0, 0, 0, None, None, 0, None, None, None)
 
 
+def _num_seeds(args: Sequence[Any], in_axes: tuple) -> int:
+    """The length of the seed axis: the leading dimension of the first argument lifted over it."""
+    return jax.tree.leaves([a for a, ax in zip(args, in_axes) if ax == 0])[0].shape[0]
+
+
+def _auto(lift: Callable[[str], Callable], in_axes: tuple) -> Callable:
+    """Resolve seed_strategy "auto" at trace time from the (per-device) seed count: `lift(strategy)(*args)`."""
+    def auto(*args):
+        return lift(resolve_seed_strategy("auto", _num_seeds(args, in_axes)))(*args)
+
+    return auto
+
+
 def _lift_train_step(fns: StepFns, strategy: str) -> Callable:
     """train_step over a leading seed axis. As `_lift_seeds`, except that "unroll" unrolls only
     the forward/backward pass (plain convolutions per seed) and vmaps the optimizer update:
@@ -363,11 +378,7 @@ def _lift_train_step(fns: StepFns, strategy: str) -> Callable:
     moments out and stacking them back saves several copies of the state per step (the base
     CNN's 19M-parameter dense layer made those copies cost ~10 % of an 8-seed step on CPU)."""
     if strategy == "auto":
-        def auto(state, *args):
-            num = jax.tree.leaves(state)[0].shape[0]
-            return _lift_train_step(fns, resolve_seed_strategy("auto", num))(state, *args)
-
-        return auto
+        return _auto(lambda s: _lift_train_step(fns, s), _STEP_IN_AXES)
     if strategy != "unroll":
         return _lift_seeds(fns.train_step, _STEP_IN_AXES, strategy)
     grads_per_seed = _lift_seeds(fns.step_grads, _GRADS_IN_AXES, "unroll")
@@ -385,20 +396,14 @@ def _lift_seeds(fn: Callable, in_axes: tuple, strategy: str) -> Callable:
     """`fn` over a leading seed axis of the arguments whose in_axes entry is 0: vmap, lax.map or unrolled.
     "auto" picks one at trace time from the (per-device) seed count and the backend."""
     if strategy == "auto":
-        def auto(*args):
-            batched = [a for a, ax in zip(args, in_axes) if ax == 0]
-            num = jax.tree.leaves(batched)[0].shape[0]
-            return _lift_seeds(fn, in_axes, resolve_seed_strategy("auto", num))(*args)
-
-        return auto
+        return _auto(lambda s: _lift_seeds(fn, in_axes, s), in_axes)
     if strategy == "vmap":
         return jax.vmap(fn, in_axes=in_axes)
     if strategy == "unroll":
         def unrolled(*args):
             batched = [a for a, ax in zip(args, in_axes) if ax == 0]
-            num = jax.tree.leaves(batched)[0].shape[0]
             outs = []
-            for s in range(num):
+            for s in range(_num_seeds(args, in_axes)):
                 it = iter([jax.tree.map(lambda v: v[s], b) for b in batched])
                 outs.append(fn(*[next(it) if ax == 0 else a for a, ax in zip(args, in_axes)]))
             return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)

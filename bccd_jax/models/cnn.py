@@ -7,6 +7,7 @@ parameters so every variant of the study is a config, not a new class.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -52,19 +53,20 @@ class CNN(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = scale_inputs(x, self.input_mean, self.dtype)
+        batch_norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+                                       epsilon=1e-3, dtype=self.dtype)
         for block in self.conv_blocks:
             for features in block:
                 x = nn.Conv(features, (self.kernel_size, self.kernel_size), padding=self.padding,
                             use_bias=not self.batch_norm, dtype=self.dtype)(x)
                 if self.batch_norm:
-                    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3,
-                                     dtype=self.dtype)(x)
+                    x = batch_norm()(x)
                 x = nn.relu(x)
             x = max_pool_2x2(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.Dense(self.dense_features, dtype=self.dtype)(x)
         if self.batch_norm:
-            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3, dtype=self.dtype)(x)
+            x = batch_norm()(x)
         x = nn.relu(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
