@@ -52,11 +52,9 @@ def flush_notes() -> None:
     _NOTES.clear()
 
 
-
-
 def make_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m bccd_jax.predict",
-                description="Classify white-cell images with a trained run folder (probabilities averaged over seeds).")
+                       description="Classify white-cell images with a trained run folder (probabilities averaged over seeds).")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG images: 640x480 originals (with --xml) "
                    "or cell images of any size >= 32 px (resized to the run's image size)")
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder written by an experiment")

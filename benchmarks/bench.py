@@ -50,13 +50,9 @@ def synthetic(n: int, seed: int = 0):
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()} threads"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+    from bccd_jax.runs import cpu_model
+
+    return f"{cpu_model()} x{os.cpu_count()} threads"
 
 
 # ----------------------------------------------------------------------------- JAX
@@ -245,17 +241,14 @@ def compile_cache_check(epoch_mode: str = "auto") -> dict:
 
 
 def versions() -> dict:
-    import jax
-    import jaxlib
+    """bccd_jax.runs.versions() plus the PyTorch the torch rows ran with (None when it is not installed)."""
+    from bccd_jax.runs import versions as run_versions
 
-    v = {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-         "numpy": np.__version__}
-    for mod in ("flax", "optax", "torch"):
-        try:
-            v[mod] = __import__(mod).__version__
-        except ImportError:
-            v[mod] = None
-    return v
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    return {**run_versions(), "torch": torch.__version__ if torch is not None else None}
 
 
 def _fmt(x, nd=1):

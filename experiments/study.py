@@ -13,11 +13,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
-import platform
 import shlex
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 from bccd_jax import runs
@@ -29,18 +27,10 @@ EXPERIMENTS = ("optimizers", "regularization", "architecture", "vgg")
 def hardware() -> str:
     import jax
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import os
 
     return (f"{jax.default_backend()} backend, devices {[d.device_kind for d in jax.devices()]}; "
-            f"host CPU {cpu}, {os.cpu_count()} cores")
+            f"host CPU {runs.cpu_model()}, {os.cpu_count()} cores")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,10 +21,10 @@ import numpy as np
 import flax.linen as nn
 import pytest
 
-from bccd_jax.config import ModelConfig, TrainConfig
+from bccd_jax.config import TrainConfig
 from bccd_jax.errors import UserError
 from bccd_jax.models.cnn import max_pool_2x2
-from bccd_jax.runtime import enable_compilation_cache, seed_sharding
+from bccd_jax.runtime import seed_sharding
 from bccd_jax.train import resolve_epoch_mode, resolve_seed_strategy
 
 ROOT = Path(__file__).resolve().parents[1]

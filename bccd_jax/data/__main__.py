@@ -13,9 +13,7 @@ import sys
 import time
 from typing import Sequence
 
-from bccd_jax.errors import ArgumentParser, UserError, run_cli
-
-
+from bccd_jax.errors import ArgumentParser, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:

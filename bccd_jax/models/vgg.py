@@ -364,8 +364,6 @@ def download_imagenet_weights(dest_dir: str | os.PathLike, url: str = IMAGENET_U
 # --------------------------------------------------------------------------- CLI
 
 
-
-
 def inspect_weights(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON-ready summary of a VGG16 weights file: format, layer count, parameter count, shapes."""
     fmt, conv = load_vgg16_conv_weights(path)
