@@ -1,11 +1,13 @@
-"""Orbax checkpoints of the full multi-seed training state plus JSON metadata.
+"""Orbax checkpoints of the full multi-seed training state plus JSON metadata, and reduced
+inference checkpoints (weights only) for shipping a trained model.
 
-One checkpoint = `state` (params, optimizer state, batch stats, rng keys, step;
-leading seed axis) saved with `ocp.args.StandardSave`, and `meta` (epoch,
-history, configs, data fingerprint, seeds) with `ocp.args.JsonSave`, composed
-with `ocp.args.Composite`. Saves are synchronous so that a killed process never
-leaves a half-written latest checkpoint behind (Orbax writes to a temporary
-folder and renames it on completion).
+A training checkpoint = `state` (params, optimizer state, batch stats, rng keys, step;
+leading seed axis) saved with `ocp.args.StandardSave`, and `meta` (epoch, history,
+configs, data fingerprint, seeds) with `ocp.args.JsonSave`, composed with
+`ocp.args.Composite`. An inference checkpoint holds `weights` ({params, batch_stats},
+optionally float16) and `meta` with "kind": "weights". Saves are synchronous so that a
+killed process never leaves a half-written latest checkpoint behind (Orbax writes to a
+temporary folder and renames it on completion).
 """
 
 from __future__ import annotations
@@ -18,14 +20,23 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+import flax
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from bccd_jax.errors import UserError
 
-# meta keys that must match for a resume to be allowed (others, e.g. epochs, may change)
-_IGNORED_ON_RESUME = {"epoch", "history", "command", "created", "versions", "git_commit", "timestamp"}
-_TRAIN_FIELDS_FREE_ON_RESUME = {"epochs", "checkpoint_every", "epoch_mode", "eval_batch_size"}
+WEIGHTS_KIND = "weights"
+
+
+@flax.struct.dataclass
+class InferenceState:
+    """What inference needs of a TrainState (leading seed axis)."""
+
+    params: Any
+    batch_stats: Any
 
 
 class CheckpointStore:
@@ -38,18 +49,24 @@ class CheckpointStore:
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                  enable_async_checkpointing=False),
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "weights": ocp.StandardCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()},
         )
 
     def latest_epoch(self) -> int | None:
         return self.manager.latest_step()
 
-    def all_epochs(self) -> list[int]:
-        return sorted(self.manager.all_steps())
-
     def save(self, epoch: int, state: Any, meta: Mapping[str, Any]) -> None:
         self.manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                          meta=ocp.args.JsonSave(_jsonable(meta))),
                           force=True)
+
+    def save_weights(self, epoch: int, weights: InferenceState, meta: Mapping[str, Any]) -> None:
+        """An inference checkpoint: params and batch statistics only."""
+        self.manager.save(epoch, args=ocp.args.Composite(
+            weights=ocp.args.StandardSave({"params": weights.params, "batch_stats": weights.batch_stats}),
+            meta=ocp.args.JsonSave(_jsonable({**meta, "kind": WEIGHTS_KIND}))), force=True)
+        self.manager.wait_until_finished()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -63,56 +80,94 @@ class CheckpointStore:
 
     def restore(self, template_state: Any, epoch: int | None = None,
                 expected_meta: Mapping[str, Any] | None = None, force: bool = False) -> tuple[Any, dict]:
-        """Restore into the structure/shapes/shardings of `template_state`.
+        """Restore a training state into the structure/shapes/shardings of `template_state`.
 
         With `expected_meta`, refuse (UserError) when the saved run differs in config,
-        data fingerprint or seeds, unless `force`.
+        data fingerprint or seeds (bccd_jax.run.resume_problems), unless `force`.
         """
+        from bccd_jax.run import resume_problems
+
         epoch = self.latest_epoch() if epoch is None else epoch
         if epoch is None:
             raise UserError(f"no checkpoint in {self.directory} to resume from")
         meta = self.read_meta(epoch)
+        if meta.get("kind") == WEIGHTS_KIND:
+            raise UserError(f"checkpoint {self.directory}/{epoch} holds weights for inference only; "
+                            "it cannot be resumed")
         if expected_meta is not None and not force:
-            diff = meta_differences(meta, expected_meta)
-            if diff:
-                raise UserError(f"cannot resume from {self.directory}: {'; '.join(diff)} "
+            problems = resume_problems(meta, expected_meta)
+            if problems:
+                raise UserError(f"cannot resume from {self.directory}: {'; '.join(problems)} "
                                 "(start a new run folder, or pass --force to resume anyway)")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template_state)
-        self._check_shapes(epoch, abstract)
+        return self._restore_item("state", epoch, abstract), meta
+
+    def restore_for_inference(self, built, data, seeds: list[int], epoch: int) -> tuple[Any, dict]:
+        """(state with .params and .batch_stats, meta) from a training or a weights-only checkpoint.
+
+        `built` is bccd_jax.run.build's result for the variant, `data` its DataRecord.
+        """
+        meta = self.read_meta(epoch)
+        n = len(meta.get("seeds", seeds))
+        sample = jax.ShapeDtypeStruct((1, *data.image_shape), np.uint8)
+        variables = jax.eval_shape(lambda x: built.model.init(jax.random.PRNGKey(0), x, train=False), sample)
+        stacked = jax.tree.map(lambda a: jax.ShapeDtypeStruct((n, *a.shape), a.dtype), variables)
+        params, stats = stacked["params"], stacked.get("batch_stats", {})
+        if meta.get("kind") == WEIGHTS_KIND:
+            dtype = jnp.dtype(meta.get("dtype", "float32"))
+            cast = lambda a: jax.ShapeDtypeStruct(a.shape, dtype)  # noqa: E731
+            got = self._restore_item("weights", epoch, {"params": jax.tree.map(cast, params),
+                                                        "batch_stats": jax.tree.map(cast, stats)})
+            to32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+            return InferenceState(jax.tree.map(to32, got["params"]), jax.tree.map(to32, got["batch_stats"])), meta
+        from bccd_jax.seeds import MultiSeedTrainer
+
+        trainer = MultiSeedTrainer(built.model, built.tx, _train_cfg(meta), num_examples=1)
+        template = jax.eval_shape(lambda: trainer.init_state(meta.get("seeds", seeds), np.zeros((1, *data.image_shape),
+                                                                                                   np.uint8)))
+        state = self._restore_item("state", epoch, jax.tree.map(ocp.utils.to_shape_dtype_struct, template))
+        return InferenceState(state.params, state.batch_stats), meta
+
+    def _restore_item(self, item: str, epoch: int, abstract: Any) -> Any:
+        self._check_shapes(item, epoch, abstract)
         try:
             with _quiet_logs():  # Orbax logs a full traceback before raising on a shape mismatch
-                restored = self.manager.restore(
-                    epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                   meta=ocp.args.JsonRestore()))
-        except (ValueError, KeyError, TypeError) as e:
+                restored = self.manager.restore(epoch, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)}))
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
             raise UserError(f"checkpoint {self.directory}/{epoch} does not fit this model: "
                             f"{str(e).splitlines()[0][:200]}") from e
-        return restored["state"], dict(restored["meta"])
+        return restored[item]
 
-    def _check_shapes(self, epoch: int, abstract: Any) -> None:
+    def _check_shapes(self, item: str, epoch: int, abstract: Any) -> None:
         """Refuse a checkpoint whose saved array shapes differ from the model's, before Orbax reads it
         (a mismatch inside Orbax's async reads leaves tracebacks on stderr from worker threads)."""
-        path = self.directory / str(epoch) / "state" / "_METADATA"
         try:
-            saved = json.loads(path.read_text())["tree_metadata"]
-        except (OSError, ValueError, KeyError):
-            return  # no readable metadata: let Orbax decide
-        shapes = {}
-        for entry in saved.values():
-            keys = tuple(str(k["key"]) for k in entry.get("key_metadata", []))
-            shape = entry.get("value_metadata", {}).get("write_shape")
-            if shape is not None:
-                shapes[keys] = tuple(shape)
+            saved = self.manager.item_metadata(epoch)[item]
+        except (KeyError, ValueError, FileNotFoundError):
+            saved = None
+        if saved is None:
+            raise UserError(f"checkpoint {self.directory}/{epoch} has no {item!r}; the run folder is damaged")
+        shapes = {_key_path(p): tuple(getattr(m, "shape", ()))
+                  for p, m in jax.tree_util.tree_leaves_with_path(saved.tree)}
         for leaf_path, leaf in jax.tree_util.tree_leaves_with_path(abstract):
-            keys = tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in leaf_path)
-            want = tuple(getattr(leaf, "shape", ()))
-            have = shapes.get(keys)
+            keys = _key_path(leaf_path)
+            want, have = tuple(getattr(leaf, "shape", ())), shapes.get(keys)
             if have is not None and have != want:
                 raise UserError(f"checkpoint {self.directory}/{epoch} does not fit this model: "
                                 f"{'/'.join(keys)} has shape {have} there, the model expects {want}")
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _key_path(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _train_cfg(meta: Mapping[str, Any]):
+    from bccd_jax.config import TrainConfig, from_dict
+
+    return from_dict(TrainConfig, meta["train"]) if isinstance(meta.get("train"), Mapping) else TrainConfig()
 
 
 @contextlib.contextmanager
@@ -136,26 +191,6 @@ def _quiet_logs():
         sys.unraisablehook = hook
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def meta_differences(saved: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
-    """Human-readable differences between a saved run's metadata and the current one."""
-    out = []
-    for key, want in expected.items():
-        if key in _IGNORED_ON_RESUME:
-            continue
-        have = saved.get(key)
-        if key == "train" and isinstance(have, dict) and isinstance(want, dict):
-            have = {k: v for k, v in have.items() if k not in _TRAIN_FIELDS_FREE_ON_RESUME}
-            want = {k: v for k, v in want.items() if k not in _TRAIN_FIELDS_FREE_ON_RESUME}
-        if _jsonable(have) != _jsonable(want):
-            out.append(f"{key} differs (saved {_short(have)}, now {_short(want)})")
-    return out
-
-
-def _short(value: Any) -> str:
-    s = json.dumps(_jsonable(value), sort_keys=True)
-    return s if len(s) <= 120 else s[:117] + "..."
 
 
 def _jsonable(value: Any) -> Any:

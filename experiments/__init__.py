@@ -1,1 +1,1 @@
-"""Runnable studies: `python -m experiments.<name>`; thin scripts over `experiments.common`."""
+"""Runnable studies: `python -m experiments.<name>`; each declares its variants over `bccd_jax.experiment`."""

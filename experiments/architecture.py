@@ -1,42 +1,55 @@
 """Architectures, all with Adam (lr 1e-3):
 
 - depth:    base vs expanded (with and without feature centering) vs deep (the study's best, ~85 %)
-- kernels:  kernel counts (16, 32, 64 filters) and kernel sizes (3, 5, 7) of the base CNN
+- kernels:  kernel counts (16, 32, 64 filters) and kernel sizes (3, 5, 7) of the base CNN; the base
+            CNN itself (32 filters of 3x3) is the reference of both sweeps
+- init:     the deep CNN with Keras' glorot_uniform (the study's), Flax's lecun_normal and he_normal
+            (its preset) kernels: how many seeds leave chance, and where they end (the study:
+            results "dependent on the initialization")
 
-    python -m experiments.architecture [--parts depth kernels]
+    python -m experiments.architecture [--parts depth kernels init]
 """
 
 from __future__ import annotations
 
-from experiments.common import Variant, main_for, preset_variant
+from bccd_jax.config import INITS
+from bccd_jax.experiment import Experiment, Variant, main_for, preset_variant
+from experiments.protocol import PROTOCOLS
 
 NAME = "architecture"
-DESCRIPTION = "base vs expanded (+/- centering) vs deep CNN; kernel count and kernel size sweeps"
-PARTS = ("depth", "kernels")
+PARTS = ("depth", "kernels", "init")
 
 
 def add_arguments(p) -> None:
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    p.add_argument("--kernel-counts", nargs="+", type=int, default=[16, 32, 64])
-    p.add_argument("--kernel-sizes", nargs="+", type=int, default=[3, 5, 7])
+    p.add_argument("--kernel-counts", nargs="+", type=int, default=[16, 64], help="besides the base CNN's 32")
+    p.add_argument("--kernel-sizes", nargs="+", type=int, default=[5, 7], help="besides the base CNN's 3")
 
 
 def variants(args) -> list[Variant]:
-    out: list[Variant] = []
+    proto, out = args.proto, []
+
+    def variant(name, arch, group, **kw):
+        return preset_variant(name, arch, proto.epochs_for(NAME, group), group=group,
+                              num_seeds=proto.seeds_for(NAME, group), **kw)
+
+    if {"depth", "kernels"} & set(args.parts):
+        out.append(variant("base", "base", "depth"))
     if "depth" in args.parts:
-        out += [
-            preset_variant("base", "base", group="depth"),
-            preset_variant("expanded", "expanded", group="depth"),
-            preset_variant("expanded_centered", "expanded", group="depth", feature_centering=True),
-            preset_variant("deep", "deep", group="depth"),
-        ]
+        out += [variant("expanded", "expanded", "depth"),
+                variant("expanded_centered", "expanded", "depth", feature_centering=True)]
+    if {"depth", "init"} & set(args.parts):
+        out.append(variant("deep", "deep", "init"))  # he_normal: the deep preset's init
+    if "init" in args.parts:
+        out += [variant(f"deep_init_{init}", "deep", "init", init=init) for init in INITS if init != "he"]
     if "kernels" in args.parts:
-        out += [preset_variant(f"filters_{n}", "base", group="kernel_count", conv_blocks=((n,),))
-                for n in args.kernel_counts]
-        out += [preset_variant(f"kernel_{k}x{k}", "base", group="kernel_size", kernel_size=k)
-                for k in args.kernel_sizes]
+        out += [variant(f"filters_{n}", "base", "kernels", conv_blocks=((n,),)) for n in args.kernel_counts]
+        out += [variant(f"kernel_{k}x{k}", "base", "kernels", kernel_size=k) for k in args.kernel_sizes]
     return out
 
 
+EXPERIMENT = Experiment(NAME, "base vs expanded (+/- centering) vs deep CNN; kernel sweeps; the deep CNN's init",
+                        variants, PROTOCOLS, add_arguments)
+
 if __name__ == "__main__":
-    main_for(NAME, DESCRIPTION, variants, add_arguments)
+    main_for(EXPERIMENT)

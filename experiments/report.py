@@ -1,16 +1,18 @@
 """Collect run folders into REPORT.md and summary.json, with a verdict for each claim of the study.
 
-    python -m experiments.report runs/optimizers/2026... runs/regularization/2026... [--out results]
+    python -m experiments.report results/runs/*/* --out results
 
-Verdicts compare means over seeds with a 95 % t-interval of the difference
-(Welch); "supported" needs the interval to exclude zero in the claimed
-direction, "contradicted" in the other, otherwise "inconclusive".
+Everything in the report comes from the run folders: the header (hardware, protocol, wall
+times, commits) from their config.json, the tables and verdicts from their metrics.json (and
+robustness.json where the robustness benchmark ran). Verdicts compare means over seeds with
+a 95 % interval of the difference (Welch's; paired by seed where the seeds share their
+initial weights); "supported" needs the interval to exclude zero in the claimed direction,
+"contradicted" in the other, otherwise "inconclusive".
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import sys
 from pathlib import Path
@@ -18,29 +20,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bccd_jax import runs
 from bccd_jax.errors import UserError, run_cli
-from bccd_jax.metrics import mean_ci, t975
+from bccd_jax.metrics import mean_ci, paired_ci, welch_ci
+from bccd_jax.run import RunFolder, RunRecord, VariantResult, write_json
+
+ABOUT_85 = 0.80
+"""Lowest accuracy still read as the study's "about 85 %" for the deep CNN."""
+CHANCE_TRAIN_ACC = 0.40
+"""A seed has left chance when its final training accuracy is at least this (the training set is balanced: 0.25)."""
 
 
-def diff_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, tuple[float, float]]:
-    """mean(a) - mean(b) with a Welch 95 % interval (Welch-Satterthwaite degrees of freedom)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    d = float(a.mean() - b.mean())
-    if a.size < 2 or b.size < 2:
-        return d, (d, d)
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return d, (d, d)
-    df = (va + vb) ** 2 / ((va ** 2) / (a.size - 1) + (vb ** 2) / (b.size - 1))
-    half = t975(max(1, int(df))) * se
-    return d, (d - half, d + half)
-
-
-def verdict_greater(a, b) -> tuple[str, str]:
-    d, (lo, hi) = diff_ci(a, b)
-    text = f"difference {d:+.3f} (95% CI {lo:+.3f} to {hi:+.3f})"
+def verdict_greater(a, b, paired: bool = False) -> tuple[str, str]:
+    d, (lo, hi) = paired_ci(a, b) if paired else welch_ci(a, b)
+    text = f"difference {d:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}{', paired by seed' if paired else ''})"
     if lo > 0:
         return "supported", text
     if hi < 0:
@@ -48,213 +40,284 @@ def verdict_greater(a, b) -> tuple[str, str]:
     return "inconclusive", text
 
 
-def final_acc(r: dict, split: str = "test") -> list[float]:
-    return list(np.asarray(r["history"][f"{split}_acc"])[-1])
+def _acc(r: VariantResult, split: str = "test") -> list[float]:
+    return r.final_acc(split).tolist()
 
 
-ABOUT_85 = 0.80
-"""Lowest accuracy still read as the study's "about 85 %" for the deep CNN."""
-
-
-def claims_for(experiment: str, res: dict[str, dict]) -> list[tuple[str, str, str]]:
+def claims_for(experiment: str, res: dict[str, VariantResult]) -> list[tuple[str, str, str]]:
     """(claim, verdict, evidence) rows for the experiments the study made claims about."""
     out: list[tuple[str, str, str]] = []
     if experiment == "optimizers" and {"sgd", "adam", "rmsprop"} <= set(res):
         for adaptive in ("adam", "rmsprop"):
-            v, e = verdict_greater(final_acc(res[adaptive]), final_acc(res["sgd"]))
+            v, e = verdict_greater(_acc(res[adaptive]), _acc(res["sgd"]), paired=True)
             out.append((f"{adaptive} (lr 1e-3) reaches a higher test accuracy than SGD (lr 0.01) at "
-                        f"{res[adaptive]['epochs']} epochs", v, e))
+                        f"{res[adaptive].epochs} epochs", v, e))
     if experiment == "regularization":
-        overfit = [k for k, r in res.items() if r.get("group") == "overfit"]
-        if overfit:
-            h = res[overfit[0]]["history"]
-            tl = np.asarray(h["test_loss"]).mean(axis=1)
-            ta = np.asarray(h["train_acc"]).mean(axis=1)
-            best = int(tl.argmin())
-            rises = ta[-1] >= ta[best]
-            diverges = tl[-1] > 1.2 * tl[best]
-            verdict = "supported" if (rises and diverges) else "contradicted"
-            out.append((f"training {len(tl)} epochs overfits: train accuracy keeps rising while test loss diverges",
-                        verdict, f"test loss min {tl[best]:.3f} at epoch {best + 1}, final {tl[-1]:.3f} "
-                        f"({tl[-1] / max(tl[best], 1e-9):.1f}x); train acc {ta[best]:.3f} -> {ta[-1]:.3f}"))
-        drops = {k: r for k, r in res.items() if r.get("group") == "dropout"}
-        if "dropout_0.2" in drops and len(drops) > 1:
-            means = {k: float(np.mean(final_acc(r))) for k, r in drops.items()}
-            best = max(means, key=means.get)
-            if best == "dropout_0.2":  # is 0.2 clearly ahead of the runner-up?
-                rival = max((k for k in drops if k != best), key=means.get)
-                v, e = verdict_greater(final_acc(drops[best]), final_acc(drops[rival]))
-                v = "supported" if v == "supported" else "inconclusive"
-                e = f"0.2 is best; vs runner-up {rival}: {e}"
-            else:  # is the best rate clearly ahead of 0.2?
-                v, e = verdict_greater(final_acc(drops[best]), final_acc(drops["dropout_0.2"]))
-                v = "contradicted" if v == "supported" else "inconclusive"
-                e = f"best rate is {best} ({means[best]:.3f}); {best} vs 0.2: {e}"
-            out.append(("20 % dropout gives the best test accuracy", v, e))
-        if {"batchnorm_on", "batchnorm_off"} <= set(res):
-            v, e = verdict_greater(final_acc(res["batchnorm_on"]), final_acc(res["batchnorm_off"]))
-            out.append(("batch normalization improves test accuracy", v, e))
-        if {"batchnorm_on_m0.9", "batchnorm_off"} <= set(res):
-            v, e = verdict_greater(final_acc(res["batchnorm_on_m0.9"]), final_acc(res["batchnorm_off"]))
-            out.append(("batch normalization improves test accuracy (running-statistics momentum 0.9 instead "
-                        "of Keras' 0.99)", v, e))
-        if {"centering_on", "centering_off"} <= set(res):
-            on, off = np.asarray(final_acc(res["centering_on"])), np.asarray(final_acc(res["centering_off"]))
-            n = min(on.size, off.size)
-            paired = on[:n] - off[:n]  # same seeds, same initial weights
-            m, (lo, hi) = mean_ci(paired)
-            frac = float((paired > 0).mean())
-            depends = 0 < frac < 1 and lo <= 0 <= hi
-            out.append(("the effect of feature centering depends on the initialization (seed)",
-                        "supported" if depends else "contradicted",
-                        f"centering helps in {int((paired > 0).sum())} of {n} seeds, hurts in "
-                        f"{int((paired < 0).sum())}; paired difference {m:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}), "
-                        f"per-seed range {paired.min():+.3f} to {paired.max():+.3f}"))
+        out += _regularization_claims(res)
     if experiment == "architecture":
-        if "deep" in res:
-            m, (lo, hi) = mean_ci(final_acc(res["deep"]))
-            epochs = res["deep"]["epochs"]
-            # "about 85 %": supported when the whole interval is at or above 0.80, contradicted (only at the
-            # study's 50 epochs) when the whole interval is below it, inconclusive when it straddles 0.80
-            if lo >= ABOUT_85:
-                v = "supported"
-            elif epochs < 50:
-                v = f"not reached in {epochs} epochs (fewer than the study's 50: not a test of the claim)"
-            else:
-                v = "contradicted" if hi < ABOUT_85 else "inconclusive"
-            out.append(("the deep CNN reaches about 85 % test accuracy", v,
-                        f"deep: {m:.3f} (95% CI {lo:.3f} to {hi:.3f}) over {len(res['deep']['seeds'])} seeds"))
-            if "base" in res:
-                v, e = verdict_greater(final_acc(res["deep"]), final_acc(res["base"]))
-                out.append(("the deep CNN beats the base CNN", v, e))
-        if {"expanded", "expanded_centered"} <= set(res):
-            v, e = verdict_greater(final_acc(res["expanded_centered"]), final_acc(res["expanded"]))
-            out.append(("feature centering improves the expanded CNN", v, e))
+        out += _architecture_claims(res)
+    if experiment == "recipe" and "best" in res:
+        out.append(_about_85("the deep CNN (best recipe) reaches about 85 % test accuracy", res["best"]))
+        if "best_noaug" in res:
+            v, e = verdict_greater(_acc(res["best"]), _acc(res["best_noaug"]), paired=True)
+            out.append(("on-the-fly augmentation improves the deep CNN's test accuracy", v, e))
     if experiment == "vgg":
-        for a, b, claim in (("frozen_blocks1-3", "scratch", "ImageNet-initialised VGG16 with frozen lower blocks "
-                             "beats VGG16 from scratch"),
+        for a, b, claim in (("frozen_blocks1-3", "scratch", "VGG16 with pretrained, frozen lower blocks beats VGG16 "
+                             "from scratch"),
                             ("all_trainable", "scratch", "fine-tuning all VGG16 layers from pretrained weights "
                              "beats VGG16 from scratch")):
             if {a, b} <= set(res):
-                v, e = verdict_greater(final_acc(res[a]), final_acc(res[b]))
+                v, e = verdict_greater(_acc(res[a]), _acc(res[b]))
                 out.append((claim, v, e))
+        for name, r in res.items():
+            if r.group == "transfer" and name != "scratch":
+                tr, te = r.curve("train_acc").mean(axis=1), r.curve("test_acc").mean(axis=1)
+                gap = tr[-1] - te[-1]
+                verdict = "supported" if tr[-1] >= 0.95 and gap >= 0.15 else "contradicted"
+                out.append((f"VGG16 ({name}) learns the training set fast while the test set suffers from "
+                            "massive overfitting", verdict,
+                            f"train accuracy {tr[0]:.3f} after epoch 1, {tr[-1]:.3f} at the end; test {te[-1]:.3f} "
+                            f"(gap {gap:+.3f}; supported when train >= 0.95 and the gap >= 0.15)"))
     return out
 
 
-def variant_summary(r: dict, dataset: str) -> dict[str, Any]:
-    test = r["final"]["test"]
-    simple = r["final"].get("test_simple")
-    return {"dataset": dataset, "seeds": r["seeds"], "epochs": r["epochs"],
-            "test_acc_mean": test["acc_mean"], "test_acc_ci95": test["acc_ci95"],
-            "test_simple_acc_mean": None if simple is None else simple["acc_mean"],
-            "grouped_acc_mean": test.get("grouped_acc_mean")}
+def _about_85(claim: str, r: VariantResult) -> tuple[str, str, str]:
+    m, (lo, hi) = mean_ci(_acc(r))
+    # "about 85 %": supported when the whole interval is at or above 0.80, contradicted when it is below
+    if lo >= ABOUT_85:
+        v = "supported"
+    else:
+        v = "contradicted" if hi < ABOUT_85 else "inconclusive"
+    return claim, v, f"{r.name}: {m:.3f} (95% CI {lo:.3f} to {hi:.3f}) over {len(r.seeds)} seeds, {r.epochs} epochs"
+
+
+def _regularization_claims(res: dict[str, VariantResult]) -> list[tuple[str, str, str]]:
+    out = []
+    overfit = [k for k, r in res.items() if r.group == "overfit"]
+    if overfit:
+        r = res[overfit[0]]
+        tl, ta = r.curve("test_loss").mean(axis=1), r.curve("train_acc").mean(axis=1)
+        best = int(tl.argmin())
+        rises, diverges = ta[-1] >= ta[best], tl[-1] > 1.2 * tl[best]
+        out.append((f"training {len(tl)} epochs overfits: train accuracy keeps rising while test loss diverges",
+                    "supported" if (rises and diverges) else "contradicted",
+                    f"test loss min {tl[best]:.3f} at epoch {best + 1}, final {tl[-1]:.3f} "
+                    f"({tl[-1] / max(tl[best], 1e-9):.1f}x); train acc {ta[best]:.3f} -> {ta[-1]:.3f}"))
+    drops = {k: r for k, r in res.items() if r.group == "dropout"}
+    if "dropout_0.2" in drops and len(drops) > 1:
+        means = {k: float(np.mean(_acc(r))) for k, r in drops.items()}
+        best = max(means, key=means.get)
+        if best == "dropout_0.2":  # is 0.2 clearly ahead of the runner-up?
+            rival = max((k for k in drops if k != best), key=means.get)
+            v, e = verdict_greater(_acc(drops[best]), _acc(drops[rival]))
+            v, e = ("supported" if v == "supported" else "inconclusive"), f"0.2 is best; vs runner-up {rival}: {e}"
+        else:  # is the best rate clearly ahead of 0.2?
+            v, e = verdict_greater(_acc(drops[best]), _acc(drops["dropout_0.2"]))
+            v = "contradicted" if v == "supported" else "inconclusive"
+            e = f"best rate is {best} ({means[best]:.3f}); {best} vs 0.2: {e}"
+        out.append(("20 % dropout gives the best test accuracy", v, e))
+    off = res.get("dropout_0")
+    if off is not None and "batchnorm_on" in res:
+        v, e = verdict_greater(_acc(res["batchnorm_on"]), _acc(off), paired=True)
+        out.append(("batch normalization improves test accuracy", v, e))
+    if off is not None and "batchnorm_on_m0.9" in res:
+        v, e = verdict_greater(_acc(res["batchnorm_on_m0.9"]), _acc(off), paired=True)
+        out.append(("batch normalization improves test accuracy (running-statistics momentum 0.9 instead "
+                    "of Keras' 0.99)", v, e))
+    if off is not None and "centering_on" in res:
+        on, base = np.asarray(_acc(res["centering_on"])), np.asarray(_acc(off))
+        n = min(on.size, base.size)
+        paired = on[:n] - base[:n]  # same seeds, same initial weights
+        m, (lo, hi) = mean_ci(paired)
+        depends = 0 < (paired > 0).mean() < 1 and lo <= 0 <= hi
+        out.append(("the effect of feature centering depends on the initialization (seed)",
+                    "supported" if depends else "contradicted",
+                    f"centering helps in {int((paired > 0).sum())} of {n} seeds, hurts in {int((paired < 0).sum())}; "
+                    f"paired difference {m:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}), per-seed range "
+                    f"{paired.min():+.3f} to {paired.max():+.3f}"))
+    return out
+
+
+def _architecture_claims(res: dict[str, VariantResult]) -> list[tuple[str, str, str]]:
+    out = []
+    if "deep" in res and "base" in res:
+        v, e = verdict_greater(_acc(res["deep"]), _acc(res["base"]), paired=True)
+        out.append(("the deep CNN beats the base CNN", v, e))
+    if {"expanded", "expanded_centered"} <= set(res):
+        v, e = verdict_greater(_acc(res["expanded_centered"]), _acc(res["expanded"]), paired=True)
+        out.append(("feature centering improves the expanded CNN", v, e))
+    inits = {k: r for k, r in res.items() if r.group == "init"}
+    if len(inits) > 1:
+        left = {k: int((r.final_acc("train") >= CHANCE_TRAIN_ACC).sum()) for k, r in inits.items()}
+        spread = any(0 < left[k] < len(inits[k].seeds) for k in inits) or len(set(left.values())) > 1
+        out.append(("the deep CNN's result depends on the initialization",
+                    "supported" if spread else "contradicted",
+                    "; ".join(f"{k}: {left[k]} of {len(r.seeds)} seeds leave chance (train acc >= "
+                              f"{CHANCE_TRAIN_ACC}), TEST {np.mean(_acc(r)):.3f}" for k, r in inits.items())))
+    return out
+
+
+# ----------------------------------------------------------------------------- tables
 
 
 def _fmt_ci(m: float, ci: Sequence[float]) -> str:
     return f"{m:.3f} ({ci[0]:.3f}-{ci[1]:.3f})"
 
 
-def experiment_section(config: dict, metrics: dict, fig_rel: str, fig_names: list[str]) -> list[str]:
-    exp = config["experiment"]
-    data = config["data"]
-    v = config["versions"]
-    lines = [f"## {exp} ({data['dataset']} data)", "", f"{config.get('description', '')}", "",
-             f"- data: **{data['dataset']}**, image {data['image_shape'][0]}x{data['image_shape'][1]}, "
-             f"splits {data['splits']}, fingerprint `{data['fingerprint'][:16]}`",
-             f"- command: `{config['command']}`",
-             f"- code: git `{config.get('git_commit')}`; jax {v['jax']}, flax {v['flax']}, optax {v['optax']}; "
-             f"backend {v['backend']} ({', '.join(v['devices'][:2])})",
-             f"- wall time of the variants: {sum(r['wall_s'] for r in metrics.values() if 'wall_s' in r):.0f} s",
-             ""]
-    done = [r for r in metrics.values() if not r.get("incomplete")]
-    if done:
-        n_seeds = len(done[0]["seeds"])  # the confusion matrix is summed over seeds
-        support = {c: v["support"] // n_seeds for c, v in done[0]["final"]["test"]["per_class"].items()}
-        major = max(support, key=support.get)
-        lines += [f"- majority-class baseline on TEST: {support[major] / max(1, sum(support.values())):.3f} "
-                  f"(always {major}); class counts {support}", ""]
-    has_simple = any("test_simple" in r.get("final", {}) for r in metrics.values())
-    head = ("| variant | seeds | epochs | train acc | TEST final (95% CI) | TEST best epoch (optimistic) | "
-            "grouped by cell (95% CI) | cells |" + (" TEST_SIMPLE (71 originals) |" if has_simple else ""))
-    lines += [head, "|" + "---|" * (head.count("|") - 1)]
-    for name, r in metrics.items():
-        if r.get("incomplete"):
+def variant_summary(r: VariantResult, record: RunRecord) -> dict[str, Any]:
+    """One variant's line of summary.json."""
+    test, leak, simple = r.final("test"), r.final("test_leakfree"), r.final("test_simple")
+    return {"dataset": record.data.dataset, "image_size": list(record.data.image_size), "protocol": record.protocol,
+            "seeds": r.seeds, "epochs": r.epochs, "wall_s": r.wall_s,
+            "test_acc_mean": test["acc_mean"], "test_acc_ci95": test["acc_ci95"],
+            "test_leakfree_acc_mean": None if leak is None else leak["acc_mean"],
+            "test_leakfree_acc_ci95": None if leak is None else leak["acc_ci95"],
+            "grouped_acc_mean": test.get("grouped_acc_mean"), "n_cells": test.get("n_cells"),
+            "ensemble_acc": test.get("ensemble_acc"),
+            "test_simple_acc_mean": None if simple is None else simple["acc_mean"]}
+
+
+def results_table(results: dict[str, VariantResult]) -> list[str]:
+    has_simple = any(r.final("test_simple") for r in results.values() if not r.incomplete)
+    head = ("| variant | seeds | epochs | train acc | TEST (95% CI) | TEST leak-free (95% CI) | by cell (95% CI) | "
+            "cells | seed ensemble | TEST best epoch (optimistic) |" + (" TEST_SIMPLE |" if has_simple else ""))
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, r in results.items():
+        if r.incomplete:
             lines.append(f"| {name} | interrupted, not reported |")
             continue
-        t = r["final"]["test"]
+        t, lf = r.final("test"), r.final("test_leakfree")
         g = t.get("grouped_acc_mean")
-        row = (f"| {name} | {len(r['seeds'])} | {r['epochs']} | {r['train_acc_final_mean']:.3f} | "
-               f"{_fmt_ci(t['acc_mean'], t['acc_ci95'])} | {_fmt_ci(r['test_acc_best_mean'], r['test_acc_best_ci95'])} | "
+        row = (f"| {name} | {len(r.seeds)} | {r.epochs} | {r.raw['train_acc_final_mean']:.3f} | "
+               f"{_fmt_ci(t['acc_mean'], t['acc_ci95'])} | "
+               f"{'-' if lf is None else _fmt_ci(lf['acc_mean'], lf['acc_ci95'])} | "
                f"{'-' if g is None else _fmt_ci(g, t['grouped_acc_ci95_over_seeds'])} | "
-               f"{t.get('n_source_cells', '-')} |")
+               f"{t.get('n_cells', '-')}{'' if lf is None else ' / ' + str(lf.get('n_cells', '-'))} | "
+               f"{t['ensemble_acc']:.3f} | {_fmt_ci(r.raw['test_acc_best_mean'], r.raw['test_acc_best_ci95'])} |")
         if has_simple:
-            s = r["final"].get("test_simple")
+            s = r.final("test_simple")
             row += f" {'-' if s is None else _fmt_ci(s['acc_mean'], s['acc_ci95'])} |"
         lines.append(row)
-    complete = {k: r for k, r in metrics.items() if not r.get("incomplete")}
-    claims = claims_for(exp, complete)
+    return lines
+
+
+def experiment_section(folder: RunFolder, record: RunRecord, results: dict[str, VariantResult], fig_rel: str,
+                       fig_names: list[str]) -> list[str]:
+    data = record.data
+    v = record.versions
+    done = [r for r in results.values() if not r.incomplete]
+    lines = [f"## {record.experiment} ({data.dataset}, {data.image_size[0]}x{data.image_size[1]}, "
+             f"protocol {record.protocol or '-'})", "", record.description, "",
+             f"- run folder: `{folder.path.name}`; data **{data.dataset}** ({data.source}), splits {data.splits}, "
+             f"fingerprint `{data.fingerprint[:16]}`",
+             f"- command: `{record.command}`" + "".join(f"; before: `{c}`" for c in record.previous_commands),
+             f"- code: git `{record.git_commit}`; jax {v.get('jax')}, flax {v.get('flax')}, optax {v.get('optax')}; "
+             f"{record.hardware.get('cpu', '?')} ({record.hardware.get('cores', '?')} cores), backend "
+             f"{v.get('backend')}",
+             f"- wall time of the variants: {sum(r.wall_s for r in done):.0f} s", ""]
+    if done:
+        n_seeds = len(done[0].seeds)  # the confusion matrix is summed over seeds
+        support = {c: m["support"] // n_seeds for c, m in done[0].final("test")["per_class"].items()}
+        major = max(support, key=support.get)
+        lines += [f"- majority-class baseline on TEST: {support[major] / max(1, sum(support.values())):.3f} "
+                  f"(always {major}); class counts {support}"]
+        conflicts = done[0].final("test").get("cells_with_two_labels") or {}
+        if conflicts:
+            lines.append(f"- TEST cells carrying two labels (each image scored against its own): {conflicts}")
+        lines.append("")
+    lines += results_table(results)
+    claims = claims_for(record.experiment, {k: r for k, r in results.items() if not r.incomplete})
     if claims:
         lines += ["", "| claim of the study | verdict on this data | evidence |", "|---|---|---|"]
         lines += [f"| {c} | **{v}** | {e} |" for c, v, e in claims]
-    lines += [""]
-    for f in fig_names:
-        lines.append(f"![{f}]({fig_rel}/{f})")
+    lines.append("")
+    lines += [f"![{f}]({fig_rel}/{f})" for f in fig_names]
     lines.append("")
     return lines
 
 
+def header(runs: list[tuple[RunFolder, RunRecord, dict[str, VariantResult]]], command: str) -> list[str]:
+    """Generated from the run records: hardware, protocol, wall time and commit of every run."""
+    hw = sorted({f"{r.hardware.get('cpu', '?')} ({r.hardware.get('cores', '?')} cores"
+                 f"{', ' + ' '.join(r.hardware.get('cpu_flags', [])) if r.hardware.get('cpu_flags') else ''}; "
+                 f"backend {r.hardware.get('backend', r.versions.get('backend', '?'))})" for _, r, _ in runs})
+    total = sum(sum(x.wall_s for x in res.values() if not x.incomplete) for _, _, res in runs)
+    lines = [f"Generated by `{command}` from {len(runs)} run folder(s). Hardware: {'; '.join(hw)}. "
+             f"Training wall time of all runs: {total:.0f} s ({total / 3600:.1f} h).", "",
+             "| run | experiment | protocol | data | image | variants | wall time | commit |", "|---|---|---|---|---|---|---|---|"]
+    for folder, rec, res in runs:
+        wall = sum(x.wall_s for x in res.values() if not x.incomplete)
+        lines.append(f"| `{folder.path.name}` | {rec.experiment} | {rec.protocol or '-'} | {rec.data.dataset} | "
+                     f"{rec.data.image_size[0]}x{rec.data.image_size[1]} | {', '.join(res)} | {wall:.0f} s "
+                     f"({wall / 60:.1f} min) | `{(rec.git_commit or '?')[:10]}` |")
+    return lines + [""]
+
+
 def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | None = None,
-                 notes: str | None = None) -> tuple[Path, Path]:
+                 notes: str | None = None, command: str | None = None) -> tuple[Path, Path]:
+    from bccd_jax.run import command_line
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for rd in run_dirs:
+        folder = RunFolder(rd).check()
+        results = folder.results()
+        if not results:
+            raise UserError(f"{folder} has no finished variant (metrics.json missing); finish or resume the run first")
+        runs.append((folder, folder.record(), results))
     summary: dict[str, dict[str, Any]] = {}
     sections: list[str] = []
+    all_claims: list[tuple[str, str, str, str]] = []
     used_fig_keys: set[str] = set()
-    for rd in run_dirs:
-        rd = Path(rd)
-        config, metrics = runs.read_run(rd)
-        if not metrics:
-            raise UserError(f"{rd} has no finished variant (metrics.json missing); finish or resume the run first")
-        exp = config["experiment"]
-        dataset = config["data"]["dataset"]
-        size = "x".join(str(v) for v in config["data"].get("image_shape", [])[:2])
+    for folder, record, results in runs:
+        exp, dataset = record.experiment, record.data.dataset
+        size = "x".join(map(str, record.data.image_size))
         entries = summary.setdefault(exp, {})
-        for name, r in metrics.items():
-            if r.get("incomplete"):
+        for name, r in results.items():
+            if r.incomplete:
                 continue
             # the same variant again gets a suffix: the data set when that differs, else data set and image size
             key = name
             if key in entries:
                 key = f"{name}@{dataset}" if entries[name]["dataset"] != dataset else f"{name}@{dataset}-{size}"
             if key in entries:
-                key = f"{name}@{dataset}-{size}"
-            if key in entries:
-                print(f"warning: {exp}/{key} appears twice; {rd} replaces the earlier run", file=sys.stderr)
-            entries[key] = variant_summary(r, dataset)
-        fig_key = f"{exp}_{dataset}"  # the same experiment may come from both data sets and several sizes
-        if fig_key in used_fig_keys:
-            fig_key = f"{fig_key}_{size}"
+                print(f"warning: {exp}/{key} appears twice; {folder} replaces the earlier run", file=sys.stderr)
+            entries[key] = variant_summary(r, record)
+        fig_key = f"{exp}_{dataset}_{size}"
+        k = 1
+        while fig_key in used_fig_keys:
+            k += 1
+            fig_key = f"{exp}_{dataset}_{size}_{k}"
         used_fig_keys.add(fig_key)
-        fig_dir = out / "figures" / fig_key
         fig_names = []
-        if (rd / "figures").is_dir():
-            fig_dir.mkdir(parents=True, exist_ok=True)
-            for f in sorted((rd / "figures").glob("curves_*.png")) + sorted((rd / "figures").glob("confusion_*.png")):
-                shutil.copy2(f, fig_dir / f.name)
+        if folder.figures.is_dir():
+            (out / "figures" / fig_key).mkdir(parents=True, exist_ok=True)
+            for f in sorted(folder.figures.glob("curves_*.png")) + sorted(folder.figures.glob("confusion_*.png")):
+                shutil.copy2(f, out / "figures" / fig_key / f.name)
                 fig_names.append(f.name)
-        sections += experiment_section(config, metrics, f"figures/{fig_key}", fig_names)
+        sections += experiment_section(folder, record, results, f"figures/{fig_key}", fig_names)
+        done = {k: r for k, r in results.items() if not r.incomplete}
+        all_claims += [(exp, c, v, e) for c, v, e in claims_for(exp, done)]
     lines = [f"# {title or 'bccd_jax: reproduction of the BCCD white-cell CNN study'}", ""]
+    lines += header(runs, command or command_line())
     if notes:
         lines += [notes.strip(), ""]
-    lines += ["Accuracies are means over seeds with a 95 % Student-t interval over seeds. "
-              "TEST holds augmentations of only 71 original cells, so *grouped by cell* (each source cell "
-              "weighted equally) is the honest per-cell figure; *TEST best epoch* picks the epoch on TEST "
-              "itself and is optimistic. Verdicts use a Welch 95 % interval of the difference of means.", ""]
+    lines += ["Accuracies are means over seeds with a 95 % Student-t interval over seeds. TEST holds augmentations "
+              "of 71 original photos of 68 cells (three pairs of photos show one cell); *leak-free* drops the TEST "
+              "images whose cell is also in TRAIN (three cells re-photographed across the split); *by cell* weights "
+              "each cell equally (photos of one cell merged) with its interval over seeds, *cells* counts them "
+              "(TEST / leak-free); *seed ensemble* averages the seeds' probabilities, as `bccd_jax.predict` does; "
+              "*TEST best epoch* picks the epoch on TEST itself and is optimistic.", ""]
+    if all_claims:
+        lines += ["## Claims of the study", "", "| experiment | claim | verdict | evidence |", "|---|---|---|---|"]
+        lines += [f"| {x} | {c} | **{v}** | {e} |" for x, c, v, e in all_claims]
+        lines.append("")
     lines += sections
     report = out / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")
     summary_path = out / "summary.json"
-    runs.write_json(summary_path, summary)
+    write_json(summary_path, summary)
     return report, summary_path
 
 
@@ -263,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("run_dirs", nargs="+", help="run folders written by the experiments")
     p.add_argument("--out", default="results", help="folder for REPORT.md, summary.json, figures/")
     p.add_argument("--title")
-    p.add_argument("--notes-file", help="markdown inserted at the top (hardware, reductions, wall time)")
+    p.add_argument("--notes-file", help="markdown inserted below the generated header")
     args = p.parse_args(argv)
     notes = Path(args.notes_file).read_text() if args.notes_file else None
     report, summary = write_report(args.run_dirs, args.out, args.title, notes)

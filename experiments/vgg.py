@@ -17,10 +17,10 @@ import os
 
 from bccd_jax.config import ModelConfig, TrainConfig
 from bccd_jax.errors import UserError
-from experiments.common import Variant, main_for
+from bccd_jax.experiment import Experiment, Variant, main_for
+from experiments.protocol import PROTOCOLS
 
 NAME = "vgg"
-DESCRIPTION = "VGG16: pretrained with blocks 1-3 frozen vs pretrained all trainable vs from scratch"
 
 
 def add_arguments(p) -> None:
@@ -36,7 +36,7 @@ def variants(args) -> list[Variant]:
     if not os.path.exists(args.weights):
         raise UserError(f"--weights {args.weights}: file not found")
     weights = os.path.abspath(args.weights)
-    train = TrainConfig(epochs=20, optimizer="adam", learning_rate=args.lr)
+    train = TrainConfig(epochs=args.proto.epochs_for(NAME), optimizer="adam", learning_rate=args.lr)
 
     def vgg(name: str, pretrained: str | None, freeze: str) -> Variant:
         model = ModelConfig.preset("vgg16", pretrained=pretrained, freeze=freeze)
@@ -47,5 +47,8 @@ def variants(args) -> list[Variant]:
             vgg("scratch", None, "none")]
 
 
+EXPERIMENT = Experiment(NAME, "VGG16: pretrained with blocks 1-3 frozen vs pretrained all trainable vs from scratch",
+                        variants, PROTOCOLS, add_arguments)
+
 if __name__ == "__main__":
-    main_for(NAME, DESCRIPTION, variants, add_arguments)
+    main_for(EXPERIMENT)

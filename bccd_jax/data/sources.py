@@ -168,7 +168,7 @@ def read_labels_csv(path: Path) -> dict[str, list[str]]:
 
 def read_split_csv(path: Path) -> dict[str, tuple[str, str]]:
     """original_split.csv -> {original_id: (label, "train"|"test")}."""
-    rows = _read_dict_csv(path, ("original_id", "label", "split"))
+    rows = read_dict_csv(path, ("original_id", "label", "split"))
     out: dict[str, tuple[str, str]] = {}
     for n, r in enumerate(rows, start=2):
         if r["split"] not in ("train", "test"):
@@ -179,12 +179,12 @@ def read_split_csv(path: Path) -> dict[str, tuple[str, str]]:
 
 def read_trace_csv(path: Path) -> dict[tuple[str, str, str], str]:
     """dataset2_source_trace.csv(.gz) -> {(SPLIT, CLASS, filename): original_id}."""
-    rows = _read_dict_csv(path, ("path", "split", "class", "original_id"))
+    rows = read_dict_csv(path, ("path", "split", "class", "original_id"))
     return {(r["split"].upper(), r["class"].upper(), r["path"].replace("\\", "/").rsplit("/", 1)[-1]): r["original_id"]
             for r in rows}
 
 
-def _read_dict_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+def read_dict_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     try:
         raw = path.read_bytes()
         if path.suffix == ".gz":
@@ -255,6 +255,23 @@ class OriginalItem:
     split: str
 
 
+MIN_BOX_SIDE = 4
+"""A WBC box narrower or lower than this many pixels is not a cell that can be cropped."""
+
+
+def single_wbc_box(boxes: Sequence[Box]) -> tuple[Box | None, str | None]:
+    """The one WBC box of an annotation, or (None, why not): "no_wbc_box", "several_wbc_boxes" or
+    "tiny_wbc_box". The data set skips such originals; predict refuses them."""
+    wbc = [b for b in boxes if b.name.upper() == "WBC"]
+    if not wbc:
+        return None, "no_wbc_box"
+    if len(wbc) > 1:
+        return None, "several_wbc_boxes"
+    if wbc[0].xmax - wbc[0].xmin < MIN_BOX_SIDE or wbc[0].ymax - wbc[0].ymin < MIN_BOX_SIDE:
+        return None, "tiny_wbc_box"
+    return wbc[0], None
+
+
 SKIP_REASONS = ("no_image", "no_xml", "no_label", "empty_label", "multi_label", "basophil",
                 "no_wbc_box", "several_wbc_boxes", "tiny_wbc_box", "not_in_split")
 
@@ -287,21 +304,14 @@ def select_originals(paths: OriginalsPaths) -> tuple[list[OriginalItem], dict[st
         elif tokens[0] not in CLASS_NAMES:
             reason = "basophil"  # the only other label read_labels_csv lets through
         else:
-            _, boxes = parse_voc_xml(xmls[oid])
-            wbc = [b for b in boxes if b.name.upper() == "WBC"]
-            if not wbc:
-                reason = "no_wbc_box"
-            elif len(wbc) > 1:
-                reason = "several_wbc_boxes"
-            elif wbc[0].xmax - wbc[0].xmin < 4 or wbc[0].ymax - wbc[0].ymin < 4:
-                reason = "tiny_wbc_box"
-            elif oid not in split:
+            box, reason = single_wbc_box(parse_voc_xml(xmls[oid])[1])
+            if box is not None and oid not in split:
                 reason = "not_in_split"
-            else:
+            elif box is not None:
                 if split[oid][0] != tokens[0]:
                     raise UserError(
                         f"label of {oid} is {tokens[0]} in {paths.labels_csv} but {split[oid][0]} in {paths.split_csv}")
-                items.append(OriginalItem(oid, images[oid], wbc[0], CLASS_NAMES.index(tokens[0]), split[oid][1]))
+                items.append(OriginalItem(oid, images[oid], box, CLASS_NAMES.index(tokens[0]), split[oid][1]))
                 continue
         skipped[reason] = skipped.get(reason, 0) + 1
     return items, skipped
@@ -356,7 +366,7 @@ def scan_augmented(images_dir: Path, trace: dict[tuple[str, str, str], str] | No
 # --------------------------------------------------------------------------- images
 
 
-def _open_rgb(path: Path, draft_size: tuple[int, int] | None) -> Image.Image:
+def open_rgb(path: Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Open and fully decode an image (JPEG draft mode shrinks by 1/2, 1/4, 1/8 while decoding)."""
     try:
         im = Image.open(path)
@@ -371,7 +381,7 @@ def _open_rgb(path: Path, draft_size: tuple[int, int] | None) -> Image.Image:
 def load_resized(path: Path, image_size: tuple[int, int]) -> np.ndarray:
     """Decode and resize a whole image to (H, W) -> uint8 (H, W, 3)."""
     h, w = image_size
-    im = _open_rgb(path, (w, h))
+    im = open_rgb(path, (w, h))
     if im.size != (w, h):
         im = im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(im, dtype=np.uint8)
@@ -405,7 +415,7 @@ def crop_rect(box: Box, img_w: int, img_h: int, out_hw: tuple[int, int], margin:
 def load_crop(path: Path, box: Box, image_size: tuple[int, int], margin: float) -> np.ndarray:
     """Decode an original, crop around its WBC box (aspect-preserving, padded at borders), resize -> (H, W, 3)."""
     h, w = image_size
-    im = _open_rgb(path, None)
+    im = open_rgb(path, None)
     rect = crop_rect(box, im.width, im.height, image_size, margin)
     crop = im.crop(rect)
     if crop.size != (w, h):

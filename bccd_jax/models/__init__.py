@@ -24,12 +24,16 @@ def build_model(cfg: ModelConfig, train_mean: Sequence[float] | None = None) -> 
     if cfg.arch == "vgg16":
         from bccd_jax.models.vgg import VGG16
 
+        if cfg.input_norm != "scale" or cfg.grayscale or cfg.feature_centering:
+            raise UserError("vgg16 applies ImageNet's own preprocessing (caffe mode): input_norm, grayscale and "
+                            "feature_centering are for the CNN family")
+
         return VGG16(num_classes=cfg.num_classes, head_features=cfg.dense_features, dropout=cfg.dropout,
                      dtype=dtype)
     return CNN(conv_blocks=tuple(tuple(b) for b in cfg.conv_blocks), kernel_size=cfg.kernel_size,
                dense_features=cfg.dense_features, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
-               bn_momentum=cfg.bn_momentum,
-               padding=cfg.padding, num_classes=cfg.num_classes, input_mean=mean, dtype=dtype)
+               bn_momentum=cfg.bn_momentum, padding=cfg.padding, num_classes=cfg.num_classes, input_mean=mean,
+               initializer=cfg.init, input_norm=cfg.input_norm, grayscale=cfg.grayscale, dtype=dtype)
 
 
 __all__ = ["CNN", "build_model"]

@@ -1,8 +1,9 @@
 """The study's CNN family as one configurable Flax linen module.
 
 `base`, `expanded` and `deep` differ only in `conv_blocks` (see
-bccd_jax.config.ARCH_PRESETS); dropout, batch norm, kernel counts and sizes are
-parameters so every variant of the study is a config, not a new class.
+bccd_jax.config.ARCH_PRESETS); dropout, batch norm, kernel counts and sizes, the
+initialiser and the input normalisation are parameters, so every variant of the
+study is a config, not a new class.
 """
 
 from __future__ import annotations
@@ -13,10 +14,29 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+KERNEL_INITS = {
+    "keras": nn.initializers.glorot_uniform(),  # Keras' Conv2D/Dense default: what the study used
+    "lecun": nn.initializers.lecun_normal(),  # Flax's default
+    "he": nn.initializers.he_normal(),  # variance 2/fan_in: keeps ReLU activations at scale through depth
+}
 
-def scale_inputs(x: jnp.ndarray, input_mean: Sequence[float] | None, dtype) -> jnp.ndarray:
-    """0..255 pixels -> roughly unit scale; with `input_mean`, feature centering first."""
+
+def normalize_inputs(x: jnp.ndarray, input_mean: Sequence[float] | None, input_norm: str, grayscale: bool,
+                     dtype) -> jnp.ndarray:
+    """0..255 pixels -> what the first layer sees.
+
+    "scale": x/255 (after subtracting `input_mean`, the training set's per-channel mean, when
+    feature centering is on). "image": each image minus its own per-channel mean, divided by
+    its own per-channel standard deviation, so a global colour cast or brightness change of a
+    foreign microscope does not reach the network. `grayscale` averages the channels first.
+    """
     x = x.astype(jnp.float32)
+    if grayscale:
+        x = jnp.broadcast_to(x.mean(axis=-1, keepdims=True), x.shape)
+    if input_norm == "image":
+        mean = x.mean(axis=(-3, -2), keepdims=True)
+        std = x.std(axis=(-3, -2), keepdims=True)
+        return ((x - mean) / jnp.maximum(std, 1.0)).astype(dtype)
     if input_mean is not None:
         x = x - jnp.asarray(input_mean, jnp.float32)
     return (x / 255.0).astype(dtype)
@@ -48,26 +68,37 @@ class CNN(nn.Module):
     padding: str = "VALID"
     num_classes: int = 4
     input_mean: Sequence[float] | None = None  # feature centering when set
+    initializer: str = "lecun"  # a KERNEL_INITS name (not `init`: that is nn.Module.init)
+    input_norm: str = "scale"
+    grayscale: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        x = scale_inputs(x, self.input_mean, self.dtype)
-        batch_norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                                       epsilon=1e-3, dtype=self.dtype)
+    def __call__(self, x: jnp.ndarray, train: bool = False, mask: jnp.ndarray | None = None) -> jnp.ndarray:
+        """Logits (N, num_classes) float32. `mask` (N,) marks the real rows of a padded training
+        batch: batch norm computes its batch statistics (and running averages) over those only."""
+        x = normalize_inputs(x, self.input_mean, self.input_norm, self.grayscale, self.dtype)
+        kernel_init = KERNEL_INITS[self.initializer]
+
+        def batch_norm(h):
+            m = None if mask is None else jnp.broadcast_to(mask.reshape((-1,) + (1,) * (h.ndim - 1)), h.shape)
+            return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3,
+                                dtype=self.dtype)(h, mask=m)
+
+        conv = functools.partial(nn.Conv, kernel_size=(self.kernel_size, self.kernel_size), padding=self.padding,
+                                 use_bias=not self.batch_norm, kernel_init=kernel_init, dtype=self.dtype)
         for block in self.conv_blocks:
             for features in block:
-                x = nn.Conv(features, (self.kernel_size, self.kernel_size), padding=self.padding,
-                            use_bias=not self.batch_norm, dtype=self.dtype)(x)
+                x = conv(features)(x)
                 if self.batch_norm:
-                    x = batch_norm()(x)
+                    x = batch_norm(x)
                 x = nn.relu(x)
             x = max_pool_2x2(x)
         x = x.reshape((x.shape[0], -1))
-        x = nn.Dense(self.dense_features, dtype=self.dtype)(x)
+        x = nn.Dense(self.dense_features, kernel_init=kernel_init, dtype=self.dtype)(x)
         if self.batch_norm:
-            x = batch_norm()(x)
+            x = batch_norm(x)
         x = nn.relu(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        x = nn.Dense(self.num_classes, kernel_init=kernel_init, dtype=self.dtype)(x)
         return x.astype(jnp.float32)

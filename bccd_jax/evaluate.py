@@ -1,0 +1,179 @@
+"""How a trained run does on a labelled folder of images from anywhere.
+
+    python -m bccd_jax.evaluate --run RUN_DIR FOLDER [FOLDER...] [--variant NAME] [--seed K]
+                                [--crop none|center] [--out DIR] [--json] [--strict]
+
+Each FOLDER holds one sub-folder per class with images inside (`CLASS/*.{jpg,jpeg,png,bmp,tif}`).
+Class folders are matched to the four classes case-insensitively, singular or plural
+(NEUTROPHIL, neutrophils, Neutrophil); other classes (basophil, platelet, ...) are counted and
+skipped. Images are prepared like predict's (bccd_jax.images.prepare) and the probabilities
+averaged over the run's seeds (or `--seed K` alone). Printed: accuracy, balanced accuracy,
+per-class precision/recall/F1 and the confusion matrix, with each seed's own accuracy; written
+to `--out`: evaluation.json and confusion.png. An unreadable image is skipped and counted,
+unless `--strict`. Errors are one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from bccd_jax import CLASS_NAMES
+from bccd_jax.errors import ArgumentParser, UserError, run_cli
+from bccd_jax.images import CROPS, IMAGE_SUFFIXES, prepare
+from bccd_jax.metrics import balanced_accuracy, confusion_matrix, per_class_report, softmax
+
+CHUNK = 512  # images prepared and classified at a time
+
+
+def class_of(folder_name: str) -> int | None:
+    """Index in CLASS_NAMES of a class folder's name (any case, singular or plural), else None."""
+    name = folder_name.strip().upper()
+    for i, c in enumerate(CLASS_NAMES):
+        if name in (c, c + "S"):
+            return i
+    return None
+
+
+def scan(folders: Sequence[str]) -> tuple[list[tuple[Path, int]], Counter]:
+    """(image path, label) of every image under the recognised class folders, and counts of what was skipped."""
+    items: list[tuple[Path, int]] = []
+    skipped: Counter = Counter()
+    for f in folders:
+        root = Path(f).expanduser()
+        if not root.is_dir():
+            raise UserError(f"{root} is not a folder; pass folders laid out as CLASS/*.jpg")
+        found = 0
+        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            label = class_of(sub.name)
+            files = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if label is None:
+                skipped[f"class {sub.name}"] += len(files)
+                continue
+            found += 1
+            items += [(p, label) for p in files]
+        if not found:
+            raise UserError(f"{root} has no folder named after a class ({', '.join(CLASS_NAMES)}, any case, "
+                            "singular or plural); expected FOLDER/CLASS/*.jpg")
+    if not items:
+        raise UserError(f"no images ({'/'.join(IMAGE_SUFFIXES)}) in the class folders of {', '.join(folders)}")
+    return items, skipped
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="python -m bccd_jax.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("folders", nargs="+", metavar="FOLDER", help="folders laid out as CLASS/*.jpg")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder written by an experiment")
+    p.add_argument("--variant", help="which variant of the run (default: best final mean test accuracy)")
+    p.add_argument("--seed", type=int, metavar="K", help="use seed K only (default: average over all seeds)")
+    p.add_argument("--checkpoint", default="latest", metavar="latest|EPOCH")
+    p.add_argument("--crop", choices=CROPS, default="none",
+                   help="none: resize the whole image; center: the largest centred region of the run's aspect first")
+    p.add_argument("--out", default="evaluation", help="folder for evaluation.json and confusion.png")
+    p.add_argument("--json", action="store_true", help="print the JSON object instead of the tables")
+    p.add_argument("--strict", action="store_true", help="an unreadable image is an error instead of skipped")
+    return p
+
+
+def evaluate(restored, items: Sequence[tuple[Path, int]], crop: str, strict: bool
+             ) -> tuple[np.ndarray, np.ndarray, Counter, Counter, list[str]]:
+    """(probabilities [S, N, C] per seed, labels [N], preparation counts, skip counts, notes)."""
+    from bccd_jax.data.sources import parallel_map
+
+    hw = restored.image_size
+    how: Counter = Counter()
+    skipped: Counter = Counter()
+    notes: list[str] = []
+    probs, labels = [], []
+
+    def load(item):
+        try:
+            return prepare(item[0], None, hw, crop), item[1]
+        except UserError as e:
+            if strict:
+                raise
+            notes.append(str(e))
+            return None, item[1]
+
+    for start in range(0, len(items), CHUNK):
+        arrays = []
+        for got, label in parallel_map(load, items[start:start + CHUNK]):
+            if got is None:
+                skipped["unreadable image"] += 1
+                continue
+            arrays.append(got[0])
+            how[got[1]] += 1
+            labels.append(label)
+        if arrays:
+            probs.append(softmax(restored.logits(np.stack(arrays))))
+    if not probs:
+        raise UserError("no image could be read; see --strict for the first error")
+    return np.concatenate(probs, axis=1), np.asarray(labels), how, skipped, notes
+
+
+def report(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    mean = probs.mean(axis=0)
+    pred = mean.argmax(-1)
+    cm = confusion_matrix(labels, pred)
+    return {"n_images": int(labels.size), "accuracy": float((pred == labels).mean()),
+            "balanced_accuracy": balanced_accuracy(cm),
+            "accuracy_per_seed": [float((p.argmax(-1) == labels).mean()) for p in probs],
+            "per_class": per_class_report(cm), "confusion_matrix": cm.tolist(),
+            "class_counts": {c: int((labels == i).sum()) for i, c in enumerate(CLASS_NAMES)}}
+
+
+def format_report(r: dict[str, Any], seeds: Sequence[int]) -> str:
+    lines = [f"images {r['n_images']}: accuracy {r['accuracy']:.4f}, balanced accuracy {r['balanced_accuracy']:.4f}"]
+    if len(seeds) > 1:
+        lines.append("per seed: " + ", ".join(f"{s}: {a:.4f}" for s, a in zip(seeds, r["accuracy_per_seed"])))
+    lines += ["", f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for c, m in r["per_class"].items():
+        lines.append(f"{c:<12}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>10d}")
+    lines += ["", "confusion matrix (rows: true, columns: predicted)", " " * 12 + "".join(f"{c[:3]:>7}" for c in CLASS_NAMES)]
+    for c, row in zip(CLASS_NAMES, r["confusion_matrix"]):
+        lines.append(f"{c:<12}" + "".join(f"{v:>7d}" for v in row))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bccd_jax.plots import plot_confusion
+    from bccd_jax.run import restore, write_json
+    from bccd_jax.runtime import enable_compilation_cache
+
+    args = make_parser().parse_args(argv)
+    items, skipped = scan(args.folders)
+    notes: list[str] = []
+    enable_compilation_cache()
+    restored = restore(args.run, args.variant, args.seed, args.checkpoint, notes=notes)
+    probs, labels, how, unread, load_notes = evaluate(restored, items, args.crop, args.strict)
+    skipped.update(unread)
+    result = {"run": str(restored.folder), "variant": restored.variant.name, "checkpoint_epoch": restored.epoch,
+              "seeds": restored.seeds, "folders": [str(f) for f in args.folders],
+              "model_input": restored.preprocessing(), "preparation": dict(how), "skipped": dict(skipped),
+              **report(probs, labels)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "evaluation.json", result)
+    plot_confusion(np.asarray(result["confusion_matrix"]), out / "confusion.png",
+                   title=f"{restored.variant.name}: {result['n_images']} images, accuracy {result['accuracy']:.3f}")
+    for msg in notes + load_notes[:5] + ([f"... and {len(load_notes) - 5} more"] if len(load_notes) > 5 else []):
+        print(f"[bccd_jax.evaluate] {msg}", file=sys.stderr)
+    print(f"[bccd_jax.evaluate] {restored.folder} variant {restored.variant.name!r}, epoch {restored.epoch}, "
+          f"seeds {restored.seeds}; model input: {restored.preprocessing()}", file=sys.stderr)
+    for what, n in how.items():
+        print(f"[bccd_jax.evaluate] {n} images: {what}", file=sys.stderr)
+    for what, n in skipped.items():
+        print(f"[bccd_jax.evaluate] skipped {n} images: {what}", file=sys.stderr)
+    print(f"[bccd_jax.evaluate] wrote {out / 'evaluation.json'} and {out / 'confusion.png'}", file=sys.stderr)
+    print(json.dumps(result) if args.json else format_report(result, restored.seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,399 @@
+"""Running an experiment: a list of variants trained with the same seeds on the same data, into one run folder.
+
+An experiment module only declares its variants (`Variant`: a model config, a train config,
+optionally a composed optax chain) and the settings of each `Protocol`; `run_experiment`
+parses the common flags, loads the data, trains every variant with all its seeds at once
+(bccd_jax.train.fit), writes the run folder (bccd_jax.run) and prints the summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import optax
+
+from bccd_jax.config import ModelConfig, TrainConfig, field_names, replace
+from bccd_jax.errors import ArgumentParser, UserError, run_cli
+from bccd_jax.metrics import mean_ci, summarize_predictions
+from bccd_jax.run import (DataRecord, RunFolder, RunRecord, VariantRecord, VariantResult, build, command_line,
+                          git_commit, hardware, resume_problems, timestamp, versions)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of an experiment."""
+
+    name: str
+    model: ModelConfig
+    train: TrainConfig
+    group: str = ""  # the part of the experiment it belongs to ("dropout", "overfit", ...)
+    num_seeds: int | None = None  # None: the experiment's --seeds
+    optimizer: optax.GradientTransformation | None = None  # a composed chain instead of train.optimizer
+    epochs_follow_flag: bool = True  # False: --epochs leaves this variant's epochs alone (e.g. the overfitting run)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Image size, seeds, batch size and epochs of every experiment, for one kind of machine and data set."""
+
+    name: str
+    description: str
+    dataset: str  # the data set it is meant for: "originals" (embedded) or "augmented"
+    image_size: tuple[int, int]
+    seeds: int
+    batch_size: int
+    epochs: Mapping[str, int]  # "<experiment>" or "<experiment>/<group>" -> epochs
+    group_seeds: Mapping[str, int] = dataclasses.field(default_factory=dict)  # "<experiment>/<group>" -> seeds
+
+    def epochs_for(self, experiment: str, group: str = "") -> int:
+        key = f"{experiment}/{group}"
+        if key in self.epochs:
+            return self.epochs[key]
+        if experiment in self.epochs:
+            return self.epochs[experiment]
+        raise UserError(f"protocol {self.name!r} gives no epochs for {key}")
+
+    def seeds_for(self, experiment: str, group: str) -> int | None:
+        """A group's own seed count (None: the experiment's --seeds)."""
+        return self.group_seeds.get(f"{experiment}/{group}")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What an experiment module declares."""
+
+    name: str
+    description: str
+    variants: Callable[[argparse.Namespace], list[Variant]]
+    protocols: Mapping[str, Protocol]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+def make_parser(exp: Experiment) -> argparse.ArgumentParser:
+    p = ArgumentParser(prog=f"python -m experiments.{exp.name}", description=exp.description)
+    names = ", ".join(f"{k} ({v.description})" for k, v in exp.protocols.items())
+    p.add_argument("--protocol", choices=sorted(exp.protocols),
+                   help=f"image size, seeds, batch size and epochs: {names}. Default: the first protocol for "
+                        "the data set (the embedded originals unless --data-dir); the flags below override it")
+    p.add_argument("--epochs", type=int, help="epochs for every variant (default: the protocol's)")
+    p.add_argument("--seeds", type=int, help="seeds trained at once per variant (default: the protocol's)")
+    p.add_argument("--seed-offset", type=int, default=0, help="first seed (seeds are offset..offset+S-1)")
+    p.add_argument("--batch-size", type=int, help="default: the protocol's")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="default: the protocol's")
+    p.add_argument("--dataset", choices=["originals", "augmented"], default=None,
+                   help="default: augmented when --data-dir is given, else the embedded originals")
+    p.add_argument("--data-dir", help="the augmented Kaggle folder (dataset2-master) or an export file")
+    p.add_argument("--cache-dir", help="where built data sets are cached (default ~/.cache/bccd_jax)")
+    p.add_argument("--out", default="runs", help="root of run folders (default ./runs)")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
+                   help="continue a run folder (default: the latest run of this experiment under --out)")
+    p.add_argument("--force", action="store_true", help="resume even if config or data fingerprint differ")
+    p.add_argument("--variants", nargs="+", metavar="NAME", help="run only these variants")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="override a ModelConfig/TrainConfig field in every variant, e.g. dropout=0.3 "
+                        "augment.hue=10 schedule=cosine")
+    p.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints")
+    p.add_argument("--no-progress", action="store_true", help="one log line per epoch instead of progress bars")
+    p.add_argument("--no-figures", action="store_true", help="skip PNG figures")
+    if exp.add_arguments:
+        exp.add_arguments(p)
+    return p
+
+
+def parse_args(exp: Experiment, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Flags, with the protocol's defaults filled in (`args.protocol` names it, `args.proto` is it)."""
+    args = make_parser(exp).parse_args(argv)
+    args.dataset = args.dataset or ("augmented" if args.data_dir else "originals")
+    if args.dataset == "augmented" and not args.data_dir:
+        raise UserError("--dataset augmented needs --data-dir (the dataset2-master folder or an export file)")
+    if args.protocol is None:
+        args.protocol = next((k for k, v in exp.protocols.items() if v.dataset == args.dataset),
+                             next(iter(exp.protocols)))
+    args.proto = exp.protocols[args.protocol]
+    args.seeds = args.proto.seeds if args.seeds is None else args.seeds
+    args.batch_size = args.proto.batch_size if args.batch_size is None else args.batch_size
+    args.image_size = tuple(args.image_size or args.proto.image_size)
+    if args.seeds < 1:
+        raise UserError("--seeds must be >= 1")
+    return args
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(v: Variant, args: argparse.Namespace) -> Variant:
+    """--epochs / --batch-size / --checkpoint-every / --set FIELD=VALUE applied to one variant."""
+    train_over: dict[str, Any] = {"batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every}
+    if args.epochs is not None and v.epochs_follow_flag:
+        train_over["epochs"] = args.epochs
+    model_over: dict[str, Any] = {}
+    model_fields, train_fields = field_names(ModelConfig), field_names(TrainConfig)
+    for item in args.set:
+        if "=" not in item:
+            raise UserError(f"--set expects FIELD=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        val = _parse_value(value)
+        if isinstance(val, list):
+            val = tuple(tuple(x) if isinstance(x, list) else x for x in val)
+        if key in model_fields:
+            model_over[key] = val
+        elif key in train_fields:
+            train_over[key] = val
+        else:
+            raise UserError(f"--set {key}: unknown field; ModelConfig has {sorted(model_fields)}, "
+                            f"TrainConfig has {sorted(train_fields)}")
+    return dataclasses.replace(v, model=replace(v.model, **model_over).validate(),
+                               train=replace(v.train, **train_over).validate())
+
+
+def select_variants(exp: Experiment, args: argparse.Namespace) -> list[Variant]:
+    variants = [apply_overrides(v, args) for v in exp.variants(args)]
+    if args.variants:
+        unknown = set(args.variants) - {v.name for v in variants}
+        if unknown:
+            raise UserError(f"unknown variant(s) {sorted(unknown)}; this experiment has {[v.name for v in variants]}")
+        variants = [v for v in variants if v.name in args.variants]
+    return variants
+
+
+def load_data(args: argparse.Namespace):
+    """The data set named by the flags (embedded originals unless --data-dir)."""
+    from bccd_jax.data import load_dataset
+
+    return load_dataset(args.dataset, data_dir=args.data_dir, image_size=args.image_size, cache_dir=args.cache_dir)
+
+
+def data_record(ds, data_dir: str | None) -> DataRecord:
+    return DataRecord(dataset=ds.name, image_shape=tuple(ds.image_shape), fingerprint=ds.fingerprint,
+                      train_mean=tuple(float(m) for m in ds.train_mean()),
+                      splits={s: int(sp.labels.size) for s, sp in ds.splits.items()},
+                      source=Path(data_dir).name if data_dir else "embedded")
+
+
+# ----------------------------------------------------------------------------- summary of one variant
+
+
+def summarize_variant(v: Variant, record: VariantRecord, result, ds, data) -> dict[str, Any]:
+    """Everything the report needs about one variant, from its history and final logits."""
+    from bccd_jax.data.cells import split_cells
+
+    hist = result.history
+    out: dict[str, Any] = {
+        "group": v.group, "model": dataclasses.asdict(v.model), "train": dataclasses.asdict(v.train),
+        "optimizer": record.optimizer, "seeds": result.seeds, "epochs": len(hist["epoch"]),
+        "wall_s": result.wall_s, "compile_s_estimate": result.compile_s, "history": hist, "final": {},
+    }
+    for name in data.eval_sets:
+        split = ds.splits[name]
+        out["final"][name] = summarize_predictions(result.final_logits[name], split.labels, split_cells(ds, name))
+    for name, (parent, idx) in data.eval_subsets.items():
+        split = ds.splits[parent]
+        out["final"][name] = summarize_predictions(result.final_logits[parent][:, idx], split.labels[idx],
+                                                   split_cells(ds, parent)[idx])
+    for name in out["final"]:
+        acc = np.asarray(hist[f"{name}_acc"])  # [epochs, seeds]
+        out[f"{name}_acc_final_mean"], ci = mean_ci(acc[-1])
+        out[f"{name}_acc_final_ci95"] = list(ci)
+        out[f"{name}_acc_best_mean"], ci = mean_ci(acc.max(axis=0))
+        out[f"{name}_acc_best_ci95"] = list(ci)
+        out[f"{name}_acc_best_epoch_per_seed"] = (acc.argmax(axis=0) + 1).tolist()
+    out["train_acc_final_mean"] = float(np.asarray(hist["train_acc"])[-1].mean())
+    return out
+
+
+def majority_baseline(ds, split: str = "test") -> tuple[float, str]:
+    """Accuracy of always predicting the most frequent class of `split`, and that class."""
+    counts = ds.class_counts(split)
+    major = max(counts, key=counts.get)
+    return counts[major] / max(1, sum(counts.values())), major
+
+
+def format_table(results: Mapping[str, VariantResult]) -> str:
+    """A fixed-width summary: final test accuracy with 95 % CI over seeds, leak-free, by cell, ensemble."""
+    def cell(r: VariantResult, split: str, key: str = "acc_mean") -> str:
+        f = r.final(split)
+        return "-" if f is None or f.get(key) is None else f"{f[key]:.3f}"
+
+    has_simple = any(r.final("test_simple") for r in results.values())
+    head = ["variant", "seeds", "epochs", "train", "TEST (95% CI)", "leak-free", "by cell", "ensemble"]
+    head += ["TEST_SIMPLE"] if has_simple else []
+    rows = [head + ["time"]]
+    for name, r in results.items():
+        if r.incomplete:
+            continue
+        t = r.final("test")
+        lo, hi = t["acc_ci95"]
+        row = [name, str(len(r.seeds)), str(r.epochs), f"{r.raw['train_acc_final_mean']:.3f}",
+               f"{t['acc_mean']:.3f} ({lo:.3f}-{hi:.3f})", cell(r, "test_leakfree"),
+               cell(r, "test", "grouped_acc_mean"), cell(r, "test", "ensemble_acc")]
+        row += [cell(r, "test_simple")] if has_simple else []
+        rows.append(row + [f"{r.wall_s:.0f}s"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_figures(name: str, folder: RunFolder, results: Mapping[str, VariantResult]) -> None:
+    """One 2x2 curve figure per group of variants, one confusion matrix per variant."""
+    from bccd_jax.plots import plot_confusion, plot_curves
+
+    groups: dict[str, dict[str, dict]] = {}
+    for vname, r in results.items():
+        if not r.incomplete:
+            groups.setdefault(r.group or name, {})[vname] = r.history
+    for group, hists in groups.items():
+        plot_curves(hists, folder.figures / f"curves_{group}.png", title=f"{name}: {group}")
+    for vname, r in results.items():
+        if not r.incomplete:
+            cm = np.asarray(r.final("test")["confusion_matrix_summed_over_seeds"])
+            plot_confusion(cm, folder.figures / f"confusion_{vname}.png",
+                           title=f"{vname}: TEST, summed over {len(r.seeds)} seeds")
+
+
+# ----------------------------------------------------------------------------- the runner
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=True, dynamic_ncols=True)
+
+
+def open_run(exp: Experiment, args: argparse.Namespace) -> tuple[RunFolder, RunRecord | None]:
+    """The run folder to write (new, or the one to resume) and its old record; a resume on another
+    data set or image size is refused here, before any data is loaded."""
+    if not args.resume:
+        return RunFolder.create(args.out, exp.name), None
+    folder = RunFolder.latest(args.out, exp.name) if args.resume == "latest" else RunFolder(args.resume)
+    if not folder.exists():
+        raise UserError(f"--resume {folder}: no config.json there; not a run folder")
+    old = folder.record()
+    have = [old.data.dataset, list(old.data.image_size)]
+    if not args.force and have != [args.dataset, list(args.image_size)]:
+        raise UserError(f"cannot resume: the run was trained on {have[0]} at {'x'.join(map(str, have[1]))}, now "
+                        f"{args.dataset} at {args.image_size[0]}x{args.image_size[1]} (start a new run, or pass --force)")
+    return folder, old
+
+
+def make_record(exp: Experiment, args, variants: Sequence[Variant], data: DataRecord, eval_splits,
+                old: RunRecord | None, folder: RunFolder) -> RunRecord:
+    """config.json of this invocation; resuming with other settings is refused before it is written."""
+    records = {v.name: VariantRecord(v.name, v.model, v.train,
+                                     tuple(range(args.seed_offset, args.seed_offset + (v.num_seeds or args.seeds))),
+                                     v.group, v.train.optimizer if v.optimizer is None else repr(v.optimizer))
+               for v in variants}
+    record = RunRecord(experiment=exp.name, description=exp.description, protocol=args.protocol, data=data,
+                       variants=records, eval_splits=tuple(eval_splits), command=command_line(),
+                       created=timestamp(), git_commit=git_commit(), versions=versions(), hardware=hardware())
+    if old is None:
+        return record
+    if not args.force:
+        problems = resume_problems(old.to_json(), record.to_json())
+        if problems:
+            raise UserError(f"cannot resume {folder} with different settings: {'; '.join(problems)} "
+                            "(start a new run, or pass --force)")
+    print(f"[{exp.name}] resuming {folder}", file=sys.stderr)
+    # variants of the old run that this invocation does not train stay described
+    return dataclasses.replace(record, created=old.created, variants={**old.variants, **records},
+                               previous_commands=old.previous_commands + [old.command],
+                               resumed=old.resumed + [record.created])
+
+
+def train_variant(exp: Experiment, args, v: Variant, record: RunRecord, folder: RunFolder, ds, data):
+    """fit() one variant with its checkpoints, progress bar and per-epoch log line."""
+    from bccd_jax.train import fit
+
+    vr = record.variants[v.name]
+    built = build(v.model, v.train, record.data, optimizer=v.optimizer)
+    store = folder.checkpoints(v.name)
+    run_meta = {"model": dataclasses.asdict(v.model), "train": dataclasses.asdict(v.train),
+                "data_fingerprint": ds.fingerprint, "image_shape": list(ds.image_shape), "variant": v.name,
+                "optimizer": vr.optimizer}
+    bar = _progress(v.train.epochs, v.name, not args.no_progress)
+
+    def on_epoch(epoch: int, hist: dict):
+        bar.n = epoch
+        post = {"train": f"{np.mean(hist['train_acc'][-1]):.3f}", "test": f"{np.mean(hist['test_acc'][-1]):.3f}"}
+        if args.no_progress:  # one plain line per epoch, for logs
+            print(f"[{exp.name}] {v.name} epoch {epoch}/{v.train.epochs}: train acc {post['train']}, "
+                  f"test acc {post['test']}", file=sys.stderr, flush=True)
+            return
+        bar.set_postfix(post, refresh=False)
+        bar.refresh()
+
+    try:
+        return fit(built.model, built.tx, v.train, data, list(vr.seeds), checkpoints=store, run_meta=run_meta,
+                   resume=bool(args.resume), force=args.force, pretrained=built.pretrained, on_epoch=on_epoch)
+    finally:
+        bar.close()
+        store.close()
+
+
+def run_experiment(exp: Experiment, argv: Sequence[str] | None = None) -> int:
+    """Parse flags, train every variant (all seeds at once), write the run folder, print the summary."""
+    from bccd_jax.runtime import enable_compilation_cache
+    from bccd_jax.train import TrainData
+
+    args = parse_args(exp, argv)
+    enable_compilation_cache()
+    t_start = time.perf_counter()
+    variants = select_variants(exp, args)
+    folder, old = open_run(exp, args)
+    ds = load_data(args)
+    eval_names = [s for s in ("test", "test_simple") if s in ds.splits]
+    data = TrainData.from_dataset(ds, eval_names)
+    record = make_record(exp, args, variants, data_record(ds, args.data_dir), eval_names, old, folder)
+    folder.write_record(record)
+    print(f"[{exp.name}] run folder: {folder}", file=sys.stderr)
+
+    results = folder.results()
+    for v in variants:
+        result = train_variant(exp, args, v, record, folder, ds, data)
+        if result.interrupted:
+            results[v.name] = VariantResult(v.name, {"group": v.group, "seeds": result.seeds,
+                                                     "history": result.history, "incomplete": True})
+            folder.write_results(results)
+            print(f"[{exp.name}] interrupted; checkpoint saved. Continue with: python -m experiments.{exp.name} "
+                  f"--resume {folder}", file=sys.stderr)
+            return 130
+        results[v.name] = VariantResult(v.name, summarize_variant(v, record.variants[v.name], result, ds, data))
+        folder.write_results(results)
+
+    done = {k: r for k, r in results.items() if k in {v.name for v in variants}}
+    if not args.no_figures:
+        write_figures(exp.name, folder, done)
+    base, major = majority_baseline(ds)
+    print(f"\n{exp.name}: {ds.name} data, image {ds.image_shape[0]}x{ds.image_shape[1]}, protocol {args.protocol}; "
+          f"accuracy = mean over seeds (95% t-interval); leak-free = TEST without cells seen in training; by cell = "
+          f"each cell weighted equally; ensemble = seeds' probabilities averaged")
+    print(format_table(done))
+    print(f"majority-class baseline on TEST: {base:.3f} (always {major})")
+    print(f"\nrun folder: {folder}  ({time.perf_counter() - t_start:.0f} s)")
+    return 0
+
+
+def main_for(exp: Experiment) -> None:
+    """The `if __name__ == "__main__"` body of an experiment module."""
+    sys.exit(run_cli(lambda argv: run_experiment(exp, argv)))
+
+
+def preset_variant(name: str, arch: str, epochs: int, group: str = "", optimizer: str = "adam",
+                   num_seeds: int | None = None, train: Mapping[str, Any] | None = None,
+                   **model_overrides) -> Variant:
+    """A variant from an architecture preset and the study's optimizer settings (plus TrainConfig fields)."""
+    return Variant(name=name, model=ModelConfig.preset(arch, **model_overrides),
+                   train=TrainConfig(epochs=epochs, optimizer=optimizer, **(train or {})), group=group,
+                   num_seeds=num_seeds)

@@ -1,0 +1,112 @@
+"""Bringing an image from anywhere to a model's input, the way its training data were made.
+
+- a full 640x480 BCCD original with its VOC annotation: crop around the single WBC box exactly
+  like the `originals` data set (bccd_jax.data.sources.load_crop), then resize;
+- any other image: `crop="none"` resizes the whole image to the run's H x W (what the augmented
+  set's 320x240 cell images get); `crop="center"` first cuts the largest centred region with the
+  run's aspect ratio, so an image of another shape is not squashed.
+
+`prepare` returns the array and one line saying what was done to it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from bccd_jax.data import sources
+from bccd_jax.errors import UserError
+
+ORIGINAL_SIZE = (640, 480)   # (W, H) of a BCCD original
+AUGMENTED_SIZE = (320, 240)  # (W, H) of an image of the Kaggle augmented set
+MIN_SIDE = 32
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+CROPS = ("none", "center")
+
+_BOX_PROBLEMS = {
+    "no_wbc_box": "has no WBC box (objects: {names}); the cell to classify must be annotated as WBC",
+    "several_wbc_boxes": "has {n} WBC boxes; prediction needs exactly one (like the data set, which skips such "
+                         "originals)",
+    "tiny_wbc_box": "has a WBC box under {min} px per side, too small to crop",
+}
+
+
+def wbc_box(xml: Path, image_path: Path, image_size: tuple[int, int]) -> sources.Box:
+    """The single WBC box of `xml`, which must describe `image_path` (of `image_size` (W, H))."""
+    if not xml.exists():
+        raise UserError(f"annotation {xml} not found")
+    if not xml.is_file():
+        raise UserError(f"annotation {xml} is not a file")
+    size, boxes = sources.parse_voc_xml(xml)
+    box, problem = sources.single_wbc_box(boxes)
+    if box is None:
+        names = ", ".join(sorted({b.name for b in boxes})) or "none"
+        n = sum(b.name.upper() == "WBC" for b in boxes)
+        raise UserError(f"{xml} " + _BOX_PROBLEMS[problem].format(names=names, n=n, min=sources.MIN_BOX_SIDE))
+    if size is not None and size != image_size:
+        raise UserError(f"{xml} describes a {size[0]}x{size[1]} image but {image_path} is "
+                        f"{image_size[0]}x{image_size[1]}; is it the annotation of another image?")
+    return box
+
+
+def sibling_xml(path: Path) -> Path | None:
+    """<root>/Annotations/<stem>.xml next to <root>/JPEGImages/<stem>.jpg (the BCCD layout), if it exists."""
+    cand = path.parent.parent / "Annotations" / f"{path.stem}.xml"
+    return cand if cand.is_file() else None
+
+
+def probe(path: Path) -> tuple[tuple[int, int], str]:
+    """(size (W, H), mode) of an image file without decoding it; unreadable files are UserErrors."""
+    if not path.exists():
+        raise UserError(f"image {path} not found")
+    if not path.is_file():
+        raise UserError(f"{path} is not a file")
+    try:
+        with Image.open(path) as im:
+            return im.size, im.mode
+    except UnidentifiedImageError:
+        raise UserError(f"{path} is not an image (expected a JPEG, PNG, BMP or TIFF)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+
+
+def center_crop_resized(path: Path, hw: tuple[int, int]) -> np.ndarray:
+    """The largest centred region of the image with aspect W:H, resized to (H, W)."""
+    h, w = hw
+    im = sources.open_rgb(path)
+    scale = min(im.width / w, im.height / h)
+    cw, ch = w * scale, h * scale
+    x0, y0 = (im.width - cw) / 2, (im.height - ch) / 2
+    im = im.resize((w, h), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch), reducing_gap=2.0)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def prepare(path_text: str | Path, xml: Path | None, hw: tuple[int, int], crop: str = "none",
+            notes: list[str] | None = None) -> tuple[np.ndarray, str]:
+    """One image as the model's uint8 (H, W, 3) input, and how it got there."""
+    path = Path(path_text).expanduser()
+    size, mode = probe(path)
+    if min(size) < MIN_SIDE:
+        raise UserError(f"image {path} is {size[0]}x{size[1]} px; at least {MIN_SIDE} px per side is needed")
+    if mode != "RGB" and notes is not None:
+        notes.append(f"{path}: {mode} image converted to RGB")
+    h, w = hw
+    if xml is not None:
+        box = wbc_box(xml, path, size)
+        if size != ORIGINAL_SIZE and notes is not None:
+            notes.append(f"{path}: {size[0]}x{size[1]}, not a 640x480 original; cropping the WBC box of {xml} anyway")
+        return (sources.load_crop(path, box, hw, sources.DEFAULT_MARGIN),
+                f"WBC box of {xml.name} widened by {sources.DEFAULT_MARGIN:g} per side, cropped at {w}:{h}, "
+                f"resized to {w}x{h}")
+    if size == ORIGINAL_SIZE:
+        hint = sibling_xml(path)
+        raise UserError(f"{path} is a full 640x480 BCCD original: pass its VOC annotation with --xml "
+                        f"{hint if hint else 'PATH'} so the WBC can be cropped like the training data")
+    if crop == "center":
+        return center_crop_resized(path, hw), f"centre crop at {w}:{h} of {size[0]}x{size[1]}, resized to {w}x{h}"
+    if size != AUGMENTED_SIZE and notes is not None:
+        notes.append(f"{path}: {size[0]}x{size[1]} resized to {w}x{h} (the data set's cell images are "
+                     f"{AUGMENTED_SIZE[0]}x{AUGMENTED_SIZE[1]}, 4:3; --crop center keeps the aspect)")
+    return sources.load_resized(path, hw), f"whole {size[0]}x{size[1]} image resized to {w}x{h}"
