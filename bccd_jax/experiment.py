@@ -309,7 +309,7 @@ def make_record(exp: Experiment, args, variants: Sequence[Variant], data: DataRe
     # variants of the old run that this invocation does not train stay described
     return dataclasses.replace(record, created=old.created, variants={**old.variants, **records},
                                previous_commands=old.previous_commands + [old.command],
-                               resumed=old.resumed + [record.created])
+                               resumed_from=old.resumed_from + [record.created])
 
 
 def train_variant(exp: Experiment, args, v: Variant, record: RunRecord, folder: RunFolder, ds, data):

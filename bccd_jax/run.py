@@ -218,7 +218,7 @@ class RunRecord:
     versions: dict[str, Any] = field(default_factory=dict)
     hardware: dict[str, Any] = field(default_factory=dict)
     previous_commands: list[str] = field(default_factory=list)
-    resumed: list[str] = field(default_factory=list)
+    resumed_from: list[str] = field(default_factory=list)  # when each resumption started
 
     def to_json(self) -> dict[str, Any]:
         from bccd_jax import CLASS_NAMES

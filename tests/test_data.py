@@ -17,7 +17,6 @@ from bccd_jax.data import load_dataset, load_export, sources
 from bccd_jax.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
 EMBEDDED = REPO / "data"
 
 
@@ -270,15 +269,14 @@ def test_no_tensorflow_after_build(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- full data (cheap)
 
 
-@pytest.mark.skipif(not (SHARED / "blood-cells" / "dataset2-master" / "images").is_dir(), reason="no ../shared/data")
-def test_full_augmented_layout_counts() -> None:
+def test_full_augmented_layout_counts(full_data_dir: Path) -> None:
     """Only lists files (no decoding): the counts of the published set, and trace coverage."""
-    images = sources.find_images_dir(SHARED / "blood-cells" / "dataset2-master")
+    images = sources.find_images_dir(full_data_dir)
     trace = sources.read_trace_csv(sources.resolve_trace(images, None))  # type: ignore[arg-type]
     splits = sources.scan_augmented(images, trace)
     counts = {s: [sum(it.label == i for it in v) for i in range(4)] for s, v in splits.items()}
     assert counts == {"train": [2497, 2483, 2478, 2499], "test": [623, 620, 620, 624], "test_simple": [13, 6, 4, 48]}
     assert all(it.original_id for v in splits.values() for it in v)
-    # the embedded trace copy gives the same ids as the shared one
+    # the embedded trace copy gives the same ids as the one beside the data
     emb = sources.read_trace_csv(EMBEDDED / "dataset2_source_trace.csv.gz")
     assert emb == trace

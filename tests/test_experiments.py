@@ -1,23 +1,23 @@
-"""Experiment plumbing without training: flag overrides, verdict statistics, the report on a small run folder."""
+"""Experiment plumbing without training: flag overrides, protocols, verdict statistics, the report on a small run folder."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 
+from bccd_jax.config import ModelConfig, TrainConfig
 from bccd_jax.errors import UserError
+from bccd_jax.experiment import apply_overrides, parse_args
+from bccd_jax.metrics import welch_ci
+from bccd_jax.run import DataRecord, RunFolder, RunRecord, VariantRecord, VariantResult
 from experiments import regularization
-from experiments.common import apply_overrides, make_parser
-from experiments.report import claims_for, diff_ci, write_report
+from experiments.report import claims_for, write_report
 
 
 def parse(*flags, module=regularization):
-    p = make_parser(module.NAME, module.DESCRIPTION)
-    module.add_arguments(p)
-    return p.parse_args(list(flags))
+    return parse_args(module.EXPERIMENT, list(flags))
 
 
 def test_epochs_flag_leaves_the_overfitting_run_alone():
@@ -29,6 +29,20 @@ def test_epochs_flag_leaves_the_overfitting_run_alone():
     assert all(v.train.batch_size == 16 for v in vs.values())
 
 
+def test_protocols_fill_the_defaults_and_flags_win():
+    quick = parse()
+    assert quick.protocol == "quick" and quick.image_size == (32, 40) and quick.dataset == "originals"
+    cpu = parse("--data-dir", "somewhere")
+    assert cpu.protocol == "cpu" and cpu.image_size == (60, 80) and cpu.dataset == "augmented"
+    vs = {v.name: v for v in regularization.variants(cpu)}
+    assert vs["dropout_0.2"].train.epochs == cpu.proto.epochs_for("regularization")
+    assert vs["dropout_0"].num_seeds == cpu.proto.seeds_for("regularization", "centering")  # paired with centering
+    assert parse("--protocol", "gpu", "--data-dir", "x", "--image-size", "30", "40").image_size == (30, 40)
+    args = parse("--set", "augment.hue=10", "schedule=cosine")
+    v = apply_overrides(regularization.variants(args)[0], args)
+    assert v.train.augment.hue == 10 and v.train.schedule == "cosine"
+
+
 @pytest.mark.parametrize("item, message", [("dropout", "FIELD=VALUE"), ("nosuchfield=1", "unknown field"),
                                            ("dropout=1.5", "dropout must be")])
 def test_bad_set_items_are_user_errors(item, message):
@@ -38,94 +52,109 @@ def test_bad_set_items_are_user_errors(item, message):
 
 
 def test_diff_ci_is_a_welch_interval():
-    d, (lo, hi) = diff_ci([0.8, 0.82, 0.84], [0.7, 0.71, 0.69])
+    d, (lo, hi) = welch_ci([0.8, 0.82, 0.84], [0.7, 0.71, 0.69])
     assert d == pytest.approx(0.12) and 0 < lo < d < hi
-    d, (lo, hi) = diff_ci([0.8, 0.6, 0.7], [0.7, 0.8, 0.6])
+    d, (lo, hi) = welch_ci([0.8, 0.6, 0.7], [0.7, 0.8, 0.6])
     assert lo < 0 < hi
 
 
-def _variant(test_acc_per_epoch, group="", test_loss=None, train_acc=None):
+def _variant(name, test_acc_per_epoch, group="", test_loss=None, train_acc=None):
     acc = np.asarray(test_acc_per_epoch, float)  # [epochs, seeds]
     e, s = acc.shape
     hist = {"epoch": list(range(1, e + 1)), "test_acc": acc.tolist(),
             "test_loss": (np.ones_like(acc) if test_loss is None else np.asarray(test_loss)).tolist(),
             "train_acc": (acc if train_acc is None else np.asarray(train_acc)).tolist(),
             "train_loss": np.ones_like(acc).tolist()}
-    return {"group": group, "seeds": list(range(s)), "epochs": e, "history": hist}
+    return VariantResult(name, {"group": group, "seeds": list(range(s)), "epochs": e, "history": hist})
 
 
 def test_claims_follow_the_numbers():
-    res = {"sgd": _variant([[0.5, 0.52, 0.51]]), "adam": _variant([[0.8, 0.82, 0.81]]),
-           "rmsprop": _variant([[0.3, 0.32, 0.31]])}
+    res = {n: _variant(n, [a]) for n, a in (("sgd", [0.5, 0.52, 0.51]), ("adam", [0.8, 0.82, 0.81]),
+                                             ("rmsprop", [0.3, 0.32, 0.31]))}
     verdicts = {c.split(" ")[0]: v for c, v, _ in claims_for("optimizers", res)}
     assert verdicts == {"adam": "supported", "rmsprop": "contradicted"}
     # overfitting: test loss falls then triples while train accuracy keeps rising
     loss = np.array([[1.0], [0.5], [1.5]])
-    over = {"overfit_3ep": _variant([[0.5], [0.6], [0.55]], "overfit", test_loss=loss,
+    over = {"overfit_3ep": _variant("overfit_3ep", [[0.5], [0.6], [0.55]], "overfit", test_loss=loss,
                                     train_acc=[[0.5], [0.8], [0.99]])}
     (claim, verdict, evidence), = claims_for("regularization", over)
     assert verdict == "supported" and "3.0x" in evidence
+
     # the 85 % claim: a wide interval that merely contains 0.85 does not support it
     def deep_verdict(accs, epochs):
-        return claims_for("architecture", {"deep": _variant([accs] * epochs)})[0][1]
-    assert deep_verdict([0.86, 0.87, 0.85], 50) == "supported"
-    assert deep_verdict([0.70, 0.72, 0.71], 50) == "contradicted"
-    assert deep_verdict([0.25, 0.65, 0.95], 50) == "inconclusive"
-    assert deep_verdict([0.25, 0.65, 0.95], 5).startswith("not reached in 5 epochs")
+        return claims_for("recipe", {"best": _variant("best", [accs] * epochs)})[0][1]
+    assert deep_verdict([0.86, 0.87, 0.85], 10) == "supported"
+    assert deep_verdict([0.70, 0.72, 0.71], 10) == "contradicted"
+    assert deep_verdict([0.25, 0.65, 0.95], 10) == "inconclusive"
+    # the init comparison: seeds that never leave chance under one initialiser and always under another
+    inits = {"deep": _variant("deep", [[0.8, 0.8]], "init", train_acc=[[0.9, 0.9]]),
+             "deep_init_keras": _variant("deep_init_keras", [[0.25, 0.25]], "init", train_acc=[[0.25, 0.26]])}
+    (claim, verdict, evidence), = claims_for("architecture", inits)
+    assert verdict == "supported" and "deep_init_keras: 0 of 2 seeds" in evidence
+
+
+def _summary(acc, cells=68):
+    per_class = {c: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": n}
+                 for c, n in zip(["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"], [26, 12, 8, 96])}
+    return {"acc_mean": float(np.mean(acc)), "acc_ci95": [0.5, 0.9], "per_class": per_class, "ensemble_acc": 0.7,
+            "grouped_acc_mean": 0.65, "grouped_acc_ci95_over_seeds": [0.6, 0.7], "n_cells": cells}
+
+
+def _run_folder(root, stamp, image_shape=(32, 40, 3)):
+    folder = RunFolder(root / "optimizers" / stamp)
+    folder.path.mkdir(parents=True)
+    data = DataRecord("originals", image_shape, "f" * 64, (1.0, 2.0, 3.0), {"train": 268, "test": 71}, "embedded")
+    variants = {n: VariantRecord(n, ModelConfig.preset("base"), TrainConfig(epochs=1), (0, 1), "optimizers", "adam")
+                for n in ("sgd", "adam")}
+    folder.write_record(RunRecord("optimizers", data, variants, description="d", protocol="quick",
+                                  command="python -m experiments.optimizers", git_commit="abc",
+                                  versions={"jax": "x", "flax": "y", "optax": "z", "backend": "cpu"},
+                                  hardware={"cpu": "a CPU", "cores": 2}))
+    results = {}
+    for name, acc in (("sgd", [0.6, 0.62]), ("adam", [0.7, 0.72])):
+        v = _variant(name, [acc], "optimizers")
+        v.raw.update({"train_acc_final_mean": 0.9, "wall_s": 1.0, "test_acc_best_mean": max(acc),
+                      "test_acc_best_ci95": [0.5, 0.9],
+                      "final": {"test": _summary(acc), "test_leakfree": _summary([a - 0.01 for a in acc], 65)}})
+        results[name] = v
+    folder.write_results(results)
+    folder.figures.mkdir()
+    (folder.figures / "curves_optimizers.png").write_bytes(b"png")
+    return folder
 
 
 def test_report_from_a_run_folder(tmp_path):
-    run = tmp_path / "optimizers" / "20260101-000000"
-    run.mkdir(parents=True)
-    per_class = {c: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": n}
-                 for c, n in zip(["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"], [26, 12, 8, 96])}
-    metrics = {}
-    for name, acc in (("sgd", [0.6, 0.62]), ("adam", [0.7, 0.72])):
-        v = _variant([acc])
-        v.update({"train_acc_final_mean": 0.9, "wall_s": 1.0, "test_acc_best_mean": max(acc),
-                  "test_acc_best_ci95": [0.5, 0.9],
-                  "final": {"test": {"acc_mean": float(np.mean(acc)), "acc_ci95": [0.5, 0.9], "per_class": per_class,
-                                     "grouped_acc_mean": 0.65, "grouped_acc_ci95_over_seeds": [0.6, 0.7],
-                                     "n_source_cells": 71}}})
-        metrics[name] = v
-    config = {"experiment": "optimizers", "description": "d", "command": "python -m experiments.optimizers",
-              "git_commit": "abc", "versions": {"jax": "x", "flax": "y", "optax": "z", "backend": "cpu",
-                                                "devices": ["cpu:0"]},
-              "data": {"dataset": "originals", "image_shape": [32, 40, 3], "splits": {"train": 268, "test": 71},
-                       "fingerprint": "f" * 64}}
-    (run / "config.json").write_text(json.dumps(config))
-    (run / "metrics.json").write_text(json.dumps(metrics))
-    report, summary = write_report([run], tmp_path / "results")
+    run = _run_folder(tmp_path, "20260101-000000")
+    report, summary = write_report([run.path], tmp_path / "results")
     text = report.read_text()
     assert "majority-class baseline on TEST: 0.676 (always NEUTROPHIL)" in text
+    assert "| `20260101-000000` | optimizers | quick | originals | 32x40 |" in text  # the generated header
+    assert "a CPU (2 cores" in text
     s = json.loads(summary.read_text())
     assert s["optimizers"]["adam"]["test_acc_mean"] == pytest.approx(0.71)
+    assert s["optimizers"]["adam"]["test_leakfree_acc_mean"] == pytest.approx(0.70)
     assert s["optimizers"]["adam"]["dataset"] == "originals" and s["optimizers"]["adam"]["test_simple_acc_mean"] is None
+    assert "| 68 / 65 |" in text  # cells of TEST / of the leak-free TEST
     with pytest.raises(UserError, match="not found|does not exist"):
         write_report([tmp_path / "missing"], tmp_path / "r2")
 
     # the same experiment on the same data at another image size: kept apart, nothing replaced
-    run2 = tmp_path / "optimizers" / "20260101-000001"
-    run2.mkdir(parents=True)
-    (run2 / "config.json").write_text(json.dumps({**config, "data": {**config["data"], "image_shape": [60, 80, 3]}}))
-    (run2 / "metrics.json").write_text(json.dumps({"adam": {**metrics["adam"], "test_acc_mean": 0.8}}))
-    (run / "figures").mkdir()
-    (run2 / "figures").mkdir()
-    for r in (run, run2):
-        (r / "figures" / "curves_optimizers.png").write_bytes(b"png")
-    report, summary = write_report([run, run2], tmp_path / "r3")
+    run2 = _run_folder(tmp_path, "20260101-000001", image_shape=(60, 80, 3))
+    report, summary = write_report([run.path, run2.path], tmp_path / "r3")
     s = json.loads(summary.read_text())
-    assert set(s["optimizers"]) == {"sgd", "adam", "adam@originals-60x80"}
+    assert set(s["optimizers"]) == {"sgd", "adam", "sgd@originals-60x80", "adam@originals-60x80"}
     text = report.read_text()
-    assert "figures/optimizers_originals/curves_optimizers.png" in text
+    assert "figures/optimizers_originals_32x40/curves_optimizers.png" in text
     assert "figures/optimizers_originals_60x80/curves_optimizers.png" in text
 
 
 def test_experiment_modules_expose_the_runner_interface():
-    from experiments import architecture, optimizers, vgg
+    from experiments import architecture, optimizers, recipe, vgg
 
-    for m in (optimizers, regularization, architecture, vgg):
-        assert isinstance(m.NAME, str) and callable(m.variants)
-    args = argparse.Namespace(parts=["depth", "kernels"], kernel_counts=[16], kernel_sizes=[5])
+    for m in (optimizers, regularization, architecture, vgg, recipe):
+        assert isinstance(m.NAME, str) and m.EXPERIMENT.name == m.NAME and callable(m.variants)
+    args = parse("--parts", "depth", "kernels", "init", "--kernel-counts", "16", "--kernel-sizes", "5",
+                 module=architecture)
     names = [v.name for v in architecture.variants(args)]
-    assert names == ["base", "expanded", "expanded_centered", "deep", "filters_16", "kernel_5x5"]
+    assert names == ["base", "expanded", "expanded_centered", "deep", "deep_init_keras", "deep_init_lecun",
+                     "filters_16", "kernel_5x5"]

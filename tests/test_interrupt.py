@@ -155,7 +155,7 @@ def test_resume_reaches_uninterrupted_numbers(runs):
 
 def test_run_folder_is_self_describing(runs):
     cfg = json.loads((runs["run"] / "config.json").read_text())
-    for key in ("command", "cwd", "git_commit", "versions", "data", "variants", "created", "args"):
+    for key in ("command", "git_commit", "versions", "hardware", "data", "variants", "created", "protocol"):
         assert key in cfg, key
     assert cfg["command"].startswith("python") and "-m experiments.optimizers" in cfg["command"]
     assert "--resume" in cfg["command"]  # the latest invocation...

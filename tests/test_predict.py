@@ -202,9 +202,12 @@ def test_single_seed_and_human_output(run_dir, images, env):
 
 
 def test_preprocessing_matches_data_layer(run_dir, env, monkeypatch):
-    """The original's crop is bit-identical to the cached training example; predict() equals the logits path."""
+    """The original's crop is bit-identical to the cached training example; classify() equals the logits path."""
     from bccd_jax.data import load_dataset
-    from bccd_jax.predict import choose, load_image, predict, softmax
+    from bccd_jax.images import prepare
+    from bccd_jax.metrics import softmax
+    from bccd_jax.predict import classify
+    from bccd_jax.run import restore
     from bccd_jax.train import predict_logits
 
     monkeypatch.setenv("BCCD_JAX_CACHE", env["BCCD_JAX_CACHE"])
@@ -212,18 +215,15 @@ def test_preprocessing_matches_data_layer(run_dir, env, monkeypatch):
     for split, path, xml in (("train", ORIG, ORIG_XML), ("test", ORIG2, ORIG2_XML)):
         ids = list(ds.splits[split].original_ids)
         expected = ds.splits[split].images[ids.index(path.stem)]
-        np.testing.assert_array_equal(load_image(str(path), xml, SIZE), expected)
+        np.testing.assert_array_equal(prepare(str(path), xml, SIZE)[0], expected)
 
-    choice = choose(str(run_dir), None, None, "latest")
-    assert choice.variant == "adam" and choice.seeds == [0, 1] and choice.epoch == 2
+    restored = restore(run_dir)
+    assert restored.variant.name == "adam" and restored.seeds == [0, 1] and restored.epoch == 2
     batch = np.asarray(ds.splits["test"].images[:5])
-    mean_probs, per_seed = predict(batch, choice)
+    mean_probs, per_seed = classify(restored, batch)
     assert mean_probs.shape == (5, 4) and per_seed.shape == (2, 5)
     np.testing.assert_allclose(mean_probs.sum(-1), 1.0, atol=1e-9)
-    one, _ = predict(batch, choice, seed=1)
-    from bccd_jax.predict import load_state
-
-    model, state, _ = load_state(choice)
-    logits = predict_logits(model, state, batch)
+    one, _ = classify(restore(run_dir, seed=1), batch)
+    logits = predict_logits(restored.model, restored.state, batch)
     np.testing.assert_allclose(one, softmax(logits)[1], atol=1e-6)
     np.testing.assert_allclose(mean_probs, softmax(logits).mean(0), atol=1e-6)

@@ -25,7 +25,7 @@ from bccd_jax.config import TrainConfig
 from bccd_jax.errors import UserError
 from bccd_jax.models.cnn import max_pool_2x2
 from bccd_jax.runtime import seed_sharding
-from bccd_jax.train import resolve_epoch_mode, resolve_seed_strategy
+from bccd_jax.seeds import resolve_epoch_mode, resolve_seed_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 
