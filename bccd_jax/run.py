@@ -23,7 +23,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -32,6 +31,7 @@ import numpy as np
 
 from bccd_jax.config import ModelConfig, TrainConfig, from_dict, resume_free_fields, to_dict
 from bccd_jax.errors import UserError
+from bccd_jax.files import write_atomic, write_json
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -43,29 +43,6 @@ DATA_DIR_PLACEHOLDER = "$BCCD_DATA_DIR"
 
 
 # ----------------------------------------------------------------------------- small shared helpers
-
-
-def write_atomic(path: str | Path, text: str | bytes) -> None:
-    """Write a file through a temporary sibling and a rename, so a killed process never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode() if isinstance(text, str) else text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
-
-
-def _jsonable(o: Any):
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def read_json(path: str | Path) -> Any:

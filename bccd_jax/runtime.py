@@ -64,8 +64,3 @@ def seed_sharding(num_seeds: int, devices: Sequence[jax.Device] | None = None) -
                     num_seeds, len(devices), num_seeds, len(devices))
         return None
     return NamedSharding(Mesh(np.asarray(devices), (SEED_AXIS,)), P(SEED_AXIS))
-
-
-def replicated(sharding: NamedSharding) -> NamedSharding:
-    """The fully replicated sharding on the same mesh (for training/evaluation data)."""
-    return NamedSharding(sharding.mesh, P())

@@ -79,18 +79,20 @@ def vgg16_trainable(policy: str) -> Callable[[str], bool]:
 
 def vgg16_freeze_labels(params: Mapping[str, Any], policy: str) -> Any:
     """TRAINABLE/FROZEN labels of a VGG16 params tree under `policy`, for optax.multi_transform."""
+    trainable = vgg16_trainable(policy)
     flat = params.get("params", params)
-    missing = [n for n in FREEZE_POLICIES[policy] if n not in flat] if policy in FREEZE_POLICIES else []
+    missing = [n for n in FREEZE_POLICIES[policy] if n not in flat]
     if missing:
         raise UserError(f"freeze policy {policy!r} names layer {missing[0]}, which the params do not have "
                         "(freeze policies are for VGG16)")
-    return freeze_labels(params, vgg16_trainable(policy))
+    return freeze_labels(params, trainable)
 
 
 def freeze_vgg16(tx: optax.GradientTransformation, params: Mapping[str, Any],
                  policy: str) -> optax.GradientTransformation:
-    """`freeze` with a named VGG16 policy: 'none', 'blocks1-3' or 'all_conv'."""
-    return optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, vgg16_freeze_labels(params, policy))
+    """`freeze` with a named VGG16 policy (FREEZE_POLICIES), its layer names checked against `params`."""
+    vgg16_freeze_labels(params, policy)
+    return freeze(tx, params, vgg16_trainable(policy))
 
 
 def count_trainable(params: Any, labels: Any) -> tuple[int, int]:

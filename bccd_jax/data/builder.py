@@ -2,6 +2,10 @@
 
 Only `tfds.features.Tensor`, `Text` and `ClassLabel` are used and the files are written as
 `array_record`, so building and reading back (`as_data_source()`) never imports TensorFlow.
+Shuffling is disabled: records are stored in the (sorted) generation order, so a build is the
+same sequence of examples on every machine. TFDS keeps a split in memory while writing it and
+needs TensorFlow to spill a split over its 1000 MiB buffer, so a size whose largest split would
+exceed that is refused (the augmented training split reaches it near 180x240).
 The build settings that are not part of a config (image size, source folder, trace table, crop
 margin) are constructor arguments; `bccd_jax.data.load_dataset` puts each distinct setting in its
 own data_dir, so two settings never share a TFDS folder.
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -26,14 +30,6 @@ from bccd_jax.data import sources
 from bccd_jax.errors import UserError
 
 from bccd_jax.data.sources import DEFAULT_IMAGE_SIZE, DEFAULT_MARGIN, resolve_trace
-
-
-class ArraySink(Protocol):
-    """Receives every generated example (used by the loader to write flat .npy arrays during the build)."""
-
-    def open(self, split: str, n: int, image_size: tuple[int, int]) -> None: ...
-    def put(self, split: str, index: int, example: dict[str, Any]) -> None: ...
-    def close(self, split: str) -> None: ...
 
 
 class BccdWbc(tfds.core.GeneratorBasedBuilder):
@@ -73,18 +69,13 @@ class BccdWbc(tfds.core.GeneratorBasedBuilder):
         trace_csv: str | os.PathLike[str] | None = None,
         margin: float = DEFAULT_MARGIN,
         workers: int | None = None,
-        array_sink: ArraySink | None = None,
         **kwargs: Any,
     ):
-        h, w = (int(v) for v in image_size)
-        if h < 8 or w < 8 or h > 2048 or w > 2048:
-            raise UserError(f"image size {h}x{w} is out of range (8..2048 per side)")
-        self.image_size = (h, w)
+        self.image_size = sources.check_image_size(image_size)
         self.source_dir = source_dir
         self.trace_csv = trace_csv
         self.margin = float(margin)
         self.workers = workers
-        self.array_sink = array_sink
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -98,6 +89,7 @@ class BccdWbc(tfds.core.GeneratorBasedBuilder):
                 "filename": tfds.features.Text(doc="Source file name (relative to its split/class folder)."),
             }),
             supervised_keys=("image", "label"),
+            disable_shuffling=True,
             homepage="https://github.com/Shenggan/BCCD_Dataset",
             metadata=tfds.core.MetadataDict(),
             license="MIT (BCCD); see data/README.md for the Kaggle dataset2 provenance",
@@ -129,20 +121,18 @@ class BccdWbc(tfds.core.GeneratorBasedBuilder):
         return {s: self._generate_examples(v, s) for s, v in splits.items()}
 
     def _generate_examples(self, items: list[Any], split: str) -> Iterator[tuple[str, dict]]:
-        """Decode/crop in a thread pool (Pillow releases the GIL) and yield (unique key, example).
+        """Decode/crop in a thread pool (Pillow releases the GIL) and yield (unique key, example)."""
+        from tensorflow_datasets.core import shuffle
 
-        With an `array_sink`, each example also goes to it in generation (sorted) order, so the loader
-        gets flat arrays without reading the array_record files back one record at a time.
-        """
-        gen = self._generate_originals(items) if self.builder_config.name == "originals" else self._generate_augmented(items)
-        if self.array_sink is not None:
-            self.array_sink.open(split, len(items), self.image_size)
-        for i, (key, ex) in enumerate(gen):
-            if self.array_sink is not None:
-                self.array_sink.put(split, i, ex)
-            yield key, ex
-        if self.array_sink is not None:
-            self.array_sink.close(split)
+        h, w = self.image_size
+        if len(items) * h * w * 3 > shuffle.MAX_MEM_BUFFER_SIZE:
+            raise UserError(f"image size {h}x{w} makes the {split} split {len(items) * h * w * 3 / 2**20:.0f} MiB; TFDS "
+                            f"writes a split over {shuffle.MAX_MEM_BUFFER_SIZE / 2**20:.0f} MiB through TensorFlow, "
+                            "which this project does not install: choose a smaller --image-size")
+        if self.builder_config.name == "originals":
+            yield from self._generate_originals(items)
+        else:
+            yield from self._generate_augmented(items)
 
     def _generate_originals(self, items: list[sources.OriginalItem]) -> Iterator[tuple[str, dict]]:
         def crop(it: sources.OriginalItem) -> np.ndarray:

@@ -1,9 +1,9 @@
 """Compact single-file export of a built data set (WebP images + labels + ids + fingerprint).
 
 The full augmented set is ~100 MB of JPEG at 320x240 and 690 MB as raw arrays at 120x160; as WebP
-q90 at 120x160 it fits the 64 MiB that can be carried to a GPU machine. The file is a plain,
+q90 at 120x160 it is ~47 MB in one file, easy to copy to another machine. The file is a plain,
 uncompressed `.npz` (WebP is already compressed) that NumPy reads without pickle, so loading it
-needs neither TFDS nor the original JPEGs.
+needs neither TFDS nor the original JPEGs; it is decoded on every load (a few seconds).
 
 Layout: `meta` (a JSON string: format, name, image_shape, fingerprint, skipped, splits, quality)
 and per split `<split>__webp` (uint8, all images concatenated), `<split>__offsets` (int64, N+1),
@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import time
-import uuid
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from bccd_jax.data import Dataset, Split, log, read_build
-from bccd_jax.data.sources import parallel_map, sha256_file
+from bccd_jax.data import Dataset, Split, log
+from bccd_jax.data.sources import parallel_map
 from bccd_jax.errors import UserError
+from bccd_jax.files import write_atomic
 
 EXPORT_FORMAT = "bccd_jax-export-1"
 
@@ -62,12 +60,7 @@ def write_export(ds: Dataset, out: str | os.PathLike[str], quality: int = 90) ->
             "fingerprint": ds.fingerprint, "skipped": ds.skipped, "splits": list(ds.splits),
             "quality": quality, "train_mean": ds.train_mean().tolist()}
     arrays["meta"] = np.array(json.dumps(meta))
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.npz")
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out_path, lambda f: np.savez(f, **arrays))
     return out_path.stat().st_size
 
 
@@ -122,35 +115,11 @@ def load_export(path: Path) -> Dataset:
                    _train_mean=np.asarray(meta["train_mean"], np.float32) if "train_mean" in meta else None)
 
 
-def load_export_cached(path: Path, name: str, size: tuple[int, int], cache: Path) -> Dataset:
-    """`load_dataset(name, data_dir=<export file>)`: decode once into the cache (keyed by the file's sha256)."""
-    if not path.is_file():
-        raise UserError(f"export file {path} does not exist")
-    digest = sha256_file(path)
-    build_dir = cache / f"export-{digest[:16]}"
-    if not (build_dir / "meta.json").is_file():
-        t = time.time()
-        ds = load_export(path)
-        tmp = cache / f".tmp-{build_dir.name}-{uuid.uuid4().hex[:8]}"
-        try:
-            (tmp / "arrays").mkdir(parents=True)
-            for s, sp in ds.splits.items():
-                for field in ("images", "labels", "original_ids", "filenames"):
-                    np.save(tmp / "arrays" / f"{s}_{field}.npy", getattr(sp, field))
-            meta = {"name": ds.name, "image_shape": list(ds.image_shape), "fingerprint": ds.fingerprint,
-                    "splits": {s: len(sp.labels) for s, sp in ds.splits.items()}, "skipped": ds.skipped,
-                    "train_mean": ds.train_mean().tolist(), "export": str(path),
-                    "export_sha256": digest}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            os.replace(tmp, build_dir)
-        except OSError as e:
-            if not (build_dir / "meta.json").is_file():
-                raise UserError(f"cannot write decoded export to cache {build_dir}: {e}") from None
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        log(f"decoded export {path} in {time.time() - t:.1f}s")
-    ds = read_build(build_dir)
+def load_export_as(path: Path, name: str, size: tuple[int, int]) -> Dataset:
+    """`load_dataset(name, data_dir=<export file>)`: the export, checked to hold `name` at `size`."""
+    t = time.time()
+    ds = load_export(path)
+    log(f"decoded export {path} in {time.time() - t:.1f}s")
     if ds.name != name:
         raise UserError(f"export file {path} holds the {ds.name!r} data set, not {name!r}; pass --dataset {ds.name}")
     if tuple(ds.image_shape[:2]) != tuple(size):

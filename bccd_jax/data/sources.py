@@ -42,6 +42,17 @@ DEFAULT_IMAGE_SIZE = (120, 160)
 DEFAULT_MARGIN = 0.25
 """Crop margin around the WBC box, as a fraction of the box size per side, for `originals`."""
 
+def check_image_size(image_size) -> tuple[int, int]:
+    """(H, W) as two ints in 8..2048, else a one-line UserError."""
+    try:
+        h, w = (int(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise UserError(f"image size {image_size!r} must be two integers H W") from None
+    if not (8 <= h <= 2048 and 8 <= w <= 2048):
+        raise UserError(f"image size {h}x{w} is out of range (8..2048 per side)")
+    return h, w
+
+
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
