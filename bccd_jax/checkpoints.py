@@ -102,29 +102,26 @@ class CheckpointStore:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template_state)
         return self._restore_item("state", epoch, abstract), meta
 
-    def restore_for_inference(self, built, data, seeds: list[int], epoch: int) -> tuple[Any, dict]:
+    def restore_for_inference(self, built, seeds: list[int], epoch: int) -> tuple[Any, dict]:
         """(state with .params and .batch_stats, meta) from a training or a weights-only checkpoint.
 
-        `built` is bccd_jax.run.build's result for the variant, `data` its DataRecord.
+        `built` is bccd_jax.run.build's result for the variant (its model and input shape).
         """
         meta = self.read_meta(epoch)
-        n = len(meta.get("seeds", seeds))
-        sample = jax.ShapeDtypeStruct((1, *data.image_shape), np.uint8)
-        variables = jax.eval_shape(lambda x: built.model.init(jax.random.PRNGKey(0), x, train=False), sample)
-        stacked = jax.tree.map(lambda a: jax.ShapeDtypeStruct((n, *a.shape), a.dtype), variables)
-        params, stats = stacked["params"], stacked.get("batch_stats", {})
+        seeds = meta.get("seeds", seeds)
+        sample = jax.ShapeDtypeStruct((1, *built.input_shape), np.float32 if built.cut else np.uint8)
         if meta.get("kind") == WEIGHTS_KIND:
+            variables = jax.eval_shape(lambda x: built.model.init(jax.random.PRNGKey(0), x, train=False), sample)
             dtype = jnp.dtype(meta.get("dtype", "float32"))
-            cast = lambda a: jax.ShapeDtypeStruct(a.shape, dtype)  # noqa: E731
-            got = self._restore_item("weights", epoch, {"params": jax.tree.map(cast, params),
-                                                        "batch_stats": jax.tree.map(cast, stats)})
+            stacked = jax.tree.map(lambda a: jax.ShapeDtypeStruct((len(seeds), *a.shape), dtype), variables)
+            got = self._restore_item("weights", epoch, {"params": stacked["params"],
+                                                        "batch_stats": stacked.get("batch_stats", {})})
             to32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
             return InferenceState(jax.tree.map(to32, got["params"]), jax.tree.map(to32, got["batch_stats"])), meta
         from bccd_jax.seeds import MultiSeedTrainer
 
         trainer = MultiSeedTrainer(built.model, built.tx, _train_cfg(meta), num_examples=1)
-        template = jax.eval_shape(lambda: trainer.init_state(meta.get("seeds", seeds), np.zeros((1, *data.image_shape),
-                                                                                                   np.uint8)))
+        template = jax.eval_shape(lambda: trainer.init_state(seeds, jnp.zeros(sample.shape, sample.dtype)))
         state = self._restore_item("state", epoch, jax.tree.map(ocp.utils.to_shape_dtype_struct, template))
         return InferenceState(state.params, state.batch_stats), meta
 

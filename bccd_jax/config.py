@@ -163,6 +163,9 @@ class TrainConfig:
     weight_decay: float = 0.0  # decoupled weight decay on kernels (AdamW for adam), not on biases
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval_tta: str = "none"  # "flips": evaluate on the mean probability over the 4 flips of each image
+    # vgg16 with pretrained weights and a freeze policy that freezes its first blocks: compute their output
+    # once per image (bccd_jax.features) and train the rest on it; exact when augment is off (it must be)
+    feature_cache: bool = True
     eval_batch_size: int = 256
     epoch_mode: str = "auto"  # "scan" (one compiled epoch), "loop" (jitted steps), "auto" (per backend)
     # how S seeds share one program: "vmap" (batched: grouped convolutions), "map" (lax.map loop),

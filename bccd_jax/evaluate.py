@@ -1,7 +1,7 @@
 """How a trained run does on a labelled folder of images from anywhere.
 
     python -m bccd_jax.evaluate --run RUN_DIR FOLDER [FOLDER...] [--variant NAME] [--seed K]
-                                [--crop none|center] [--out DIR] [--json] [--strict]
+                                [--tta none|flips] [--crop none|center] [--out DIR] [--json] [--strict]
 
 Each FOLDER holds one sub-folder per class with images inside (`CLASS/*.{jpg,jpeg,png,bmp,tif}`).
 Class folders are matched to the four classes case-insensitively, singular or plural
@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bccd_jax import CLASS_NAMES
+from bccd_jax.config import EVAL_TTA
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
 from bccd_jax.images import CROPS, IMAGE_SUFFIXES, prepare
 from bccd_jax.metrics import balanced_accuracy, confusion_matrix, per_class_report, softmax
@@ -73,6 +74,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", help="which variant of the run (default: best final mean test accuracy)")
     p.add_argument("--seed", type=int, metavar="K", help="use seed K only (default: average over all seeds)")
     p.add_argument("--checkpoint", default="latest", metavar="latest|EPOCH")
+    p.add_argument("--tta", choices=EVAL_TTA, help="test-time averaging (default: the run's own, TrainConfig.eval_tta)")
     p.add_argument("--crop", choices=CROPS, default="none",
                    help="none: resize the whole image; center: the largest centred region of the run's aspect first")
     p.add_argument("--out", default="evaluation", help="folder for evaluation.json and confusion.png")
@@ -151,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     enable_compilation_cache()
     restored = restore(args.run, args.variant, args.seed, args.checkpoint, notes=notes)
+    if args.tta:
+        restored = restored.with_tta(args.tta)
     probs, labels, how, unread, load_notes = evaluate(restored, items, args.crop, args.strict)
     skipped.update(unread)
     result = {"run": str(restored.folder), "variant": restored.variant.name, "checkpoint_epoch": restored.epoch,

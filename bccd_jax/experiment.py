@@ -318,6 +318,14 @@ def train_variant(exp: Experiment, args, v: Variant, record: RunRecord, folder: 
 
     vr = record.variants[v.name]
     built = build(v.model, v.train, record.data, optimizer=v.optimizer)
+    if built.cut:  # train the top on the cached output of the frozen prefix
+        from bccd_jax.features import cached_features
+        from bccd_jax.train import TrainData
+
+        folder.write_frozen(v.name, built.prefix)
+        features = cached_features(ds, built.prefix, built.cut, args.cache_dir,
+                                   log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        data = TrainData.from_dataset(ds, list(data.eval_sets), inputs=features)
     store = folder.checkpoints(v.name)
     run_meta = {"model": dataclasses.asdict(v.model), "train": dataclasses.asdict(v.train),
                 "data_fingerprint": ds.fingerprint, "image_shape": list(ds.image_shape), "variant": v.name,

@@ -6,6 +6,7 @@
         metrics.csv    the same history in long form (variant, seed, epoch, metric columns)
         figures/*.png  2x2 learning curves (mean and band over seeds), confusion matrices
         checkpoints/<variant>/<epoch>/   Orbax checkpoints (state + JSON meta)
+        frozen/<variant>.npz   the frozen VGG16 prefix of a variant trained on cached features
 
 Everything that reads or writes a run folder goes through `RunFolder`; everything that turns a
 config into (model, optimizer, pretrained weights) goes through `build`; predict, evaluate
@@ -38,6 +39,7 @@ METRICS_FILE = "metrics.json"
 METRICS_CSV = "metrics.csv"
 FIGURES_DIR = "figures"
 CHECKPOINTS_DIR = "checkpoints"
+FROZEN_DIR = "frozen"
 DATA_DIR_PLACEHOLDER = "$BCCD_DATA_DIR"
 """How a recorded command names the data folder it was given (a path of one machine is not recorded)."""
 
@@ -360,6 +362,27 @@ class RunFolder:
         path = self.path / name
         return read_json(path) if path.exists() else None
 
+    # the frozen prefix of a variant trained on cached features (bccd_jax.features)
+    def frozen_path(self, variant: str) -> Path:
+        return self.path / FROZEN_DIR / f"{variant}.npz"
+
+    def write_frozen(self, variant: str, weights: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        self.frozen_path(variant).parent.mkdir(exist_ok=True)
+        flat = {f"{layer}/{part}": np.asarray(a) for layer, w in weights.items() for part, a in w.items()}
+        write_atomic(self.frozen_path(variant), lambda f: np.savez(f, **flat))
+
+    def read_frozen(self, variant: str) -> dict[str, dict[str, np.ndarray]]:
+        path = self.frozen_path(variant)
+        if not path.is_file():
+            raise UserError(f"{path} is missing: variant {variant!r} was trained above a frozen prefix whose weights "
+                            "the run folder should hold; the run folder is incomplete")
+        out: dict[str, dict[str, np.ndarray]] = {}
+        with np.load(path) as z:
+            for key in z.files:
+                layer, part = key.split("/")
+                out.setdefault(layer, {})[part] = z[key]
+        return out
+
     # checkpoints
     def checkpoint_epochs(self, variant: str) -> list[int]:
         """Finished Orbax step folders (plain integers; temporary folders of an interrupted save are skipped)."""
@@ -418,11 +441,27 @@ def _write_metrics_csv(path: Path, metrics: Mapping[str, Mapping[str, Any]]) -> 
 @dataclass
 class Built:
     """A config made trainable: the Flax module, the optax transformation (frozen layers masked),
-    and pretrained parameters to merge at init (None for a model trained from scratch)."""
+    pretrained parameters to merge at init (None for a model trained from scratch), and the shape
+    of one input. With a cached frozen prefix (`cut` > 0, vgg16 only) the module is the top of the
+    network, its input the prefix's output (bccd_jax.features), and `prefix` the prefix's weights."""
 
     model: Any
     tx: Any
     pretrained: Any = None
+    input_shape: tuple[int, ...] = ()
+    cut: int = 0
+    prefix: Any = None
+
+
+def cached_cut(model_cfg: ModelConfig, train_cfg: TrainConfig) -> int:
+    """How many leading VGG16 blocks a variant trains above cached features (0: none, the whole network)."""
+    from bccd_jax.transfer import frozen_prefix
+
+    if model_cfg.arch != "vgg16" or not model_cfg.pretrained or not train_cfg.feature_cache:
+        return 0
+    if train_cfg.augment.active:
+        return 0  # an augmented image changes every epoch: nothing to cache
+    return frozen_prefix(model_cfg.freeze)
 
 
 def build(model_cfg: ModelConfig, train_cfg: TrainConfig, data: DataRecord, *, optimizer=None,
@@ -438,20 +477,27 @@ def build(model_cfg: ModelConfig, train_cfg: TrainConfig, data: DataRecord, *, o
     from bccd_jax.optimizers import make_optimizer
     from bccd_jax.steps import steps_per_epoch
 
-    model = build_model(model_cfg, train_mean=data.train_mean)
     spe = steps_per_epoch(int(data.splits.get("train", 1)), train_cfg.batch_size)
     tx = optimizer if optimizer is not None else make_optimizer(train_cfg, steps_per_epoch=spe)
-    pretrained = None
-    if model_cfg.arch == "vgg16":
-        from bccd_jax.models.vgg import load_vgg16_conv_weights
-        from bccd_jax.transfer import freeze_vgg16
+    if model_cfg.arch != "vgg16":
+        return Built(build_model(model_cfg, train_mean=data.train_mean), tx, input_shape=tuple(data.image_shape))
+    from bccd_jax.features import split_weights
+    from bccd_jax.models.vgg import VGG16_BLOCKS, load_vgg16_conv_weights
+    from bccd_jax.transfer import freeze, freeze_vgg16, vgg16_trainable
 
-        if model_cfg.pretrained and load_pretrained:
-            pretrained = load_vgg16_conv_weights(model_cfg.pretrained)[1]
-        sample = jax.ShapeDtypeStruct((1, *data.image_shape), np.uint8)
-        abstract = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), sample)
-        tx = freeze_vgg16(tx, abstract["params"], model_cfg.freeze)
-    return Built(model, tx, pretrained)
+    cut = cached_cut(model_cfg, train_cfg)
+    model = build_model(model_cfg, first_block=cut + 1)
+    h, w, _ = data.image_shape
+    shape = (h >> cut, w >> cut, VGG16_BLOCKS[cut - 1][-1]) if cut else tuple(data.image_shape)
+    conv = load_vgg16_conv_weights(model_cfg.pretrained)[1] if model_cfg.pretrained and (load_pretrained or cut) \
+        else None
+    prefix, pretrained = split_weights(conv, cut) if conv is not None else (None, None)
+    sample = jax.ShapeDtypeStruct((1, *shape), np.float32 if cut else np.uint8)
+    abstract = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), sample)
+    # the top of a cached network has no frozen layer left; the whole network masks the frozen ones
+    tx = freeze(tx, abstract["params"], vgg16_trainable(model_cfg.freeze)) if cut else \
+        freeze_vgg16(tx, abstract["params"], model_cfg.freeze)
+    return Built(model, tx, pretrained if load_pretrained else None, shape, cut, prefix)
 
 
 def resume_problems(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
@@ -526,6 +572,11 @@ class Restored:
 
         return predict_logits(self.model, self.state, images, batch_size, self.variant.train.eval_tta)
 
+    def with_tta(self, tta: str) -> "Restored":
+        """The same model evaluated with another test-time averaging (TrainConfig.eval_tta)."""
+        train = dataclasses.replace(self.variant.train, eval_tta=tta).validate()
+        return dataclasses.replace(self, variant=dataclasses.replace(self.variant, train=train))
+
     def preprocessing(self) -> str:
         """What a foreign image goes through before the network, in words."""
         m = self.variant.model
@@ -584,9 +635,18 @@ def restore(run: str | Path | RunFolder, variant: str | None = None, seed: int |
     built = build(v.model, v.train, record.data, load_pretrained=False)
     store = folder.checkpoints(name)
     try:
-        state, meta = store.restore_for_inference(built, record.data, list(v.seeds), epoch)
+        state, meta = store.restore_for_inference(built, list(v.seeds), epoch)
     finally:
         store.close()
+    model = built.model
+    if built.cut:  # the top was trained on cached features: put the frozen prefix back under it
+        from bccd_jax.checkpoints import InferenceState
+        from bccd_jax.models import build_model
+
+        n = jax.tree.leaves(state.params)[0].shape[0]
+        prefix = jax.tree.map(lambda a: np.broadcast_to(a, (n, *a.shape)), folder.read_frozen(name))
+        state = InferenceState({**prefix, **state.params}, state.batch_stats)
+        model = build_model(v.model)
     saved_seeds = [int(s) for s in meta.get("seeds", v.seeds)]
     if seed is not None:
         if seed not in saved_seeds:
@@ -595,7 +655,7 @@ def restore(run: str | Path | RunFolder, variant: str | None = None, seed: int |
         i = saved_seeds.index(seed)
         state = jax.tree.map(lambda x: x[i:i + 1], state)
         saved_seeds = [seed]
-    return Restored(folder, v, record.data, built.model, state, epoch, saved_seeds)
+    return Restored(folder, v, record.data, model, state, epoch, saved_seeds)
 
 
 def iter_runs(paths: Sequence[str | Path]) -> Iterator[RunFolder]:

@@ -37,16 +37,19 @@ class TrainData:
     eval_subsets: dict[str, tuple[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
     @staticmethod
-    def from_dataset(ds, eval_splits: Sequence[str] | None = None) -> "TrainData":
+    def from_dataset(ds, eval_splits: Sequence[str] | None = None,
+                     inputs: Mapping[str, Any] | None = None) -> "TrainData":
         """From a bccd_jax.data.Dataset: 'train' for training, every other split (or `eval_splits`) for
-        evaluation, and for each of them `<split>_leakfree`: its images whose cell is not in 'train'."""
+        evaluation, and for each of them `<split>_leakfree`: its images whose cell is not in 'train'.
+        `inputs` replaces the images of each split (e.g. cached features of a frozen prefix)."""
         from bccd_jax.data.cells import leakfree_subsets
 
         names = [s for s in ds.splits if s != "train"] if eval_splits is None else list(eval_splits)
-        tr = ds.splits["train"]
+        x = {s: (inputs or {}).get(s, sp.images) for s, sp in ds.splits.items()}
         return TrainData(
-            train_images=jax.device_put(tr.images), train_labels=jax.device_put(tr.labels.astype(np.int32)),
-            eval_sets={n: (jax.device_put(ds.splits[n].images),
+            train_images=jax.device_put(np.asarray(x["train"])),
+            train_labels=jax.device_put(ds.splits["train"].labels.astype(np.int32)),
+            eval_sets={n: (jax.device_put(np.asarray(x[n])),
                            jax.device_put(ds.splits[n].labels.astype(np.int32))) for n in names},
             eval_subsets=leakfree_subsets(ds, names),
         )

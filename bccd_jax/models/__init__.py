@@ -12,8 +12,9 @@ from bccd_jax.errors import UserError
 from bccd_jax.models.cnn import CNN
 
 
-def build_model(cfg: ModelConfig, train_mean: Sequence[float] | None = None) -> nn.Module:
-    """The Flax module for `cfg`. `train_mean` is required when cfg.feature_centering is on."""
+def build_model(cfg: ModelConfig, train_mean: Sequence[float] | None = None, first_block: int = 1) -> nn.Module:
+    """The Flax module for `cfg`. `train_mean` is required when cfg.feature_centering is on.
+    `first_block` > 1 (vgg16 only): the top of the network above a cached frozen prefix."""
     cfg.validate()
     dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
     mean = None
@@ -29,7 +30,7 @@ def build_model(cfg: ModelConfig, train_mean: Sequence[float] | None = None) -> 
                             "feature_centering are for the CNN family")
 
         return VGG16(num_classes=cfg.num_classes, head_features=cfg.dense_features, dropout=cfg.dropout,
-                     dtype=dtype)
+                     first_block=first_block, dtype=dtype)
     return CNN(conv_blocks=tuple(tuple(b) for b in cfg.conv_blocks), kernel_size=cfg.kernel_size,
                dense_features=cfg.dense_features, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
                bn_momentum=cfg.bn_momentum, padding=cfg.padding, num_classes=cfg.num_classes, input_mean=mean,

@@ -85,18 +85,29 @@ def vgg16_conv_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
 # --------------------------------------------------------------------------- model
 
 
+def block_of(name: str) -> int:
+    """1..5: the block of a Keras VGG16 conv layer name ('block3_conv2' -> 3)."""
+    return int(name[len("block")])
+
+
 class VGG16(nn.Module):
     """VGG16 conv stack (Keras names, caffe preprocessing inside) + a new head for the 4 classes.
 
     Head: global average pooling ('gap', size-independent) or 'flatten' -> Dense(head_features)
     -> ReLU -> Dropout(dropout, 'dropout' rng) -> Dense(num_classes) named `head_out`.
     `dtype` is the compute dtype (bf16 for mixed precision); params are always float32.
+
+    `first_block` > 1 makes the *top* of the network: its input is the output of blocks
+    1..first_block-1 (a frozen prefix whose features were computed once, bccd_jax.features),
+    and it has only the layers from block `first_block` on, under the same names, so its params
+    are a subtree of the full model's.
     """
 
     num_classes: int = len(CLASS_NAMES)
     head_features: int = 256
     dropout: float = 0.5
     pooling: str = "gap"
+    first_block: int = 1
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
@@ -104,28 +115,36 @@ class VGG16(nn.Module):
             raise UserError(f"VGG16 pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"VGG16 dropout must be in [0, 1), got {self.dropout}")
+        if not 1 <= self.first_block <= len(VGG16_BLOCKS) + 1:
+            raise UserError(f"VGG16 first_block must be 1..{len(VGG16_BLOCKS) + 1}, got {self.first_block}")
         # Keras' default initialisers (glorot_uniform kernels, zero biases): the study's head was built in Keras.
         init = dict(kernel_init=nn.initializers.glorot_uniform(), bias_init=nn.initializers.zeros,
                     dtype=self.dtype, param_dtype=jnp.float32)
         for name, _, cout in VGG16_CONV:
-            # setattr in setup names each submodule after its attribute: the Keras name.
-            setattr(self, name, nn.Conv(cout, (3, 3), padding="SAME", **init))
+            if block_of(name) >= self.first_block:
+                # setattr in setup names each submodule after its attribute: the Keras name.
+                setattr(self, name, nn.Conv(cout, (3, 3), padding="SAME", **init))
         self.head_dense = nn.Dense(self.head_features, **init)
         self.head_dropout = nn.Dropout(self.dropout)
         self.head_out = nn.Dense(self.num_classes, **init)
 
-    def features(self, x: jnp.ndarray) -> jnp.ndarray:
-        """0..255 RGB NHWC -> block5 feature map after its pool, (N, H//32, W//32, 512) float32."""
-        if x.ndim != 4 or x.shape[-1] != 3:
-            raise UserError(f"VGG16 expects NHWC RGB images, got shape {tuple(x.shape)}")
-        if min(x.shape[1], x.shape[2]) < MIN_SIZE:
-            raise UserError(f"VGG16 needs images of at least {MIN_SIZE}x{MIN_SIZE}, got {x.shape[1]}x{x.shape[2]}")
-        x = x.astype(jnp.float32)[..., ::-1] - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
+    def features(self, x: jnp.ndarray, last_block: int = len(VGG16_BLOCKS)) -> jnp.ndarray:
+        """The output of blocks first_block..last_block after their pools, float32.
+
+        With first_block 1, `x` is 0..255 RGB NHWC; otherwise the previous block's output.
+        """
+        if self.first_block == 1:
+            if x.ndim != 4 or x.shape[-1] != 3:
+                raise UserError(f"VGG16 expects NHWC RGB images, got shape {tuple(x.shape)}")
+            if min(x.shape[1], x.shape[2]) < MIN_SIZE:
+                raise UserError(f"VGG16 needs images of at least {MIN_SIZE}x{MIN_SIZE}, got {x.shape[1]}x{x.shape[2]}")
+            x = x.astype(jnp.float32)[..., ::-1] - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
         x = x.astype(self.dtype)
-        names = iter(CONV_NAMES)
-        for block in VGG16_BLOCKS:
-            for _ in block:
-                x = nn.relu(getattr(self, next(names))(x))
+        for b, block in enumerate(VGG16_BLOCKS, start=1):
+            if not self.first_block <= b <= last_block:
+                continue
+            for i in range(1, len(block) + 1):
+                x = nn.relu(getattr(self, f"block{b}_conv{i}")(x))
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         return x.astype(jnp.float32)
 
