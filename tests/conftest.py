@@ -1,4 +1,4 @@
-"""Shared test setup: a persistent XLA compilation cache so identical programs compile once per session."""
+"""Shared test setup: a persistent XLA compilation cache so identical programs compile once per test run."""
 
 from __future__ import annotations
 

@@ -129,7 +129,7 @@ def test_skip_rules_synthetic(tmp_path: Path) -> None:
     want = {"multi_label": 1, "basophil": 1, "empty_label": 1, "no_wbc_box": 1, "several_wbc_boxes": 1,
             "no_xml": 1, "no_image": 1}
     assert {k: v for k, v in skipped.items() if v} == want
-    # a label that disagrees with the split table is an error, not a silent relabel
+    # a label that disagrees with the split table is an error, never a quiet relabel
     (tmp_path / "original_split.csv").write_text("original_id,label,split\nBloodImage_00000,MONOCYTE,test\n")
     with pytest.raises(UserError, match="BloodImage_00000"):
         sources.select_originals(sources.find_originals(tmp_path))

@@ -1,6 +1,6 @@
 """Ctrl-C during an experiment saves a checkpoint and exits 130; --resume then reaches the uninterrupted numbers.
 
-Three subprocesses of the same command share the session's XLA compile cache and a data cache:
+Three subprocesses of the same command share the test run's XLA compile cache and a data cache:
 an uninterrupted run, a run sent SIGINT after its first epoch line, and its --resume. Resuming
 with another config or image size is refused (one line, exit 2, config.json untouched) unless --force.
 """
@@ -67,7 +67,7 @@ class Watched:
 
 
 def cache_env(tmp_root: Path) -> dict[str, str]:
-    """The session's XLA cache (see conftest) and a data cache shared with test_predict's subprocesses."""
+    """The test run's XLA cache (see conftest) and a data cache shared with test_predict's subprocesses."""
     import os
 
     xla = jax.config.jax_compilation_cache_dir or str(tmp_root / "xla")

@@ -2,7 +2,7 @@
 
 The run is trained once per module in a subprocess; every error case is a subprocess
 that must exit 2 with exactly one stderr line and no traceback. Subprocesses share
-the session's XLA compile cache (BCCD_JAX_COMPILE_CACHE) and a data cache (BCCD_JAX_CACHE).
+the test run's XLA compile cache (BCCD_JAX_COMPILE_CACHE) and a data cache (BCCD_JAX_CACHE).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ SIZE = (24, 32)
 
 
 def cache_env(tmp_root: Path) -> dict[str, str]:
-    """Environment for subprocesses: the session's XLA cache (see conftest) and a shared data cache."""
+    """Environment for subprocesses: the test run's XLA cache (see conftest) and a shared data cache."""
     xla = jax.config.jax_compilation_cache_dir or str(tmp_root / "xla")
     return {**os.environ, "BCCD_JAX_COMPILE_CACHE": xla, "BCCD_JAX_CACHE": str(tmp_root / "bccd_data"),
             "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}

@@ -1,0 +1,87 @@
+"""Robustness to other labs' images: a trained run on TEST under a fixed, seeded suite of shifts.
+
+    python -m experiments.robustness --run RUN_DIR --data-dir DATA [--variants NAME...] [--stride 3]
+
+For every variant (default: each finished one with checkpoints) and each of its seeds: accuracy on
+clean TEST and under hue, saturation, brightness, gamma, blur, JPEG, rescale and stain shifts at
+several strengths (bccd_jax.robustness), on every `--stride`-th TEST image. Writes
+`robustness.json` and `figures/robustness.png` into the run folder, where experiments.report
+finds them, and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+
+from bccd_jax.errors import ArgumentParser, UserError, run_cli
+from bccd_jax.metrics import mean_ci
+
+RESULT_FILE = "robustness.json"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bccd_jax.data import load_dataset
+    from bccd_jax.plots import plot_robustness
+    from bccd_jax.robustness import SUITE, evaluate_suite, subset
+    from bccd_jax.run import RunFolder, restore
+    from bccd_jax.runtime import enable_compilation_cache
+
+    p = ArgumentParser(prog="python -m experiments.robustness", description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--data-dir", help="the data the run was trained on (dataset2-master folder or an export)")
+    p.add_argument("--cache-dir")
+    p.add_argument("--variants", nargs="+", metavar="NAME")
+    p.add_argument("--stride", type=int, default=3, help="every k-th TEST image (default 3: 829 of 2487)")
+    args = p.parse_args(argv)
+    folder = RunFolder(args.run)
+    record = folder.record()
+    names = args.variants or [v for v, r in folder.results().items() if not r.incomplete and folder.checkpoint_epochs(v)]
+    if not names:
+        raise UserError(f"{folder} has no finished variant with checkpoints to evaluate")
+    enable_compilation_cache()
+    ds = load_dataset(record.data.dataset, data_dir=args.data_dir, image_size=record.data.image_size,
+                      cache_dir=args.cache_dir)
+    if ds.fingerprint != record.data.fingerprint:
+        raise UserError(f"--data-dir holds other data (fingerprint {ds.fingerprint[:16]}) than {folder} was trained on "
+                        f"({record.data.fingerprint[:16]})")
+    test = ds.splits["test"]
+    idx = subset(len(test), args.stride)
+    images, labels = np.asarray(test.images)[idx], np.asarray(test.labels)[idx]
+    out = {"stride": args.stride, "n_images": int(len(idx)), "fingerprint": ds.fingerprint, "variants": {}}
+    old = folder.read_extra(RESULT_FILE) or {}
+    if old.get("stride") == args.stride:
+        out["variants"].update(old.get("variants", {}))
+    for name in names:
+        t = time.perf_counter()
+        restored = restore(folder, name)
+        log = lambda msg: print(f"[robustness] {name}: {msg}", file=sys.stderr, flush=True)  # noqa: E731
+        res = evaluate_suite(restored, images, labels, log=log)
+        res.update(seeds=restored.seeds, epoch=restored.epoch, wall_s=time.perf_counter() - t)
+        out["variants"][name] = res
+        folder.write_extra(RESULT_FILE, out)
+    plot_robustness(out["variants"], folder.figures / "robustness.png",
+                    title=f"{record.experiment}: TEST (every {args.stride}th image) under the shift suite")
+    print(f"{record.experiment} {folder.path.name}: accuracy on {len(idx)} TEST images, mean over seeds (95% CI)")
+    head = f"{'shift':<12}{'strength':>10}" + "".join(f"{n:>24}" for n in out["variants"])
+    print(head)
+
+    def row(label, strength, values):
+        cells = "".join(f"{m:>10.3f} ({lo:.3f}-{hi:.3f})" for m, (lo, hi) in (mean_ci(v) for v in values))
+        print(f"{label:<12}{strength:>10}{cells}")
+
+    row("clean", "", [r["clean"] for r in out["variants"].values()])
+    for shift in SUITE:
+        for k, s in enumerate(shift.strengths):
+            row(shift.name, f"{s:g}", [r["shifts"][shift.name]["acc"][k] for r in out["variants"].values()])
+    row("suite mean", "", [r["suite_mean"] for r in out["variants"].values()])
+    print(f"wrote {folder.path / RESULT_FILE} and {folder.figures / 'robustness.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
