@@ -26,7 +26,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -658,6 +658,38 @@ def restore(run: str | Path | RunFolder, variant: str | None = None, seed: int |
     return Restored(folder, v, record.data, model, state, epoch, saved_seeds)
 
 
-def iter_runs(paths: Sequence[str | Path]) -> Iterator[RunFolder]:
-    for p in paths:
-        yield RunFolder(p).check()
+def export_model(restored: Restored, dst: str | Path, dtype: str = "float32") -> RunFolder:
+    """A run folder reduced to what inference needs: config.json with one variant and the restored
+    seeds, and one weights-only checkpoint (params and batch statistics, optionally float16)."""
+    import jax.numpy as jnp
+
+    from bccd_jax.checkpoints import InferenceState
+
+    out = RunFolder(dst)
+    if out.path.exists() and any(out.path.iterdir()):
+        raise UserError(f"{out.path} exists and is not empty; choose another folder or remove it")
+    out.path.mkdir(parents=True, exist_ok=True)
+    record = restored.folder.record()
+    v = dataclasses.replace(restored.variant, seeds=tuple(restored.seeds))
+    if cached_cut(v.model, v.train):  # the exported weights are the whole network, prefix included
+        v = dataclasses.replace(v, train=dataclasses.replace(v.train, feature_cache=False))
+    out.write_record(dataclasses.replace(record, variants={v.name: v}, previous_commands=[], resumed_from=[]))
+    results = restored.folder.results()
+    if v.name in results:  # the exported seeds' share of the metrics, for best_variant and the record
+        raw = dict(results[v.name].raw)
+        keep = [raw["seeds"].index(s) for s in restored.seeds]
+        raw["history"] = {k: (h if k == "epoch" else [[e[i] for i in keep] for e in h]) for k, h in raw["history"].items()}
+        raw["seeds"] = list(restored.seeds)
+        raw["exported_from"] = {"run": restored.folder.path.name, "seeds": results[v.name].seeds}
+        out.write_results({v.name: VariantResult(v.name, raw)})
+    cast = (lambda a: jnp.asarray(a, jnp.float16)) if dtype == "float16" else (lambda a: jnp.asarray(a, jnp.float32))
+    import jax
+
+    weights = InferenceState(jax.tree.map(cast, restored.state.params), jax.tree.map(cast, restored.state.batch_stats))
+    store = out.checkpoints(v.name, max_to_keep=None)
+    try:
+        store.save_weights(restored.epoch, weights, {"seeds": list(restored.seeds), "epoch": restored.epoch,
+                                                     "dtype": dtype, "train": to_dict(v.train)})
+    finally:
+        store.close()
+    return out

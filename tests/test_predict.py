@@ -227,3 +227,87 @@ def test_preprocessing_matches_data_layer(run_dir, env, monkeypatch):
     logits = predict_logits(restored.model, restored.state, batch)
     np.testing.assert_allclose(one, softmax(logits)[1], atol=1e-6)
     np.testing.assert_allclose(mean_probs, softmax(logits).mean(0), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+EVAL_SIZE = (32, 40)  # images of at least 32 px per side, like any user's
+
+
+@pytest.fixture(scope="module")
+def eval_run(tmp_path_factory, env) -> Path:
+    out = tmp_path_factory.mktemp("evaluate_runs")
+    proc = subprocess.run([sys.executable, "-m", "experiments.optimizers", "--variants", "adam", "--epochs", "2",
+                           "--seeds", "2", "--image-size", *map(str, EVAL_SIZE), "--out", str(out), "--no-progress",
+                           "--no-figures"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = (out / "optimizers").iterdir()
+    return run
+
+
+@pytest.fixture(scope="module")
+def labelled_folder(tmp_path_factory, env) -> Path:
+    """The originals' TEST crops at the run's size as lossless PNGs in CLASS folders named as users do
+    (plural, lower case), plus a class the model does not know and one unreadable file."""
+    import os
+
+    from bccd_jax.data import load_dataset
+
+    os.environ["BCCD_JAX_CACHE"] = env["BCCD_JAX_CACHE"]
+    ds = load_dataset("originals", image_size=EVAL_SIZE)
+    root = tmp_path_factory.mktemp("labelled") / "lab"
+    test = ds.splits["test"]
+    for i, (img, label) in enumerate(zip(test.images, test.labels)):
+        folder = root / (CLASS_NAMES[label].lower() + "s")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(img)).save(folder / f"{i:03d}_{test.original_ids[i]}.png")
+    (root / "Basophil").mkdir()
+    Image.fromarray(np.asarray(test.images[0])).save(root / "Basophil" / "b.png")
+    return root
+
+
+def evaluate_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "bccd_jax.evaluate", *map(str, args)]
+
+
+def test_evaluate_reproduces_the_runs_own_test_accuracy(eval_run, labelled_folder, env, tmp_path):
+    """evaluate on the TEST images laid out as class folders gives each seed's accuracy as the run recorded it."""
+    recorded = json.loads((eval_run / "metrics.json").read_text())["adam"]["final"]["test"]
+    r = subprocess.run(evaluate_cmd(labelled_folder, "--run", eval_run, "--json", "--out", tmp_path / "ev"), cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["n_images"] == 71 and out["skipped"] == {"class Basophil": 1}
+    assert out["accuracy_per_seed"] == pytest.approx(recorded["acc_per_seed"], abs=1e-12)
+    assert out["accuracy"] == pytest.approx(recorded["ensemble_acc"], abs=1e-12)  # seeds averaged like the run's ensemble
+    assert sum(map(sum, out["confusion_matrix"])) == 71
+    assert out["preparation"] == {"whole 40x32 image resized to 40x32": 71}
+    assert (tmp_path / "ev" / "evaluation.json").is_file() and (tmp_path / "ev" / "confusion.png").is_file()
+    one = subprocess.run(evaluate_cmd(labelled_folder, "--run", eval_run, "--seed", "1", "--json", "--out",
+                                      tmp_path / "ev1"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert json.loads(one.stdout)["accuracy"] == pytest.approx(recorded["acc_per_seed"][1], abs=1e-12)
+    human = subprocess.run(evaluate_cmd(labelled_folder, "--run", eval_run, "--out", tmp_path / "ev2"), cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert "balanced accuracy" in human.stdout and "confusion matrix" in human.stdout
+    assert "model input: 40x32 RGB, pixels / 255" in human.stderr
+
+
+def test_evaluate_errors_are_one_line(eval_run, labelled_folder, env, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(labelled_folder, bad)
+    (bad / "neutrophils" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    skipped = subprocess.run(evaluate_cmd(bad, "--run", eval_run, "--json", "--out", tmp_path / "e"), cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert skipped.returncode == 0 and json.loads(skipped.stdout)["skipped"]["unreadable image"] == 1
+    nothing = tmp_path / "nothing" / "platelets"
+    nothing.mkdir(parents=True)
+    cases = [((bad, "--run", eval_run, "--strict"), "broken.jpg"),
+             ((nothing.parent, "--run", eval_run), "no folder named after a class"),
+             ((bad, "--run", tmp_path / "no_run"), "does not exist")]
+    for argv, needle in cases:
+        r = subprocess.run(evaluate_cmd(*argv, "--out", tmp_path / "e2"), cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert needle in lines[0]
