@@ -75,6 +75,7 @@ class Experiment:
     variants: Callable[[argparse.Namespace], list[Variant]]
     protocols: Mapping[str, Protocol]
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    expectation: str = ""  # what the study reported, printed under the summary table
 
 
 def make_parser(exp: Experiment) -> argparse.ArgumentParser:
@@ -226,8 +227,11 @@ def format_table(results: Mapping[str, VariantResult]) -> str:
         f = r.final(split)
         return "-" if f is None or f.get(key) is None else f"{f[key]:.3f}"
 
+    def balanced(r: VariantResult) -> str:
+        return f"{np.mean(r.final('test')['balanced_acc_per_seed']):.3f}"
+
     has_simple = any(r.final("test_simple") for r in results.values())
-    head = ["variant", "seeds", "epochs", "train", "TEST (95% CI)", "leak-free", "by cell", "ensemble"]
+    head = ["variant", "seeds", "epochs", "train", "TEST (95% CI)", "balanced", "leak-free", "by cell", "ensemble"]
     head += ["TEST_SIMPLE"] if has_simple else []
     rows = [head + ["time"]]
     for name, r in results.items():
@@ -236,7 +240,7 @@ def format_table(results: Mapping[str, VariantResult]) -> str:
         t = r.final("test")
         lo, hi = t["acc_ci95"]
         row = [name, str(len(r.seeds)), str(r.epochs), f"{r.raw['train_acc_final_mean']:.3f}",
-               f"{t['acc_mean']:.3f} ({lo:.3f}-{hi:.3f})", cell(r, "test_leakfree"),
+               f"{t['acc_mean']:.3f} ({lo:.3f}-{hi:.3f})", balanced(r), cell(r, "test_leakfree"),
                cell(r, "test", "grouped_acc_mean"), cell(r, "test", "ensemble_acc")]
         row += [cell(r, "test_simple")] if has_simple else []
         rows.append(row + [f"{r.wall_s:.0f}s"])
@@ -385,10 +389,13 @@ def run_experiment(exp: Experiment, argv: Sequence[str] | None = None) -> int:
     done = {k: r for k, r in results.items() if k in {v.name for v in variants}}
     base, major = majority_baseline(ds)
     print(f"\n{exp.name}: {ds.name} data, image {ds.image_shape[0]}x{ds.image_shape[1]}, protocol {args.protocol}; "
-          f"accuracy = mean over seeds (95% t-interval); leak-free = TEST without cells seen in training; by cell = "
-          f"each cell weighted equally; ensemble = seeds' probabilities averaged")
+          f"accuracy = mean over seeds (95% t-interval); balanced = mean recall over the 4 classes; leak-free = "
+          f"TEST without cells seen in training; by cell = each cell weighted equally; ensemble = seeds' "
+          f"probabilities averaged")
     print(format_table(done))
-    print(f"majority-class baseline on TEST: {base:.3f} (always {major})")
+    print(f"majority-class baseline on TEST: accuracy {base:.3f} (always {major}), balanced accuracy 0.250")
+    if exp.expectation:
+        print(exp.expectation)
     print(f"\nrun folder: {folder}  ({time.perf_counter() - t_start:.0f} s)")
     return 0
 

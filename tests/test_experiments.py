@@ -97,6 +97,7 @@ def _summary(acc, cells=68):
     per_class = {c: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": n}
                  for c, n in zip(["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"], [26, 12, 8, 96])}
     return {"acc_mean": float(np.mean(acc)), "acc_ci95": [0.5, 0.9], "per_class": per_class, "ensemble_acc": 0.7,
+            "balanced_acc_per_seed": [0.5] * len(acc),
             "grouped_acc_mean": 0.65, "grouped_acc_ci95_over_seeds": [0.6, 0.7], "n_cells": cells}
 
 
