@@ -1,28 +1,34 @@
-"""Training-throughput benchmark of bccd_jax against PyTorch eager, on whatever backend is present.
+"""Training throughput of bccd_jax against PyTorch eager, side by side in one process.
 
-    python -m benchmarks.bench                                   # the CPU grid of benchmarks/RESULTS.md
-    python -m benchmarks.bench --images 9957 --steps 50 --seeds 1 8 32 --repeats 5   # a GPU run
-    python -m benchmarks.bench --compile-cache-check             # persistent compile cache, two processes
+    python -m benchmarks.bench                                        # the grid of benchmarks/RESULTS.md
+    python -m benchmarks.bench --seeds 1 8 --strategies unroll vmap   # + multi-seed rows
+    python -m benchmarks.bench --only-compile-cache-check             # persistent compile cache, two processes
 
-JAX rows time the project's own MultiSeedTrainer (bccd_jax.train): `train_step` calls
-for the step rows (epoch_mode "loop", one dispatch per step for all S seeds) and
-`run_epoch` for the epoch rows (scan vs loop). The first call of each compiled
-function is timed apart and reported as `compile_s` (first call minus the median
-steady call). Data are synthetic uint8 images of the real shape (120x160x3).
-`img_per_s` is always images x seeds per second; `per_seed_vs_1` divides the
-per-seed throughput of an S-seed row by the 1-seed row of the same model/batch/strategy.
+Grid: models x image sizes x dtypes x batch sizes, on synthetic uint8 images of each size. JAX
+rows time the project's MultiSeedTrainer.train_step (epoch_mode loop, one dispatch per step);
+PyTorch rows an eager step of benchmarks/torch_cnn.TorchCNN (the same architecture at the same
+size, the same init family, Adam eps=1e-7). bfloat16: ModelConfig(dtype="bfloat16") for JAX
+(float32 parameters, bfloat16 compute), torch.autocast(bfloat16) around forward and loss for
+PyTorch. Each cell is built once per framework and timed in rounds, JAX torch JAX torch
+(`--rounds`), so that other load on the machine hits both alike; every round gives a JAX/torch
+ratio, reported with its median. A batch size is skipped for a framework when its step,
+extrapolated from the previous batch size, would take longer than --max-step-seconds.
+`img_per_s` is images x seeds per second; compile_s = first step minus a warm step. On a CPU
+shared with other work, PyTorch's OpenMP threads can stall behind it (try --torch-threads 1).
 
-Writes benchmarks/results.json and benchmarks/RESULTS.md (or --out-dir).
+Writes results.json (one row per framework, cell and round, and the ratios) to --out-dir, and
+RESULTS.md there through benchmarks.report, which also renders the folder's other JSON files.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
+import math
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -36,7 +42,9 @@ if __package__ in (None, ""):  # `python benchmarks/bench.py`
 
 import numpy as np  # noqa: E402
 
-H, W, C, NUM_CLASSES = 120, 160, 3, 4
+from bccd_jax.errors import ArgumentParser, UserError, run_cli  # noqa: E402  (imports bccd_jax first)
+
+C, NUM_CLASSES = 3, 4
 MODELS = {"base": dict(dropout=0.2), "deep": {}}  # ModelConfig.preset(name, **overrides)
 
 
@@ -44,9 +52,24 @@ def _median(xs):
     return float(statistics.median(xs))
 
 
-def synthetic(n: int, seed: int = 0):
+def parse_size(text: str) -> tuple[int, int]:
+    """'60x80' -> (60, 80)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--sizes expects HxW such as 60x80, got {text!r}") from None
+    return h, w
+
+
+def synthetic(n: int, hw: tuple[int, int], seed: int = 0):
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, (n, H, W, C), dtype=np.uint8), rng.integers(0, NUM_CLASSES, n).astype(np.int32))
+    return (rng.integers(0, 256, (n, *hw, C), dtype=np.uint8), rng.integers(0, NUM_CLASSES, n).astype(np.int32))
+
+
+def model_config(name: str, dtype: str = "float32"):
+    from bccd_jax.config import ModelConfig
+
+    return ModelConfig.preset(name, dtype=dtype, **MODELS[name])
 
 
 def cpu_name() -> str:
@@ -55,143 +78,171 @@ def cpu_name() -> str:
     return f"{cpu_model()} x{os.cpu_count()} threads"
 
 
-# ----------------------------------------------------------------------------- JAX
+# ----------------------------------------------------------------------------- the two step runners
+# Each returns (run, info): run(n) takes n training steps and waits for them to finish.
 
 
-def _jax_setup(model_name, batch_size, seeds, strategy, epoch_mode, dtype, n):
+def jax_runner(model, dtype, batch_size, seeds, strategy, images, labels):
+    """MultiSeedTrainer.train_step over a fixed batch plan, as run_epoch's loop mode calls it."""
     import jax
+    import jax.numpy as jnp
 
-    from bccd_jax.config import ModelConfig, TrainConfig
+    from bccd_jax.config import TrainConfig
     from bccd_jax.models import build_model
     from bccd_jax.optimizers import make_optimizer
     from bccd_jax.runtime import seed_sharding
-    from bccd_jax.seeds import MultiSeedTrainer
+    from bccd_jax.seeds import MultiSeedTrainer, resolve_seed_strategy
 
-    model = build_model(ModelConfig.preset(model_name, dtype=dtype, **MODELS[model_name]))
-    cfg = TrainConfig(batch_size=batch_size, seed_strategy=strategy, epoch_mode=epoch_mode)
-    trainer = MultiSeedTrainer(model, make_optimizer(cfg), cfg, n, sharding=seed_sharding(seeds))
-    return jax, trainer
-
-
-def bench_jax_steps(model_name, batch_size, seeds, strategy, dtype, images, labels, steps, repeats):
-    """Step rows: `steps` train_step calls per repeat, after one compiling call."""
-    n = images.shape[0]
-    jax, tr = _jax_setup(model_name, batch_size, seeds, strategy, "loop", dtype, n)
+    cfg = TrainConfig(batch_size=batch_size, seed_strategy=strategy, epoch_mode="loop")
+    tr = MultiSeedTrainer(build_model(model_config(model, dtype)), make_optimizer(cfg), cfg, images.shape[0],
+                          sharding=seed_sharding(seeds))
     x, y = jax.device_put(images), jax.device_put(labels)
     t0 = time.perf_counter()
     state = tr.init_state(list(range(seeds)), x)
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t0
-    idx, mask = tr.batch_plan(state.key, jax.numpy.int32(0))
-    mask = mask[0]
-    spe = tr.steps_per_epoch
-    ep, zero = jax.numpy.int32(0), jax.numpy.int32(0)
+    idx, mask = tr.batch_plan(state.key, jnp.int32(0))
+    mask, spe, i = mask[0], tr.steps_per_epoch, 0
 
-    def step(state, i):
-        return tr.train_step(state, x, y, idx[:, i % spe], mask[i % spe], ep, jax.numpy.int32(i))
+    def run(steps):
+        nonlocal state, i
+        for _ in range(steps):
+            state, m = tr.train_step(state, x, y, idx[:, i % spe], mask[i % spe], jnp.int32(0), jnp.int32(i))
+            i += 1
+        jax.block_until_ready((state, m))
 
-    t0 = time.perf_counter()
-    state, m = step(state, 0)
-    jax.block_until_ready(m)
-    first = time.perf_counter() - t0
-    times = []
+    return run, dict(strategy=resolve_seed_strategy(strategy, seeds), init_s=init_s)
+
+
+def torch_runner(model, dtype, batch_size, images, labels, device):
+    """An eager PyTorch step (random batches) of the same CNN at the same image size."""
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks.torch_cnn import TorchCNN
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    net = TorchCNN(model_config(model), images.shape[1:3]).to(dev).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(dev)  # uint8 NCHW; the net scales it
+    y = torch.from_numpy(labels).long().to(dev)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
+
+    def run(steps):
+        for _ in range(steps):
+            idx = torch.randint(0, x.shape[0], (batch_size,), generator=g).to(dev)
+            opt.zero_grad(set_to_none=True)
+            with amp():
+                loss = F.cross_entropy(net(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    return run, dict(threads=torch.get_num_threads())
+
+
+def timed_steps(run, steps: int, repeats: int) -> list[float]:
+    """Seconds per step of `repeats` runs of `steps` steps."""
+    out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for i in range(1, steps + 1):
-            state, m = step(state, i)
-        jax.block_until_ready((state, m))
-        times.append((time.perf_counter() - t0) / steps)
-    del zero
-    step_s = _median(times)
-    return dict(step_s=step_s, step_s_all=times, img_per_s=batch_size * seeds / step_s,
-                compile_s=max(0.0, first - step_s), init_s=init_s, strategy=tr.seed_strategy)
+        run(steps)
+        out.append((time.perf_counter() - t0) / steps)
+    return out
 
 
-def bench_jax_epochs(model_name, batch_size, seeds, strategy, epoch_mode, images, labels, repeats):
+def bench_jax_epochs(model, batch_size, seeds, strategy, epoch_mode, images, labels, repeats):
     """Epoch rows: whole run_epoch calls (batch plan included) in scan or loop mode."""
-    n = images.shape[0]
-    jax, tr = _jax_setup(model_name, batch_size, seeds, strategy, epoch_mode, "float32", n)
+    import jax
+
+    from bccd_jax.config import TrainConfig
+    from bccd_jax.models import build_model
+    from bccd_jax.optimizers import make_optimizer
+    from bccd_jax.seeds import MultiSeedTrainer, resolve_seed_strategy
+
+    cfg = TrainConfig(batch_size=batch_size, seed_strategy=strategy, epoch_mode=epoch_mode)
+    tr = MultiSeedTrainer(build_model(model_config(model)), make_optimizer(cfg), cfg, images.shape[0])
     x, y = jax.device_put(images), jax.device_put(labels)
     state = tr.init_state(list(range(seeds)), x)
-    t0 = time.perf_counter()
-    state, m = tr.run_epoch(state, x, y, 0)
-    jax.block_until_ready(m)
-    first = time.perf_counter() - t0
     times = []
-    for e in range(1, repeats + 1):
+    for e in range(repeats + 1):  # the first epoch compiles
         t0 = time.perf_counter()
         state, m = tr.run_epoch(state, x, y, e)
         jax.block_until_ready((state, m))
         times.append(time.perf_counter() - t0)
-    epoch_s = _median(times)
-    return dict(epoch_s=epoch_s, epoch_s_all=times, img_per_s=n * seeds / epoch_s,
-                compile_s=max(0.0, first - epoch_s), strategy=tr.seed_strategy, epoch_mode=tr.epoch_mode)
+    epoch_s = _median(times[1:])
+    return dict(epoch_s=epoch_s, epoch_s_all=times[1:], img_per_s=images.shape[0] * seeds / epoch_s,
+                compile_s=max(0.0, times[0] - epoch_s), strategy=resolve_seed_strategy(strategy, seeds),
+                epoch_mode=tr.epoch_mode)
 
 
-# ----------------------------------------------------------------------------- PyTorch eager
+# ----------------------------------------------------------------------------- one cell, interleaved
 
 
-def torch_model(name):
-    import torch.nn as tnn
+def measure_cell(a, cell: dict, images, labels, last: dict, torch_device: str, log) -> tuple[list, list]:
+    """Rows (one per runner and round) and skip reasons of one (model, size, dtype, batch) cell.
 
-    def conv(cin, cout):
-        return [tnn.Conv2d(cin, cout, 3), tnn.ReLU()]
+    Runners: JAX 1 seed, PyTorch, then JAX with S > 1 seeds; each is built on its first round
+    unless its estimated step (previous batch size's step x batch ratio; S x this cell's 1-seed
+    step) exceeds --max-step-seconds. `last` carries each runner's (batch, step_s) to the next cell."""
+    from bccd_jax.run import cpu_flags, cpu_model
 
-    if name == "base":
-        layers, ch, hw = conv(3, 32) + [tnn.MaxPool2d(2)], 32, ((H - 2) // 2, (W - 2) // 2)
-        dense, p = 128, 0.2
-    else:
-        layers = conv(3, 32) + conv(32, 32) + [tnn.MaxPool2d(2)] + conv(32, 64) + conv(64, 64) + [tnn.MaxPool2d(2)]
-        layers += conv(64, 128) + [tnn.MaxPool2d(2)]
-        h, w = H, W
-        for k in (2, 2, "p", 2, 2, "p", 2, "p"):
-            h, w = (h - 2, w - 2) if k == 2 else (h // 2, w // 2)
-        ch, hw, dense, p = 128, (h, w), 256, 0.2
-    return tnn.Sequential(*layers, tnn.Flatten(), tnn.Linear(ch * hw[0] * hw[1], dense), tnn.ReLU(),
-                          tnn.Dropout(p), tnn.Linear(dense, NUM_CLASSES))
-
-
-def bench_torch(model_name, batch_size, images, labels, steps, repeats, device):
-    import torch
-    import torch.nn.functional as F
-
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    net = torch_model(model_name).to(dev)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(dev)  # uint8 NCHW on device
-    y = torch.from_numpy(labels).long().to(dev)
-    n = x.shape[0]
-    g = torch.Generator(device="cpu").manual_seed(0)
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    def step(i):
-        idx = torch.randint(0, n, (batch_size,), generator=g).to(dev)
-        xb = x[idx].float() / 255.0
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(xb), y[idx])
-        loss.backward()
-        opt.step()
-        return loss
-
-    net.train()
-    t0 = time.perf_counter()
-    step(0)
-    sync()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for i in range(steps):
-            step(i)
-        sync()
-        times.append((time.perf_counter() - t0) / steps)
-    step_s = _median(times)
-    return dict(step_s=step_s, step_s_all=times, img_per_s=batch_size / step_s,
-                compile_s=max(0.0, first - step_s), threads=torch.get_num_threads())
+    specs = ([("jax", 1, "auto")] if "jax" in a.frameworks else []) + \
+            ([("torch", 1, "eager")] if "torch" in a.frameworks else []) + \
+            ([("jax", s, st) for s in a.seeds if s > 1 for st in a.strategies] if "jax" in a.frameworks else [])
+    bs, runners, rows, skipped, dead = cell["batch_size"], {}, [], [], set()
+    base = dict(kind="step", **cell, cpu=cpu_model(), cpu_flags=cpu_flags())
+    label = f"{cell['model']} {cell['size']} {cell['dtype']} b{bs}"
+    for rnd in range(a.rounds):
+        for spec in specs:
+            fw, seeds, strat = spec
+            if spec in dead:
+                continue
+            one_seed = next((r["step_s"] for r in rows if r["round"] == rnd and r["framework"] == "jax"
+                             and r["seeds"] == 1), None)
+            name = f"{fw} {label}" + (f" S={seeds} {strat}" if seeds > 1 else "")
+            if spec not in runners:
+                est = None
+                if spec in last:
+                    b0, s0 = last[spec]
+                    est, why = s0 * bs / b0, f"from {s0:.2f} s at batch {b0}"
+                elif seeds > 1 and one_seed is not None:
+                    est, why = one_seed * seeds, f"{seeds} x the 1-seed step {one_seed:.2f} s"
+                if est is not None and est > a.max_step_seconds:
+                    dead.add(spec)
+                    last[spec] = (bs, est)  # larger batches are skipped too
+                    skipped.append(f"{name}: estimated {est:.1f} s/step ({why}) > --max-step-seconds "
+                                   f"{a.max_step_seconds:g}")
+                    log(skipped[-1])
+                    continue
+                if fw == "jax":
+                    run, info = jax_runner(cell["model"], cell["dtype"], bs, seeds, strat, images, labels)
+                else:
+                    run, info = torch_runner(cell["model"], cell["dtype"], bs, images, labels, torch_device)
+                first = timed_steps(run, 1, 1)[0]
+                warm = min(timed_steps(run, 1, 2))  # PyTorch too warms up over its first steps
+                if warm > a.max_step_seconds:
+                    dead.add(spec)
+                    last[spec] = (bs, warm)
+                    skipped.append(f"{name}: a warm step took {warm:.1f} s > --max-step-seconds {a.max_step_seconds:g}")
+                    log(skipped[-1])
+                    continue
+                steps = min(50, max(a.steps, math.ceil(a.min_seconds / max(warm, 1e-6))))
+                runners[spec] = (run, dict(info, compile_s=max(0.0, first - warm), steps=steps))
+            run, info = runners[spec]
+            times = timed_steps(run, info["steps"], a.repeats)
+            step_s = _median(times)
+            rows.append(dict(base, framework=fw, seeds=seeds, strategy_requested=strat if fw == "jax" else None,
+                             round=rnd, step_s=step_s, step_s_all=times, img_per_s=bs * seeds / step_s,
+                             **{"strategy": "eager", **info}))
+            log(f"round {rnd + 1} {name}: {bs * seeds / step_s:,.1f} img/s ({step_s * 1e3:,.0f} ms/step)")
+    for spec in runners:  # measured: the next batch size's estimate starts from here
+        last[spec] = (bs, _median([r["step_s"] for r in rows if (r["framework"], r["seeds"], r["strategy_requested"]
+                                                                  or "eager") == spec]))
+    return rows, skipped
 
 
 # ----------------------------------------------------------------------------- compile cache check
@@ -237,163 +288,83 @@ def compile_cache_check(epoch_mode: str = "auto") -> dict:
                 same_numbers=first["test_acc"] == second["test_acc"])
 
 
-# ----------------------------------------------------------------------------- report
+# ----------------------------------------------------------------------------- main
 
 
 def versions() -> dict:
-    """bccd_jax.run.versions() plus the PyTorch the torch rows ran with (None when it is not installed)."""
+    """bccd_jax.run.versions() (less what the header shows apart) plus the PyTorch the torch rows ran with."""
     from bccd_jax.run import versions as run_versions
 
     try:
         import torch
     except ImportError:
         torch = None
-    return {**run_versions(), "torch": torch.__version__ if torch is not None else None}
-
-
-def _fmt(x, nd=1):
-    return "-" if x is None else f"{x:,.{nd}f}"
-
-
-def write_markdown(res: dict, path: Path):
-    rows = res["rows"]
-    step = [r for r in rows if r["kind"] == "step"]
-    lines = [
-        "# bccd_jax training throughput",
-        "",
-        f"- command: `{res['command']}`",
-        f"- machine: {res['machine']} (backend {res['backend']}, device {res['device']})",
-        f"- date: {res['date']}",
-        f"- versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}",
-        f"- XLA_FLAGS: `{res.get('xla_flags') or '(none)'}` (bccd_jax/_xla_env.py)",
-        f"- load average at start / end: {res.get('loadavg_start')} / {res.get('loadavg_end')}",
-        "",
-        "img*seed/s = images x seeds per second (median over repeats); 'vs 1 seed' = an S-seed row's img*seed/s "
-        "over the 1-seed row's img/s (per-seed throughput relative to training the seeds one by one); "
-        "compile_s = first call minus median call.",
-        "",
-        "## Steps (MultiSeedTrainer.train_step, epoch_mode loop) and PyTorch eager",
-        "",
-        "| framework | model | dtype | batch | seeds | strategy | img*seed/s | vs 1 seed | step ms | compile s |",
-        "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
-    ]
-    for r in step:
-        lines.append(f"| {r['framework']} | {r['model']} | {r.get('dtype', 'float32')} | {r['batch_size']} | "
-                     f"{r['seeds']} | {r.get('strategy', '-')} | {_fmt(r['img_per_s'])} | "
-                     f"{_fmt(r.get('per_seed_vs_1'), 2)} | "
-                     f"{_fmt(r['step_s'] * 1e3)} | {_fmt(r['compile_s'], 2)} |")
-    if res.get("ratios"):
-        lines += ["", "## Ratios", "", "| ratio | value |", "| --- | ---: |"]
-        lines += [f"| {k} | {v:.2f} |" for k, v in res["ratios"].items()]
-    ep = [r for r in rows if r["kind"] == "epoch"]
-    if ep:
-        lines += ["", "## Epochs: scan vs loop (MultiSeedTrainer.run_epoch)", "",
-                  "| model | batch | seeds | strategy | epoch_mode | images | epoch s | img/s | compile s |",
-                  "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
-        for r in ep:
-            lines.append(f"| {r['model']} | {r['batch_size']} | {r['seeds']} | {r['strategy']} | {r['epoch_mode']} | "
-                         f"{r['images']} | {_fmt(r['epoch_s'], 2)} | {_fmt(r['img_per_s'])} | {_fmt(r['compile_s'], 2)} |")
-    if res.get("skipped"):
-        lines += ["", "## Skipped", ""] + [f"- {s}" for s in res["skipped"]]
-    if res.get("compile_cache"):
-        cc = res["compile_cache"]
-        lines += ["", "## Persistent compilation cache (`--compile-cache-check`)", "",
-                  "compile = JAX's own timings (jax.monitoring: tracing, lowering, XLA compile or cache "
-                  "retrieval), summed over the process.",
-                  f"A 3-epoch fit of `base` (2 seeds, seed_strategy auto, epoch_mode {cc['epoch_mode']}) in two fresh processes "
-                  "sharing one cache directory (bccd_jax.runtime.enable_compilation_cache):", "",
-                  f"- first run compile {cc['first']['compile_s']:.2f} s, process {cc['first']['process_s']:.2f} s",
-                  f"- second run compile {cc['second']['compile_s']:.2f} s, process {cc['second']['process_s']:.2f} s",
-                  f"- second/first compile time: **{cc['compile_fraction'] * 100:.1f} %** "
-                  f"(process wall time {cc['process_fraction'] * 100:.1f} %); {cc['cache_entries']} cache entries; "
-                  f"identical numbers: {cc['same_numbers']}"]
-    if res.get("notes"):
-        lines += ["", "## Notes", ""] + list(res["notes"])
-    path.write_text("\n".join(lines) + "\n")
-
-
-def add_ratios(res: dict):
-    step = [r for r in res["rows"] if r["kind"] == "step"]
-    ratios = {}
-
-    def find(**kw):
-        for r in step:
-            if all(r.get(k) == v for k, v in kw.items()):
-                return r
-        return None
-
-    for r in step:
-        if r["framework"] == "jax" and r["seeds"] > 1:
-            one = find(framework="jax", model=r["model"], batch_size=r["batch_size"], seeds=1,
-                       dtype=r.get("dtype"))
-            if one:
-                r["per_seed_vs_1"] = r["img_per_s"] / one["img_per_s"]
-                ratios[f"{r['model']} b{r['batch_size']} S={r['seeds']} {r['strategy_requested']}: "
-                       "img*seed/s vs 1 seed's img/s (>= 1: not slower than seeds one by one)"] = r["per_seed_vs_1"]
-    for r in step:
-        if r["framework"] == "jax" and r["seeds"] == 1 and r.get("dtype") == "float32":
-            t = find(framework="torch", model=r["model"], batch_size=r["batch_size"])
-            if t:
-                ratios[f"{r['model']} b{r['batch_size']} JAX ({r['strategy_requested']}) / torch"] = \
-                    r["img_per_s"] / t["img_per_s"]
-        if r["framework"] == "jax" and r.get("dtype") == "bfloat16":
-            f = find(framework="jax", model=r["model"], batch_size=r["batch_size"], seeds=r["seeds"],
-                     dtype="float32")
-            if f:
-                ratios[f"{r['model']} b{r['batch_size']} S={r['seeds']} bfloat16 / float32"] = \
-                    r["img_per_s"] / f["img_per_s"]
-    res["ratios"] = ratios
+    v = {k: x for k, x in run_versions().items() if k not in ("devices", "xla_flags", "backend")}
+    return {**v, "torch": torch.__version__ if torch is not None else None}
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=256, help="synthetic training images (epoch rows use all)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
+    p = ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=["60x80", "120x160"], help="image sizes HxW")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 128, 256])
     p.add_argument("--models", nargs="+", default=["base", "deep"], choices=sorted(MODELS))
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     p.add_argument("--frameworks", nargs="+", default=["jax", "torch"], choices=["jax", "torch"])
+    p.add_argument("--torch-threads", type=int, help="torch.set_num_threads (default: PyTorch's own)")
+    p.add_argument("--rounds", type=int, default=2, help="JAX-then-PyTorch rounds per cell")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per repeat (at least; see --min-seconds)")
+    p.add_argument("--min-seconds", type=float, default=2.0, help="more steps per repeat until a repeat lasts this long")
+    p.add_argument("--repeats", type=int, default=2, help="timed repeats per round (their median is the round's)")
+    p.add_argument("--images", type=int, default=256, help="synthetic training images per size (>= the batch)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1], help="JAX seeds at once; > 1 adds multi-seed rows")
     p.add_argument("--strategies", nargs="+", default=["auto"], help="seed_strategy values for S > 1 rows")
-    p.add_argument("--bf16", action="store_true", help="add bfloat16 rows (1 seed, every model/batch)")
-    p.add_argument("--epochs", action="store_true", help="add scan-vs-loop epoch rows")
+    p.add_argument("--max-step-seconds", type=float, default=10.0,
+                   help="skip a runner whose step would take longer (estimated from the previous batch size)")
+    p.add_argument("--epochs", action="store_true", help="add scan-vs-loop epoch rows (first size, first batch)")
     p.add_argument("--epoch-images", type=int, default=256)
-    p.add_argument("--skip-steps", action="store_true", help="no step rows (only --epochs / cache check)")
     p.add_argument("--epoch-seeds", type=int, nargs="+", default=[1, 8])
     p.add_argument("--epoch-models", nargs="+", default=["base"])
     p.add_argument("--epoch-strategies", nargs="+", default=["vmap", "map"])
-    p.add_argument("--max-step-seconds", type=float, default=60.0,
-                   help="skip a JAX row whose step would take longer (estimated from its 1-seed row)")
+    p.add_argument("--skip-steps", action="store_true", help="no step rows (only --epochs / the cache check)")
     p.add_argument("--compile-cache-check", action="store_true", help="also run the compile-cache check")
     p.add_argument("--only-compile-cache-check", action="store_true")
     p.add_argument("--out-dir", type=Path, default=HERE)
-    p.add_argument("--note", action="append", default=[], help="a line for the Notes section")
+    p.add_argument("--note", action="append", default=[], help="a hand-written line for the Notes (shown with this command)")
     p.add_argument("--append", action="store_true", help="add to the rows of an existing results.json")
     a = p.parse_args(argv)
+    sizes = [parse_size(s) for s in a.sizes]
+    from benchmarks.torch_cnn import check_size
 
-    import bccd_jax  # noqa: F401  first: sets the XLA:CPU flags (bccd_jax/_xla_env.py) before JAX starts
+    for m in a.models:
+        for hw in sizes:
+            check_size(model_config(m), hw)
+    if min(a.rounds, a.steps, a.repeats, min(a.batch_sizes), min(a.seeds)) < 1:
+        raise UserError("--rounds, --steps, --repeats, --batch-sizes and --seeds must be >= 1")
+    a.out_dir.mkdir(parents=True, exist_ok=True)
+
     import jax
 
-    if a.out_dir != HERE:
-        a.out_dir.mkdir(parents=True, exist_ok=True)
+    from bccd_jax.run import command_line, cpu_flags
+    from benchmarks.report import summarize, write_report
+
     backend = jax.default_backend()
     dev = jax.devices()[0]
     device = getattr(dev, "device_kind", str(dev))
+    command = command_line(argv)
     res = {"machine": f"{platform.node()}: {cpu_name()}" + (f", {jax.device_count()}x {device}" if backend != "cpu" else ""),
-           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "command": "python -m benchmarks.bench " + " ".join(shlex.quote(s) for s in (argv if argv is not None else sys.argv[1:])),
-           "backend": backend, "device": device, "versions": versions(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-           "rows": [], "skipped": [],
-           "notes": a.note, "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+           "cpu_flags": cpu_flags(), "cpu_threads": os.cpu_count(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+           "command": [command], "backend": backend, "device": device, "versions": versions(),
+           "xla_flags": os.environ.get("XLA_FLAGS", ""), "rows": [], "skipped": [],
+           "notes": [{"text": t, "command": command} for t in a.note],
+           "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
     out_json = a.out_dir / "results.json"
     if a.append and out_json.exists():
         old = json.loads(out_json.read_text())
-        res["rows"] = old["rows"]
-        res["skipped"] = old.get("skipped", []) + res["skipped"]
-        res["notes"] = old.get("notes", []) + res["notes"]
-        res["command"] = old["command"] + "` and `" + res["command"]
-        res["date"] = old["date"] + " .. " + res["date"]
-        res["loadavg_start"] = old.get("loadavg_start")
+        old_cmd = old["command"] if isinstance(old["command"], list) else [old["command"]]
+        res.update(rows=old["rows"], skipped=old.get("skipped", []) + res["skipped"], command=old_cmd + [command],
+                   notes=old.get("notes", []) + res["notes"],
+                   date=old["date"] + " .. " + res["date"], loadavg_start=old.get("loadavg_start"))
         if "compile_cache" in old:
             res["compile_cache"] = old["compile_cache"]
 
@@ -402,64 +373,57 @@ def main(argv=None):
 
     def save():
         res["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-        add_ratios(res)
+        res.update(summarize(res))
         out_json.write_text(json.dumps(res, indent=1))
-        write_markdown(res, a.out_dir / "RESULTS.md")
+        write_report(a.out_dir)
 
+    if a.torch_threads and "torch" in a.frameworks:
+        import torch
+
+        torch.set_num_threads(a.torch_threads)
     base_row = dict(backend="gpu" if backend in ("gpu", "cuda", "rocm") else backend, device=device)
-    if not a.only_compile_cache_check:
-        images, labels = synthetic(max(a.images, max(a.batch_sizes)))
-        for model in ([] if a.skip_steps else a.models):
-            for bs in a.batch_sizes:
-                if "torch" in a.frameworks:
-                    tdev = "cuda" if backend == "gpu" else "cpu"
-                    r = bench_torch(model, bs, images, labels, a.steps, a.repeats, tdev)
-                    res["rows"].append(dict(base_row, kind="step", framework="torch", model=model, batch_size=bs,
-                                            seeds=1, dtype="float32", strategy="eager", strategy_requested=None, **r))
-                    log(f"torch {model} b{bs}: {r['img_per_s']:.1f} img/s")
-                    save()
-                if "jax" not in a.frameworks:
-                    continue
-                one_step = None
-                combos = [(1, "auto", "float32")] + [(s, st, "float32") for s in a.seeds if s > 1 for st in a.strategies]
-                if a.bf16:
-                    combos.append((1, "auto", "bfloat16"))
-                for seeds, strat, dtype in combos:
-                    if seeds == 1 and 1 not in a.seeds and dtype == "float32" and one_step is not None:
-                        continue
-                    if one_step is not None and one_step * seeds > a.max_step_seconds:
-                        res["skipped"].append(f"jax {model} b{bs} S={seeds} {strat}: estimated "
-                                              f"{one_step * seeds:.0f} s/step > --max-step-seconds {a.max_step_seconds}")
-                        log(res["skipped"][-1])
-                        continue
-                    r = bench_jax_steps(model, bs, seeds, strat, dtype, images, labels, a.steps, a.repeats)
-                    if seeds == 1 and dtype == "float32":
-                        one_step = r["step_s"]
-                    res["rows"].append(dict(base_row, kind="step", framework="jax", model=model, batch_size=bs,
-                                            seeds=seeds, dtype=dtype, strategy_requested=strat, **r))
-                    log(f"jax {model} b{bs} S={seeds} {strat}->{r['strategy']} {dtype}: {r['img_per_s']:.1f} "
-                        f"img*seed/s, compile {r['compile_s']:.1f} s")
-                    save()
-        if a.epochs:
-            images, labels = synthetic(a.epoch_images, seed=1)
-            for model in a.epoch_models:
-                for seeds in a.epoch_seeds:
-                    for strat in (a.epoch_strategies if seeds > 1 else ["vmap"]):
-                        for mode in ("loop", "scan"):
-                            r = bench_jax_epochs(model, a.batch_sizes[0], seeds, strat, mode, images, labels,
-                                                 a.repeats)
-                            res["rows"].append(dict(base_row, kind="epoch", framework="jax", model=model,
-                                                    batch_size=a.batch_sizes[0], seeds=seeds, dtype="float32",
-                                                    images=a.epoch_images, **r))
-                            log(f"epoch {model} S={seeds} {strat} {mode}: {r['epoch_s']:.2f} s")
-                            save()
+    torch_device = "cuda" if backend != "cpu" else "cpu"
+    if not a.only_compile_cache_check and not a.skip_steps:
+        for model in a.models:
+            for hw in sizes:
+                images, labels = synthetic(max(a.images, max(a.batch_sizes)), hw)
+                for dtype in a.dtypes:
+                    last: dict = {}
+                    for bs in a.batch_sizes:
+                        cell = dict(model=model, size=f"{hw[0]}x{hw[1]}", height=hw[0], width=hw[1], dtype=dtype,
+                                    batch_size=bs)
+                        rows, skipped = measure_cell(a, cell, images, labels, last, torch_device, log)
+                        res["rows"] += [dict(base_row, **r) for r in rows]
+                        res["skipped"] += skipped
+                        save()
+    if a.epochs and not a.only_compile_cache_check:
+        hw = sizes[0]
+        images, labels = synthetic(a.epoch_images, hw, seed=1)
+        for model in a.epoch_models:
+            for seeds in a.epoch_seeds:
+                for strat in (a.epoch_strategies if seeds > 1 else ["vmap"]):
+                    for mode in ("loop", "scan"):
+                        r = bench_jax_epochs(model, a.batch_sizes[0], seeds, strat, mode, images, labels, a.repeats)
+                        res["rows"].append(dict(base_row, kind="epoch", framework="jax", model=model,
+                                                size=f"{hw[0]}x{hw[1]}", batch_size=a.batch_sizes[0], seeds=seeds,
+                                                dtype="float32", images=a.epoch_images, **r))
+                        log(f"epoch {model} S={seeds} {strat} {mode}: {r['epoch_s']:.2f} s")
+                        save()
     if a.compile_cache_check or a.only_compile_cache_check:
         res["compile_cache"] = compile_cache_check()
         log(f"compile cache: second/first = {res['compile_cache']['compile_fraction']:.3f}")
     save()
-    print(json.dumps(res.get("ratios", {}), indent=1))
+    for c in res["ratios"]:
+        if c["jax_over_torch_median"] is not None:
+            print(f"{c['model']} {c['size']} {c['dtype']} b{c['batch_size']}: JAX/PyTorch "
+                  f"{c['jax_over_torch_median']:.2f} (rounds {', '.join(f'{r:.2f}' for r in c['jax_over_torch'])})")
     return res
 
 
+def cli(argv=None) -> int:
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(cli))

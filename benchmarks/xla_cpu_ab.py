@@ -27,7 +27,8 @@ SIDES = {"xla_defaults": {"BCCD_JAX_XLA_CPU_DEFAULTS": "1"}, "bccd_jax": {"BCCD_
 def run_side(side: str, models, batch_size: int, steps: int, repeats: int) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | SIDES[side]
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "benchmarks.bench", "--frameworks", "jax", "--seeds", "1",
+        cmd = [sys.executable, "-m", "benchmarks.bench", "--frameworks", "jax", "--seeds", "1", "--sizes", "120x160",
+               "--dtypes", "float32", "--rounds", "1",
                "--models", *models, "--batch-sizes", str(batch_size), "--steps", str(steps),
                "--repeats", str(repeats), "--max-step-seconds", "600", "--out-dir", out]
         subprocess.run(cmd, env=env, cwd=str(HERE.parent), check=True, stdout=subprocess.DEVNULL)
@@ -60,6 +61,7 @@ def main(argv=None):
         table.append(f"| {m} | {a.batch_size} | {med['xla_defaults'] * 1e3:,.0f} | {med['bccd_jax'] * 1e3:,.0f} | "
                      f"{summary[m]['speedup']:.2f}x |")
     a.out.write_text(json.dumps({"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                                 "size": "120x160", "batch_size": a.batch_size,
                                  "command": "python -m benchmarks.xla_cpu_ab " + " ".join(argv or sys.argv[1:]),
                                  "loadavg_end": os.getloadavg(), "rows": rows, "summary": summary}, indent=1))
     print("\n".join(table))

@@ -1,0 +1,296 @@
+"""RESULTS.md of a benchmarks folder, generated from the JSON files the benchmarks write there.
+
+    python -m benchmarks.report [--out-dir DIR]      # rewrite DIR/RESULTS.md (default benchmarks/)
+
+Sections, each from its file when present: throughput (results.json, `python -m benchmarks.bench`),
+time to TEST accuracy (time_to_accuracy.json, `python -m benchmarks.time_to_accuracy`) and the
+XLA:CPU flag A/B (xla_cpu_ab.json, `python -m benchmarks.xla_cpu_ab`). Every number and every note
+is computed from those files; hand-written notes (`--note` of a benchmark) appear with the command
+that recorded them. Each benchmark rewrites the whole file, so no section is lost to another.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if __package__ in (None, ""):  # `python benchmarks/report.py`
+    sys.path.insert(0, str(HERE.parent))
+
+
+def _median(xs):
+    return float(statistics.median(xs))
+
+
+def _size_key(size: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in size.split("x"))
+
+
+def _fmt(x, nd=1):
+    return "-" if x is None else f"{x:,.{nd}f}"
+
+
+def summarize(res: dict) -> dict:
+    """Per cell: median img/s per framework, the JAX/torch ratio of every round and its median; per
+    (model, size, batch): bfloat16 / float32 per framework; multi-seed per-seed speed vs 1 seed."""
+    step = [dict(r, size=r.get("size", "120x160"), round=r.get("round", 0)) for r in res.get("rows", [])
+            if r["kind"] == "step"]  # rows of older files: one size (120x160), one round
+
+    def med(rows):
+        return _median([r["img_per_s"] for r in rows]) if rows else None
+
+    keys = sorted({(r["model"], r["size"], r["dtype"], r["batch_size"]) for r in step},
+                  key=lambda k: (k[0], _size_key(k[1]), k[2], k[3]))
+    cells, multi = [], []
+    for model, size, dtype, bs in keys:
+        rows = [r for r in step if (r["model"], r["size"], r["dtype"], r["batch_size"]) == (model, size, dtype, bs)]
+        jax1 = [r for r in rows if r["framework"] == "jax" and r["seeds"] == 1]
+        torch_ = [r for r in rows if r["framework"] == "torch"]
+        per_round = [j["img_per_s"] / t["img_per_s"] for j in jax1 for t in torch_ if j["round"] == t["round"]]
+        cells.append(dict(model=model, size=size, dtype=dtype, batch_size=bs, jax_img_per_s=med(jax1),
+                          torch_img_per_s=med(torch_), jax_over_torch=per_round,
+                          jax_over_torch_median=_median(per_round) if per_round else None,
+                          jax_step_s=_median([r["step_s"] for r in jax1]) if jax1 else None,
+                          torch_step_s=_median([r["step_s"] for r in torch_]) if torch_ else None,
+                          jax_compile_s=jax1[0]["compile_s"] if jax1 else None))
+        for s, st in sorted({(r["seeds"], r.get("strategy_requested")) for r in rows if r["seeds"] > 1}):
+            mr = [r for r in rows if r["seeds"] == s and r.get("strategy_requested") == st]
+            multi.append(dict(model=model, size=size, dtype=dtype, batch_size=bs, seeds=s, strategy=st,
+                              resolved=mr[0]["strategy"], img_per_s=med(mr), step_s=_median([r["step_s"] for r in mr]),
+                              compile_s=mr[0]["compile_s"], per_seed_vs_1=med(mr) / med(jax1) if jax1 else None))
+    by = {(c["model"], c["size"], c["dtype"], c["batch_size"]): c for c in cells}
+    dtypes = []
+    for (model, size, dtype, bs), c in by.items():
+        f = by.get((model, size, "float32", bs))
+        if dtype == "bfloat16" and f:
+            dtypes.append(dict(model=model, size=size, batch_size=bs, **{
+                fw: c[f"{fw}_img_per_s"] / f[f"{fw}_img_per_s"] if c[f"{fw}_img_per_s"] and f[f"{fw}_img_per_s"]
+                else None for fw in ("jax", "torch")}))
+    return dict(ratios=cells, bf16_over_f32=dtypes, multi_seed=multi)
+
+
+def computed_notes(res: dict, s: dict) -> list[str]:
+    """Findings read off the rows of this file: nothing here is typed by hand."""
+    notes, cells = [], [c for c in s["ratios"] if c["jax_over_torch_median"] is not None]
+    for size, dtype, model in sorted({(c["size"], c["dtype"], c["model"]) for c in cells},
+                                     key=lambda k: (_size_key(k[0]), k[1], k[2])):
+        cs = [c for c in cells if (c["size"], c["dtype"], c["model"]) == (size, dtype, model)]
+        best = max(cs, key=lambda c: c["jax_over_torch_median"])
+        notes.append(f"Best {model} JAX/PyTorch ratio over batch sizes at {size} ({dtype}): "
+                     f"**{best['jax_over_torch_median']:.2f}** at batch {best['batch_size']} ("
+                     + ", ".join(f"b{c['batch_size']} {c['jax_over_torch_median']:.2f}" for c in cs) + ").")
+    flags = set(res.get("cpu_flags") or [])
+    have = ", ".join(f"{f}: {'yes' if f in flags else 'no'}" for f in ("avx512_bf16", "amx_bf16"))
+    for size in sorted({d["size"] for d in s["bf16_over_f32"]}, key=_size_key):
+        ds = [d for d in s["bf16_over_f32"] if d["size"] == size]
+        bs = min(d["batch_size"] for d in ds)
+        parts = [f"{name} " + ", ".join(f"{d['model']} {d[fw]:.2f}x" for d in ds if d["batch_size"] == bs and d[fw])
+                 for fw, name in (("jax", "JAX"), ("torch", "PyTorch"))
+                 if any(d["batch_size"] == bs and d[fw] for d in ds)]
+        notes.append(f"bfloat16 / float32 img/s at batch {bs}, {size}: {'; '.join(parts)} on this CPU ({have}).")
+    spread = [(abs(r / c["jax_over_torch_median"] - 1), c) for c in cells for r in c["jax_over_torch"]
+              if len(c["jax_over_torch"]) > 1]
+    if spread:
+        worst, c = max(spread, key=lambda t: t[0])
+        notes.append(f"Round-to-round noise: per-round JAX/PyTorch ratios lie within {worst * 100:.0f} % of their "
+                     f"cell's median (largest: {c['model']} {c['size']} {c['dtype']} b{c['batch_size']}, rounds "
+                     + ", ".join(f"{r:.2f}" for r in c["jax_over_torch"]) + ").")
+    for m in s["multi_seed"]:
+        if m["per_seed_vs_1"] is not None:
+            notes.append(f"{m['seeds']} seeds at once ({m['resolved']}), {m['model']} {m['size']} "
+                         f"{m['dtype']} b{m['batch_size']}: {m['per_seed_vs_1']:.2f}x the per-seed speed of one seed.")
+    load = res.get("loadavg_start")
+    threads = res.get("cpu_threads")
+    if load and threads and load[0] > 0.25 * threads:
+        notes.append(f"Other work shared the CPU: 1-minute load average {load[0]:.2f} at the start and "
+                     f"{(res.get('loadavg_end') or [float('nan')])[0]:.2f} at the end, on {threads} threads; "
+                     "compare the per-round ratios rather than single img/s figures.")
+    if res.get("skipped"):
+        notes.append(f"{len(res['skipped'])} runner(s) skipped by --max-step-seconds (section Skipped).")
+    return notes
+
+
+def xla_ab_section(ab: dict) -> list[str]:
+    lines = ["", "## XLA:CPU YNNPACK fusions off (bccd_jax) vs XLA's defaults", "",
+             f"`{ab.get('command', 'python -m benchmarks.xla_cpu_ab')}` ({ab.get('date', '?')}), fresh processes "
+             f"alternating A B B A, 1 seed, {ab.get('size', '120x160')} images, batch {ab.get('batch_size', 32)}, "
+             "median step:", "",
+             "| model | XLA defaults step ms | bccd_jax step ms | speed-up |", "| --- | ---: | ---: | ---: |"]
+    for m, v in ab.get("summary", {}).items():
+        lines.append(f"| {m} | {v['xla_defaults'] * 1e3:,.0f} | {v['bccd_jax'] * 1e3:,.0f} | {v['speedup']:.2f}x |")
+    return lines
+
+
+def write_report(out_dir: Path) -> Path:
+    """RESULTS.md of `out_dir` from its results.json, time_to_accuracy.json and xla_cpu_ab.json (those present)."""
+    def load(name):
+        p = out_dir / name
+        return json.loads(p.read_text()) if p.exists() else None
+
+    res, tta, ab = load("results.json"), load("time_to_accuracy.json"), load("xla_cpu_ab.json")
+    lines = ["# bccd_jax training speed", "", "Generated by `python -m benchmarks.report` (which `benchmarks.bench` and "
+             "`benchmarks.time_to_accuracy` call after every save) from the JSON files beside it; do not edit."]
+    if res:
+        lines += step_sections(res)
+    if tta:
+        lines += time_to_accuracy_section(tta)
+    if ab:
+        lines += xla_ab_section(ab)
+    path = out_dir / "RESULTS.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def step_sections(res: dict) -> list[str]:
+    s = summarize(res)
+    commands = res["command"] if isinstance(res["command"], list) else [res["command"]]
+    lines = ["", "## Throughput: JAX (MultiSeedTrainer.train_step) vs PyTorch eager", "",
+             f"- command: {' and '.join(f'`{c}`' for c in commands)}",
+             f"- machine: {res['machine']} (backend {res['backend']}, device {res['device']}); "
+             f"CPU flags: {', '.join(res.get('cpu_flags') or []) or 'none of interest'}",
+             f"- date: {res['date']}",
+             f"- versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}",
+             f"- XLA_FLAGS: `{res.get('xla_flags') or '(none)'}` (bccd_jax/_xla_env.py); PyTorch threads: "
+             f"{', '.join(sorted({str(r['threads']) for r in res['rows'] if 'threads' in r})) or '-'}",
+             f"- load average at start / end: {res.get('loadavg_start')} / {res.get('loadavg_end')}",
+             "", "img/s: median over rounds of each round's median over repeats; per round: JAX img/s / PyTorch "
+             "img/s measured back to back (JAX first); compile s: JAX's first step minus a warm step.", "",
+             "| model | size | dtype | batch | JAX img/s | PyTorch img/s | JAX/PyTorch per round | JAX/PyTorch median | "
+             "JAX step ms | PyTorch step ms | JAX compile s |",
+             "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for c in s["ratios"]:
+        lines.append(f"| {c['model']} | {c['size']} | {c['dtype']} | {c['batch_size']} | {_fmt(c['jax_img_per_s'])} | "
+                     f"{_fmt(c['torch_img_per_s'])} | {' '.join(f'{r:.2f}' for r in c['jax_over_torch']) or '-'} | "
+                     f"**{_fmt(c['jax_over_torch_median'], 2)}** | "
+                     f"{_fmt(c['jax_step_s'] and c['jax_step_s'] * 1e3)} | "
+                     f"{_fmt(c['torch_step_s'] and c['torch_step_s'] * 1e3)} | {_fmt(c['jax_compile_s'], 2)} |")
+    if s["bf16_over_f32"]:
+        lines += ["", "### bfloat16 / float32 (img/s)", "", "| model | size | batch | JAX | PyTorch |",
+                  "| --- | --- | ---: | ---: | ---: |"]
+        lines += [f"| {d['model']} | {d['size']} | {d['batch_size']} | {_fmt(d['jax'], 2)} | {_fmt(d['torch'], 2)} |"
+                  for d in s["bf16_over_f32"]]
+    if s["multi_seed"]:
+        lines += ["", "### Several seeds in one program (JAX)", "",
+                  "vs 1 seed: img*seed/s over the 1-seed img/s of the same cell (>= 1: not slower than one by one).",
+                  "", "| model | size | dtype | batch | seeds | strategy | img*seed/s | vs 1 seed | step ms | compile s |",
+                  "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {m['model']} | {m['size']} | {m['dtype']} | {m['batch_size']} | {m['seeds']} | "
+                  f"{m['strategy']}{'' if m['resolved'] == m['strategy'] else ' -> ' + m['resolved']} | {_fmt(m['img_per_s'])} | {_fmt(m['per_seed_vs_1'], 2)} | "
+                  f"{_fmt(m['step_s'] * 1e3)} | {_fmt(m['compile_s'], 2)} |" for m in s["multi_seed"]]
+    ep = [r for r in res["rows"] if r["kind"] == "epoch"]
+    if ep:
+        lines += ["", "### Epochs: scan vs loop (MultiSeedTrainer.run_epoch)", "",
+                  "| model | size | batch | seeds | strategy | epoch_mode | images | epoch s | img/s | compile s |",
+                  "| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['model']} | {r.get('size', '120x160')} | {r['batch_size']} | {r['seeds']} | {r['strategy']} | "
+                  f"{r['epoch_mode']} | {r['images']} | {_fmt(r['epoch_s'], 2)} | {_fmt(r['img_per_s'])} | "
+                  f"{_fmt(r['compile_s'], 2)} |" for r in ep]
+    if res.get("compile_cache"):
+        cc = res["compile_cache"]
+        lines += ["", "### Persistent compilation cache", "",
+                  f"A 3-epoch fit of `base` (2 seeds, epoch_mode {cc['epoch_mode']}) in two fresh processes sharing one "
+                  "cache directory (bccd_jax.runtime.enable_compilation_cache); compile = JAX's own timings "
+                  "(jax.monitoring: tracing, lowering, XLA compile or cache retrieval):", "",
+                  f"- first process: compile {cc['first']['compile_s']:.2f} s, process {cc['first']['process_s']:.2f} s",
+                  f"- second process: compile {cc['second']['compile_s']:.2f} s, process {cc['second']['process_s']:.2f} s",
+                  f"- second/first compile time **{cc['compile_fraction'] * 100:.1f} %** (process "
+                  f"{cc['process_fraction'] * 100:.1f} %); {cc['cache_entries']} cache entries; identical numbers: "
+                  f"{cc['same_numbers']}"]
+    if res.get("skipped"):
+        lines += ["", "### Skipped", ""] + [f"- {x}" for x in res["skipped"]]
+    notes = [f"- {n}" for n in computed_notes(res, s)]
+    # hand notes: only those given with --note, shown with their command (older files' free-text notes stay in
+    # their results.json)
+    notes += [f"- {n['text']} (note given to `{n['command']}`)" for n in res.get("notes", []) if isinstance(n, dict)]
+    return lines + (["", "### Notes", ""] + notes if notes else [])
+
+
+def _epochs(d: dict) -> str:
+    n = d["recipe"]["train"]["epochs"]
+    return f"{n} epoch{'s' if n != 1 else ''}"
+
+
+def time_to_accuracy_section(d: dict) -> list[str]:
+    """The section of time_to_accuracy.json."""
+    runs, spe, targets = d["runs"], d["steps_per_epoch"], list(d["targets"])
+    m, t = d["recipe"]["model"], d["recipe"]["train"]
+    aug = ", ".join(k if v is True else f"{k} {v:g}" for k, v in t["augment"].items() if v) or "none"
+    lines = ["", "## Time to TEST accuracy: the deep recipe in bccd_jax and in PyTorch eager", "",
+             f"- command: `{d['command']}`",
+             f"- machine: {d['machine']}; CPU flags: {', '.join(d.get('cpu_flags') or []) or 'none of interest'}; "
+             f"PyTorch threads {d.get('torch_threads')}",
+             f"- date: {d['date']}; load average at start / end: {d.get('loadavg_start')} / {d.get('loadavg_end')}",
+             f"- versions: {', '.join(f'{k} {v}' for k, v in d['versions'].items())}",
+             f"- recipe: experiments.recipe variant `{d['recipe']['variant']}`, protocol `{d['recipe']['protocol']}`: "
+             f"{m['arch']} CNN (init {m['init']}, dropout {m['dropout']}, input {m['input_norm']}), "
+             f"{t['optimizer']} (eps 1e-7) peak learning rate {d['recipe']['peak_learning_rate']:g}, schedule "
+             f"{t['schedule']} (warmup {t['warmup_epochs']:g} epochs), weight decay "
+             f"{t['weight_decay']}, augmentation: {aug}; batch {t['batch_size']}, {t['epochs']} epochs, seed {d['seed']}",
+             f"- data: {d['data']['dataset']} at {d['data']['image_size'][0]}x{d['data']['image_size'][1]}, "
+             f"{d['data']['train']} training and {d['data']['test']} TEST images; {spe} steps per epoch; TEST "
+             f"evaluated every {d['eval_every_steps']} steps and at each epoch's end",
+             f"- same start: the initial TEST logits of the two sides differ by at most "
+             f"{d['initial_logits_max_abs_diff']:.2e}; same batches, learning rates and optimizer; own RNG for "
+             "dropout and augmentation (module docstring of benchmarks/time_to_accuracy.py); frameworks alternate "
+             "by epoch, each on its own clock", "",
+             "wall = training + evaluation, compilation included; 'training only' leaves the evaluations out.", "",
+             "| framework | " + " | ".join(f"wall s to {x:.2f} (training only)" for x in targets)
+             + " | final TEST acc | wall s | evaluation s | JAX compile s | first step s |",
+             "| --- | " + " | ".join("---:" for _ in targets) + " | ---: | ---: | ---: | ---: | ---: |"]
+    for fw, name in (("jax", "bccd_jax"), ("torch", "PyTorch eager")):
+        r = runs.get(fw)
+        if not r:
+            continue
+        hits = [r["reached"].get(f"{x:.2f}") for x in targets]
+        lines.append(f"| {name} | " + " | ".join("never" if h is None else f"{h['time_s']:,.0f} ({h['train_time_s']:,.0f})"
+                                                for h in hits)
+                     + f" | {_fmt(r['final_test_acc'], 3)} | {r['wall_s']:,.0f} | {r['eval_s']:,.0f} | "
+                       f"{_fmt(r.get('compile_s'), 1)} | {_fmt(r['first_step_s'], 2)} |")
+    notes = []
+    if "jax" in runs and "torch" in runs:
+        j, p = runs["jax"], runs["torch"]
+        for x in targets:
+            hj, hp = j["reached"].get(f"{x:.2f}"), p["reached"].get(f"{x:.2f}")
+            if hj and hp:
+                notes.append(f"To TEST accuracy {x:.2f}: PyTorch eager took {hp['time_s'] / hj['time_s']:.2f}x the "
+                             f"wall time of bccd_jax ({hp['time_s']:,.0f} s vs {hj['time_s']:,.0f} s; step "
+                             f"{hp['step']} vs {hj['step']}).")
+            elif hj or hp:
+                who, other = ("bccd_jax", "PyTorch eager") if hj else ("PyTorch eager", "bccd_jax")
+                notes.append(f"To TEST accuracy {x:.2f}: only {who} got there ({(hj or hp)['time_s']:,.0f} s); "
+                             f"{other} did not within {_epochs(d)}.")
+            else:
+                notes.append(f"TEST accuracy {x:.2f}: reached by neither within {_epochs(d)}.")
+        notes.append(f"Whole run: PyTorch eager {p['wall_s'] / j['wall_s']:.2f}x the wall time of bccd_jax "
+                     f"(training only {p['train_s'] / j['train_s']:.2f}x); final TEST accuracy "
+                     f"{j['final_test_acc']:.3f} (bccd_jax) vs {p['final_test_acc']:.3f} (PyTorch).")
+    notes += [f"{n['text']} (note given to `{n['command']}`)" for n in d.get("notes", [])]
+    lines += ["", "Notes:", ""] + [f"- {n}" for n in notes] if notes else []
+    curves = {fw: {p["step"]: p for p in r["curve"]} for fw, r in runs.items()}
+    steps = sorted(set().union(*[set(c) for c in curves.values()])) if curves else []
+    lines += ["", "<details><summary>TEST accuracy curve</summary>", "",
+              "| step | epoch | bccd_jax s | bccd_jax TEST acc | PyTorch s | PyTorch TEST acc |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for st in steps:
+        j, p = curves.get("jax", {}).get(st), curves.get("torch", {}).get(st)
+        lines.append(f"| {st} | {st / spe:.2f} | {_fmt(j and j['time_s'])} | {_fmt(j and j['test_acc'], 3)} | "
+                     f"{_fmt(p and p['time_s'])} | {_fmt(p and p['test_acc'], 3)} |")
+    return lines + ["", "</details>"]
+
+
+def main(argv=None) -> int:
+    from bccd_jax.errors import ArgumentParser
+
+    p = ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
+    p.add_argument("--out-dir", type=Path, default=HERE, help="the folder of the JSON files (default benchmarks/)")
+    print(write_report(p.parse_args(argv).out_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    from bccd_jax.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -1,0 +1,368 @@
+"""Wall time to a TEST accuracy: the deep CNN's recipe trained by bccd_jax and by PyTorch eager.
+
+    python -m benchmarks.time_to_accuracy --data-dir DATA          # the CPU protocol's recipe, seed 0
+    python -m benchmarks.time_to_accuracy --data-dir DATA --train-limit 256 --test-limit 256 --epochs 1 \\
+        --image-size 24 32 --out-dir /tmp/tta                      # a smoke test
+
+The run is experiments.recipe's `best` variant under the `cpu` protocol (read at run time: model,
+optimizer, schedule, augmentation, batch size, epochs, image size), one seed, on the augmented
+set. The JAX side trains with MultiSeedTrainer.train_step (epoch_mode loop, as `fit` on CPU) and
+evaluates with MultiSeedTrainer.evaluate. The PyTorch side (benchmarks/torch_cnn.py) starts from
+the same weights (the JAX init, copied), sees the same batches in the same order (the JAX batch
+plan of the seed, the padded last batch masked out of the loss), takes the same Adam(W) steps
+(eps 1e-7, the optax learning rate of every step, weight decay on kernels only) and applies the
+same input normalisation and the same kind of augmentation. What differs: dropout masks and
+augmentation parameters come from each framework's own RNG, and float arithmetic differs in
+summation order, so the two curves are two draws of one recipe, not one run twice.
+
+The two frameworks alternate by epoch (JAX's epoch e, then PyTorch's epoch e), each with its own
+clock, so that other load on the machine hits both alike. Both evaluate the full TEST split every
+--eval-every-steps steps (default a quarter epoch) and at every epoch's end; evaluation counts in
+the wall time (and is reported apart), so does JAX's compilation (JAX's own compile timings,
+jax.monitoring, reported apart too). Writes time_to_accuracy.json to --out-dir after every epoch,
+and RESULTS.md there through benchmarks.report (which keeps the throughput section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if __package__ in (None, ""):  # `python benchmarks/time_to_accuracy.py`
+    sys.path.insert(0, str(HERE.parent))
+
+import numpy as np  # noqa: E402
+
+from bccd_jax.errors import ArgumentParser, UserError, run_cli  # noqa: E402  (imports bccd_jax first)
+
+DATA_ENV = "BCCD_DATA_DIR"
+
+
+def spread(n: int, limit: int | None) -> np.ndarray:
+    """`limit` indices spread evenly over n (the splits are sorted by class), or all of them."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    if limit < 1:
+        raise UserError(f"a limit must be >= 1, got {limit}")
+    return np.arange(limit) * n // limit
+
+
+def recipe_variant(a, data_dir: str):
+    """The recipe's variant `a.variant` under the `cpu` protocol, with --epochs / --image-size applied."""
+    from bccd_jax.experiment import parse_args, select_variants
+    from experiments import recipe
+
+    argv = ["--protocol", a.protocol, "--data-dir", data_dir, "--seeds", "1", "--variants", a.variant]
+    argv += ["--epochs", str(a.epochs)] if a.epochs is not None else []
+    argv += ["--image-size", *map(str, a.image_size)] if a.image_size else []
+    args = parse_args(recipe.EXPERIMENT, argv)
+    return select_variants(recipe.EXPERIMENT, args)[0], tuple(args.image_size)
+
+
+class Clock:
+    """Wall seconds of one framework, accumulated over its own segments; training and evaluation apart."""
+
+    def __init__(self):
+        self.train_s = self.eval_s = 0.0
+
+    @property
+    def wall_s(self) -> float:
+        return self.train_s + self.eval_s
+
+
+class JaxSide:
+    """bccd_jax's own training loop (MultiSeedTrainer, one seed), evaluating TEST at the given steps."""
+
+    def __init__(self, model, tx, cfg, seed, train, test, eval_at):
+        import jax
+        import jax.numpy as jnp
+
+        from bccd_jax.seeds import MultiSeedTrainer
+
+        self.jax, self.jnp = jax, jnp
+        self.compile_events: dict[str, float] = collections.defaultdict(float)
+        self._listening = False
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+        self.clock, self.curve, self.eval_at = Clock(), [], eval_at
+        t0 = time.perf_counter()
+        with self._counting():
+            self.trainer = MultiSeedTrainer(model, tx, cfg, len(train[1]))
+            self.x, self.y = jax.device_put(train[0]), jax.device_put(train[1])
+            self.tx_, self.ty_ = jax.device_put(test[0]), jax.device_put(test[1])
+            self.state = self.trainer.init_state([seed], self.x)
+            jax.block_until_ready(self.state)
+        self.clock.train_s += time.perf_counter() - t0
+        self.step, self.first_step_s = 0, None
+
+    def _on_event(self, name, secs, **kw):
+        if self._listening and (name.startswith("/jax/core/compile/")
+                                or name.startswith("/jax/compilation_cache/cache_retrieval")):
+            self.compile_events[name] += secs
+
+    @contextlib.contextmanager
+    def _counting(self):
+        """Count JAX's compile timings only while this side runs (the PyTorch side never compiles)."""
+        self._listening = True
+        try:
+            yield
+        finally:
+            self._listening = False
+
+    def initial_params(self):
+        """One seed's parameters as numpy copies (the state is donated to every step)."""
+        return self.jax.tree.map(lambda p: np.array(p[0]), self.state.params)
+
+    def run_epoch(self, epoch: int):
+        jnp, tr = self.jnp, self.trainer
+        with self._counting():
+            t0 = time.perf_counter()
+            idx, mask = tr.batch_plan(self.state.key, jnp.int32(epoch))
+            mask = mask[0]
+            for i in range(tr.steps_per_epoch):
+                self.state, _ = tr.train_step(self.state, self.x, self.y, idx[:, i], mask[i], jnp.int32(epoch),
+                                              jnp.int32(i))
+                self.step += 1
+                if self.first_step_s is None:
+                    self.jax.block_until_ready(self.state)
+                    self.first_step_s = time.perf_counter() - t0
+                if self.step in self.eval_at:
+                    self.jax.block_until_ready(self.state)
+                    self.clock.train_s += time.perf_counter() - t0
+                    t1 = time.perf_counter()
+                    acc = float(np.mean(np.asarray(tr.evaluate(self.state, self.tx_, self.ty_)[1])))
+                    self.clock.eval_s += time.perf_counter() - t1
+                    self.curve.append(dict(step=self.step, time_s=self.clock.wall_s,
+                                           train_time_s=self.clock.train_s, test_acc=acc))
+                    t0 = time.perf_counter()
+            self.jax.block_until_ready(self.state)
+            self.clock.train_s += time.perf_counter() - t0
+
+
+class TorchSide:
+    """The same run in PyTorch eager: same start, batches, optimizer steps and learning rates."""
+
+    def __init__(self, model_cfg, cfg, hw, train_mean, params, plans, lrs, seed, train, test, eval_at, threads):
+        import torch
+
+        from benchmarks.torch_cnn import TorchCNN, load_flax_params
+
+        self.torch = torch
+        if threads:
+            torch.set_num_threads(threads)
+        self.cfg, self.plans, self.lrs, self.eval_at = cfg, plans, lrs, eval_at
+        self.clock, self.curve, self.step, self.first_step_s = Clock(), [], 0, None
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.net = TorchCNN(model_cfg, hw, train_mean)
+        load_flax_params(self.net, params)
+        kernels = [p for p in self.net.parameters() if p.dim() >= 2]  # bccd_jax.optimizers.decays
+        others = [p for p in self.net.parameters() if p.dim() < 2]
+        if cfg.optimizer != "adam":
+            raise UserError(f"the PyTorch side implements the adam recipe only, not {cfg.optimizer!r}")
+        groups = [{"params": kernels, "weight_decay": cfg.weight_decay}, {"params": others, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
+        self.opt = opt(groups, lr=float(lrs[0]), betas=(0.9, 0.999), eps=1e-7)
+        self.x = torch.from_numpy(train[0]).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
+        self.y = torch.from_numpy(train[1]).long()
+        self.tx_ = torch.from_numpy(test[0]).permute(0, 3, 1, 2).contiguous()
+        self.ty_ = torch.from_numpy(test[1]).long()
+        self.clock.train_s += time.perf_counter() - t0
+
+    def evaluate(self) -> float:
+        from benchmarks.torch_cnn import tta_logits
+
+        torch, bs = self.torch, self.cfg.eval_batch_size
+        self.net.eval()
+        with torch.no_grad():
+            correct = sum(int((tta_logits(self.net, self.tx_[i:i + bs], self.cfg.eval_tta).argmax(-1)
+                               == self.ty_[i:i + bs]).sum()) for i in range(0, len(self.ty_), bs))
+        return correct / len(self.ty_)
+
+    def run_epoch(self, epoch: int):
+        import torch.nn.functional as F
+
+        from benchmarks.torch_cnn import augment
+
+        torch = self.torch
+        idx, mask = self.plans[epoch]
+        t0 = time.perf_counter()
+        self.net.train()
+        for i in range(idx.shape[0]):
+            b = torch.from_numpy(idx[i])
+            w = torch.from_numpy(mask[i]).float()
+            xb = self.x[b].float()
+            if self.cfg.augment.active:
+                xb = augment(xb, self.cfg.augment, self.gen)
+            ce = F.cross_entropy(self.net(xb), self.y[b], reduction="none")
+            loss = (ce * w).sum() / w.sum().clamp_min(1.0)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for g in self.opt.param_groups:
+                g["lr"] = float(self.lrs[self.step])
+            self.opt.step()
+            self.step += 1
+            if self.first_step_s is None:
+                self.first_step_s = time.perf_counter() - t0
+            if self.step in self.eval_at:
+                self.clock.train_s += time.perf_counter() - t0
+                t1 = time.perf_counter()
+                acc = self.evaluate()
+                self.clock.eval_s += time.perf_counter() - t1
+                self.curve.append(dict(step=self.step, time_s=self.clock.wall_s, train_time_s=self.clock.train_s,
+                                       test_acc=acc))
+                self.net.train()
+                t0 = time.perf_counter()
+        self.clock.train_s += time.perf_counter() - t0
+
+
+def summary(side, targets) -> dict:
+    """Time (wall, and training only) and step at which the TEST accuracy first reaches each target."""
+    out = dict(wall_s=side.clock.wall_s, train_s=side.clock.train_s, eval_s=side.clock.eval_s,
+               first_step_s=side.first_step_s, steps=side.step, evaluations=len(side.curve),
+               final_test_acc=side.curve[-1]["test_acc"] if side.curve else None, curve=side.curve, reached={})
+    for t in targets:
+        hit = next((p for p in side.curve if p["test_acc"] >= t), None)
+        out["reached"][f"{t:.2f}"] = None if hit is None else dict(time_s=hit["time_s"], train_time_s=hit["train_time_s"],
+                                                                   step=hit["step"])
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    p = ArgumentParser(prog="python -m benchmarks.time_to_accuracy", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=os.environ.get(DATA_ENV),
+                   help=f"the augmented Kaggle folder (dataset2-master) or an export file (default ${DATA_ENV})")
+    p.add_argument("--cache-dir", help="where built data sets are cached (default ~/.cache/bccd_jax)")
+    p.add_argument("--variant", default="best", help="the experiments.recipe variant (default best)")
+    p.add_argument("--protocol", default="cpu", help="the experiments.protocol protocol (default cpu)")
+    p.add_argument("--epochs", type=int, help="default: the protocol's for the recipe")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="default: the protocol's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every-steps", type=int, help="TEST evaluation cadence (default: a quarter epoch)")
+    p.add_argument("--targets", type=float, nargs="+", default=[0.80, 0.85], help="TEST accuracies to time")
+    p.add_argument("--train-limit", type=int, help="train on this many images, spread evenly over the split")
+    p.add_argument("--test-limit", type=int, help="evaluate on this many TEST images, spread evenly")
+    p.add_argument("--frameworks", nargs="+", default=["jax", "torch"], choices=["jax", "torch"])
+    p.add_argument("--torch-threads", type=int, help="torch.set_num_threads (default: PyTorch's own)")
+    p.add_argument("--out-dir", type=Path, default=HERE)
+    p.add_argument("--note", action="append", default=[], help="a hand-written line for the notes (shown with this command)")
+    a = p.parse_args(argv)
+    if not a.data_dir:
+        raise UserError(f"the augmented data set is needed: pass --data-dir (the dataset2-master folder) or set {DATA_ENV}")
+
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.bench import cpu_name, versions
+    from benchmarks.report import write_report
+    from benchmarks.torch_cnn import check_size
+    from bccd_jax.config import to_dict
+    from bccd_jax.data import load_dataset
+    from bccd_jax.models import build_model
+    from bccd_jax.optimizers import learning_rate, make_optimizer
+    from bccd_jax.run import command_line, cpu_flags
+    from bccd_jax.steps import make_step_fns, seed_key, steps_per_epoch, variables
+
+    variant, hw = recipe_variant(a, a.data_dir)
+    mcfg, cfg = variant.model, variant.train
+    if cfg.epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {cfg.epochs}")
+    check_size(mcfg, hw)
+    ds = load_dataset("augmented", data_dir=a.data_dir, image_size=hw, cache_dir=a.cache_dir)
+    tr_i, te_i = spread(len(ds.splits["train"].labels), a.train_limit), spread(len(ds.splits["test"].labels), a.test_limit)
+    train = (np.ascontiguousarray(ds.splits["train"].images[tr_i]), ds.splits["train"].labels[tr_i].astype(np.int32))
+    test = (np.ascontiguousarray(ds.splits["test"].images[te_i]), ds.splits["test"].labels[te_i].astype(np.int32))
+    train_mean = ds.train_mean()
+    n, spe = len(train[1]), steps_per_epoch(len(train[1]), cfg.batch_size)
+    total = cfg.epochs * spe
+    if a.eval_every_steps is not None and a.eval_every_steps < 1:
+        raise UserError(f"--eval-every-steps must be >= 1, got {a.eval_every_steps}")
+    k = a.eval_every_steps or max(1, math.ceil(spe / 4))
+    eval_at = set(range(k, total + 1, k)) | {spe * (e + 1) for e in range(cfg.epochs)}
+    model = build_model(mcfg, train_mean=train_mean)
+    tx = make_optimizer(cfg, steps_per_epoch=spe)
+
+    # what the PyTorch side copies from bccd_jax, computed before either clock starts
+    fns = make_step_fns(model, tx, cfg, n)
+    plan = jax.jit(fns.batch_plan)
+    plans = [tuple(np.array(v) for v in plan(seed_key(a.seed), jnp.int32(e))) for e in range(cfg.epochs)]
+    lr = learning_rate(cfg, spe)
+    lrs = np.asarray(jax.vmap(lr)(jnp.arange(max(total, 1)))) if callable(lr) else np.full(max(total, 1), lr)
+
+    command = command_line(argv)
+    out = dict(command=command, date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+               machine=f"{platform.node()}: {cpu_name()}", cpu_flags=cpu_flags(), versions=versions(),
+               xla_flags=os.environ.get("XLA_FLAGS", ""), loadavg_start=os.getloadavg(),
+               recipe=dict(experiment="recipe", variant=variant.name, protocol=a.protocol, model=to_dict(mcfg),
+                           train=to_dict(cfg), peak_learning_rate=cfg.resolved_learning_rate()),
+               data=dict(dataset="augmented", image_size=list(hw), train=n, test=len(test[1]),
+                         train_limit=a.train_limit, test_limit=a.test_limit),
+               seed=a.seed, steps_per_epoch=spe, eval_every_steps=k, targets=a.targets, order="alternating by epoch",
+               notes=[{"text": t, "command": command} for t in a.note], runs={})
+    a.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    sides = {}
+    if "jax" in a.frameworks:
+        sides["jax"] = JaxSide(model, tx, cfg, a.seed, train, test, eval_at)
+    params0 = sides["jax"].initial_params() if "jax" in sides else \
+        jax.tree.map(np.asarray, fns.init(seed_key(a.seed), train[0][:1]).params)
+    if "torch" in a.frameworks:
+        sides["torch"] = TorchSide(mcfg, cfg, hw, train_mean, params0, plans, lrs, a.seed, train, test, eval_at,
+                                   a.torch_threads)
+        out["torch_threads"] = sides["torch"].torch.get_num_threads()
+        sides["torch"].net.eval()
+        with sides["torch"].torch.no_grad():
+            t_logits = sides["torch"].net(sides["torch"].tx_[:32]).numpy()
+        j_logits = np.asarray(model.apply(variables(params0, {}), test[0][:32]))
+        out["initial_logits_max_abs_diff"] = float(np.abs(t_logits - j_logits).max())
+    else:
+        out["initial_logits_max_abs_diff"] = float("nan")
+
+    def save():
+        out["loadavg_end"] = os.getloadavg()
+        for fw, side in sides.items():
+            out["runs"][fw] = summary(side, a.targets)
+            if fw == "jax":
+                out["runs"][fw].update(compile_s=sum(side.compile_events.values()), compile_events=dict(side.compile_events))
+        (a.out_dir / "time_to_accuracy.json").write_text(json.dumps(out, indent=1))
+        write_report(a.out_dir)
+
+    for epoch in range(cfg.epochs):
+        for fw, side in sides.items():
+            side.run_epoch(epoch)
+            last = side.curve[-1] if side.curve else {}
+            log(f"epoch {epoch + 1}/{cfg.epochs} {fw}: TEST acc {last.get('test_acc', float('nan')):.3f} at "
+                f"{side.clock.wall_s:,.1f} s (evaluation {side.clock.eval_s:,.1f} s)")
+        save()
+    save()
+    for fw, r in out["runs"].items():
+        reached = ", ".join(f"{t} " + ("never" if h is None else f"after {h['time_s']:.0f} s")
+                            for t, h in r["reached"].items())
+        log(f"{fw}: TEST accuracy {reached}; final {r['final_test_acc']:.3f}; wall {r['wall_s']:.0f} s")
+    return out
+
+
+def cli(argv=None) -> int:
+    main(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(cli))
