@@ -11,7 +11,6 @@ finds them, and prints the table.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from typing import Sequence

@@ -13,6 +13,7 @@ and per split `<split>__webp` (uint8, all images concatenated), `<split>__offset
 from __future__ import annotations
 
 import io
+import os
 import json
 import time
 import zipfile

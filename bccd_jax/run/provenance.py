@@ -1,0 +1,95 @@
+"""Where a number comes from: the machine, the software versions, the commit and the command line."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+DATA_DIR_PLACEHOLDER = "$BCCD_DATA_DIR"
+"""How a recorded command names the data folder it was given (a path of one machine is not recorded)."""
+
+
+def timestamp() -> str:
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def cpu_model() -> str:
+    """The host CPU's model name from /proc/cpuinfo, else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags(names: Sequence[str] = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")) -> list[str]:
+    """Which of `names` the host CPU advertises in /proc/cpuinfo (empty where unreadable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [n for n in names if n in have]
+    except OSError:
+        pass
+    return []
+
+
+def hardware() -> dict[str, Any]:
+    """The machine a number was measured on."""
+    import jax
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(), "backend": jax.default_backend(),
+            "devices": [d.device_kind for d in jax.devices()]}
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that can change a number."""
+    import flax
+    import jax
+    import jaxlib
+    import optax
+    import orbax.checkpoint
+
+    return {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "flax": flax.__version__, "optax": optax.__version__, "orbax_checkpoint": orbax.checkpoint.__version__,
+            "numpy": np.__version__, "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()], "platform": platform.platform(),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository holding this package, with '-dirty' when it has local changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command as typed (`python -m pkg.mod ...` for modules), with the data folder as $BCCD_DATA_DIR."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, a in enumerate(argv):
+        if a == "--data-dir" and i + 1 < len(argv):
+            argv[i + 1] = DATA_DIR_PLACEHOLDER
+        elif a.startswith("--data-dir="):
+            argv[i] = f"--data-dir={DATA_DIR_PLACEHOLDER}"
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    head = ["-m", spec.name] if spec is not None and spec.name else [Path(sys.argv[0]).name]
+    return " ".join([Path(sys.executable).name, *head, *(a if a == DATA_DIR_PLACEHOLDER else shlex.quote(a)
+                                                         for a in argv)])
