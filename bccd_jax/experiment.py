@@ -65,6 +65,12 @@ class Protocol:
         """A group's own seed count (None: the experiment's --seeds)."""
         return self.group_seeds.get(f"{experiment}/{group}")
 
+    def variant(self, experiment: str, name: str, arch: str, group: str, seeds_of: str | None = None,
+                **kw) -> "Variant":
+        """A preset variant with this protocol's epochs for the group and seeds for `seeds_of` (default: the group)."""
+        return preset_variant(name, arch, self.epochs_for(experiment, group), group=group,
+                              num_seeds=self.seeds_for(experiment, seeds_of or group), **kw)
+
 
 @dataclass(frozen=True)
 class Experiment:

@@ -17,6 +17,14 @@ PANELS = (("train_acc", "train accuracy"), ("test_acc", "test accuracy"),
           ("train_loss", "train loss"), ("test_loss", "test loss"))
 
 
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(histories: Mapping[str, Mapping[str, list]], path: str | Path, title: str = "") -> Path:
     """The study's 2x2 panels (train/test accuracy and loss per epoch) for several variants.
 
@@ -42,11 +50,7 @@ def plot_curves(histories: Mapping[str, Mapping[str, list]], path: str | Path, t
     fig.suptitle(f"{title} (line: mean over seeds, band: min..max)" if title else
                  "mean over seeds, band: min..max")
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_confusion(cm: np.ndarray, path: str | Path, title: str = "",
@@ -67,11 +71,7 @@ def plot_confusion(cm: np.ndarray, path: str | Path, title: str = "",
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_robustness(results: Mapping[str, Mapping], path: str | Path, title: str = "") -> Path:
@@ -95,8 +95,4 @@ def plot_robustness(results: Mapping[str, Mapping], path: str | Path, title: str
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from bccd_jax.config import INITS
-from bccd_jax.experiment import Experiment, Variant, main_for, preset_variant
+from bccd_jax.experiment import Experiment, Variant, main_for
 from experiments.protocol import PROTOCOLS
 
 NAME = "architecture"
@@ -27,11 +27,10 @@ def add_arguments(p) -> None:
 
 
 def variants(args) -> list[Variant]:
-    proto, out = args.proto, []
+    out: list[Variant] = []
 
     def variant(name, arch, group, **kw):
-        return preset_variant(name, arch, proto.epochs_for(NAME, group), group=group,
-                              num_seeds=proto.seeds_for(NAME, group), **kw)
+        return args.proto.variant(NAME, name, arch, group, **kw)
 
     if {"depth", "kernels"} & set(args.parts):
         out.append(variant("base", "base", "depth"))

@@ -32,11 +32,9 @@ def add_arguments(p) -> None:
 
 def variants(args) -> list[Variant]:
     proto, out = args.proto, []
-    epochs = proto.epochs_for(NAME)
 
     def variant(name, group, seeds_of=None, **kw):
-        return preset_variant(name, "base", epochs, group=group, num_seeds=proto.seeds_for(NAME, seeds_of or group),
-                              **kw)
+        return proto.variant(NAME, name, "base", group, seeds_of, **kw)
 
     if "overfit" in args.parts:
         n = args.overfit_epochs or proto.epochs_for(NAME, "overfit")

@@ -13,7 +13,29 @@ jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cache_env(tmp_root: Path) -> dict[str, str]:
+    """Environment for subprocesses: the test run's XLA cache (above) and one data cache for all of them."""
+    return {**os.environ, "BCCD_JAX_COMPILE_CACHE": jax.config.jax_compilation_cache_dir or str(tmp_root / "xla"),
+            "BCCD_JAX_CACHE": str(tmp_root / "bccd_data"), "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+
+
+def small_run(out: Path, env: dict[str, str], size: tuple[int, int], epochs: int = 2) -> Path:
+    """A real run folder: the optimizers experiment's adam variant, 2 seeds, on the embedded originals."""
+    proc = subprocess.run([sys.executable, "-m", "experiments.optimizers", "--variants", "adam", "--epochs", str(epochs),
+                           "--seeds", "2", "--image-size", *map(str, size), "--out", str(out), "--no-progress",
+                           "--no-figures"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = (out / "optimizers").iterdir()
+    return run
 
 DATA_ENV = "BCCD_DATA_DIR"
 """The full augmented set (the dataset2-master folder) for the tests that need it; they skip without it."""

@@ -15,9 +15,9 @@ import threading
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
+from conftest import cache_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,15 +64,6 @@ class Watched:
         rc = self.proc.wait(timeout=timeout)
         self._thread.join(timeout=10)
         return rc, stdout, "".join(ln for ln in self.lines if ln is not None)
-
-
-def cache_env(tmp_root: Path) -> dict[str, str]:
-    """The test run's XLA cache (see conftest) and a data cache shared with test_predict's subprocesses."""
-    import os
-
-    xla = jax.config.jax_compilation_cache_dir or str(tmp_root / "xla")
-    return {**os.environ, "BCCD_JAX_COMPILE_CACHE": xla, "BCCD_JAX_CACHE": str(tmp_root / "bccd_data"),
-            "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
 
 def run_dir_of(out: Path) -> Path:

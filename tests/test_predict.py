@@ -8,18 +8,17 @@ the test run's XLA compile cache (BCCD_JAX_COMPILE_CACHE) and a data cache (BCCD
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from bccd_jax import CLASS_NAMES
+from conftest import cache_env, small_run
 
 ROOT = Path(__file__).resolve().parents[1]
 JPEGS = ROOT / "data" / "BCCD" / "JPEGImages"
@@ -29,13 +28,6 @@ ORIG_XML = XMLS / "BloodImage_00000.xml"
 ORIG2 = JPEGS / "BloodImage_00001.jpg"  # test split
 ORIG2_XML = XMLS / "BloodImage_00001.xml"
 SIZE = (24, 32)
-
-
-def cache_env(tmp_root: Path) -> dict[str, str]:
-    """Environment for subprocesses: the test run's XLA cache (see conftest) and a shared data cache."""
-    xla = jax.config.jax_compilation_cache_dir or str(tmp_root / "xla")
-    return {**os.environ, "BCCD_JAX_COMPILE_CACHE": xla, "BCCD_JAX_CACHE": str(tmp_root / "bccd_data"),
-            "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
 
 def predict_cmd(*args) -> list[str]:
@@ -49,13 +41,7 @@ def env(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, env) -> Path:
-    out = tmp_path_factory.mktemp("predict_runs")
-    proc = subprocess.run([sys.executable, "-m", "experiments.optimizers", "--variants", "adam", "--epochs", "2",
-                           "--seeds", "2", "--image-size", *map(str, SIZE), "--out", str(out), "--no-progress",
-                           "--no-figures"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    (run,) = (out / "optimizers").iterdir()
-    return run
+    return small_run(tmp_path_factory.mktemp("predict_runs"), env, SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -237,13 +223,7 @@ EVAL_SIZE = (32, 40)  # images of at least 32 px per side, like any user's
 
 @pytest.fixture(scope="module")
 def eval_run(tmp_path_factory, env) -> Path:
-    out = tmp_path_factory.mktemp("evaluate_runs")
-    proc = subprocess.run([sys.executable, "-m", "experiments.optimizers", "--variants", "adam", "--epochs", "2",
-                           "--seeds", "2", "--image-size", *map(str, EVAL_SIZE), "--out", str(out), "--no-progress",
-                           "--no-figures"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    (run,) = (out / "optimizers").iterdir()
-    return run
+    return small_run(tmp_path_factory.mktemp("evaluate_runs"), env, EVAL_SIZE)
 
 
 @pytest.fixture(scope="module")
