@@ -114,14 +114,13 @@ def computed_notes(res: dict, s: dict) -> list[str]:
 
 
 def xla_ab_section(ab: dict) -> list[str]:
-    lines = ["", "## XLA:CPU YNNPACK fusions off (bccd_jax) vs XLA's defaults", "",
-             f"`{ab.get('command', 'python -m benchmarks.xla_cpu_ab')}` ({ab.get('date', '?')}), fresh processes "
-             f"alternating A B B A, 1 seed, {ab.get('size', '120x160')} images, batch {ab.get('batch_size', 32)}, "
-             "median step:", "",
-             "| model | XLA defaults step ms | bccd_jax step ms | speed-up |", "| --- | ---: | ---: | ---: |"]
-    for m, v in ab.get("summary", {}).items():
-        lines.append(f"| {m} | {v['xla_defaults'] * 1e3:,.0f} | {v['bccd_jax'] * 1e3:,.0f} | {v['speedup']:.2f}x |")
-    return lines
+    sides = list(ab.get("sides", {})) or ["xla_defaults", "bccd_jax"]
+    lines = ["", "## XLA:CPU settings side by side", "",
+             f"`{ab.get('command', 'python -m benchmarks.xla_cpu_ab')}` ({ab.get('date', '?')}), each side in fresh "
+             f"processes, the order rotating every round, 1 seed, {ab.get('size', '120x160')} images, batch "
+             f"{ab.get('batch_size', 32)}, median step. Sides: "
+             + "; ".join(f"`{s}` = {ab['sides'][s]}" for s in sides if s in ab.get("sides", {})) + ".", ""]
+    return lines + list(ab.get("table", []))
 
 
 def write_report(out_dir: Path) -> Path:

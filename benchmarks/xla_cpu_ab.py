@@ -1,11 +1,11 @@
-"""A/B of bccd_jax's XLA:CPU setting (YNNPACK fusions off) against XLA's own defaults.
+"""A/B of XLA:CPU settings: bccd_jax's (YNNPACK fusions off), XLA's own defaults, and candidates.
 
-    python -m benchmarks.xla_cpu_ab --rounds 2
+    python -m benchmarks.xla_cpu_ab --rounds 2 --size 60x80 --sides xla_defaults bccd_jax onednn_custom_call
 
 XLA reads XLA_FLAGS once per process, so each side runs `benchmarks.bench` (JAX step
-rows only) in a fresh subprocess, alternating A B B A ... so that machine load hits
-both sides alike. A = XLA defaults (BCCD_JAX_XLA_CPU_DEFAULTS=1), B = bccd_jax's
-setting. Prints a Markdown table of median step times and writes benchmarks/xla_cpu_ab.json.
+rows only) in a fresh subprocess, the order of the sides rotating every round so that
+machine load hits all alike. Prints a Markdown table of median step times (speed-up
+against the first side) and writes benchmarks/xla_cpu_ab.json.
 """
 
 from __future__ import annotations
@@ -21,13 +21,17 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SIDES = {"xla_defaults": {"BCCD_JAX_XLA_CPU_DEFAULTS": "1"}, "bccd_jax": {"BCCD_JAX_XLA_CPU_DEFAULTS": "0"}}
+YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
+SIDES = {"xla_defaults": {"BCCD_JAX_XLA_CPU_DEFAULTS": "1"},
+         "bccd_jax": {"BCCD_JAX_XLA_CPU_DEFAULTS": "0"},
+         # a candidate: oneDNN custom calls for convolutions and dots on x86, on top of bccd_jax's setting
+         "onednn_custom_call": {"XLA_FLAGS": f"{YNN_OFF} --xla_cpu_experimental_onednn_custom_call=true"}}
 
 
-def run_side(side: str, models, batch_size: int, steps: int, repeats: int) -> list[dict]:
+def run_side(side: str, models, batch_size: int, steps: int, repeats: int, size: str) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | SIDES[side]
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "benchmarks.bench", "--frameworks", "jax", "--seeds", "1", "--sizes", "120x160",
+        cmd = [sys.executable, "-m", "benchmarks.bench", "--frameworks", "jax", "--seeds", "1", "--sizes", size,
                "--dtypes", "float32", "--rounds", "1",
                "--models", *models, "--batch-sizes", str(batch_size), "--steps", str(steps),
                "--repeats", str(repeats), "--max-step-seconds", "600", "--out-dir", out]
@@ -41,29 +45,35 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["base", "deep"])
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=2, help="A B pairs (order alternates per round)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds over all sides (their order rotates per round)")
+    p.add_argument("--size", default="120x160", help="image size HxW")
+    p.add_argument("--sides", nargs="+", default=["xla_defaults", "bccd_jax"], choices=sorted(SIDES))
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=HERE / "xla_cpu_ab.json")
     a = p.parse_args(argv)
     rows = []
     for k in range(a.rounds):
-        order = ["xla_defaults", "bccd_jax"] if k % 2 == 0 else ["bccd_jax", "xla_defaults"]
+        order = a.sides[k % len(a.sides):] + a.sides[:k % len(a.sides)]
         for side in order:
-            rows += run_side(side, a.models, a.batch_size, a.steps, a.repeats)
+            rows += run_side(side, a.models, a.batch_size, a.steps, a.repeats, a.size)
             print(f"round {k + 1} {side}: " + ", ".join(f"{r['model']} {r['step_s'] * 1e3:.0f} ms"
                                                          for r in rows[-len(a.models):]), file=sys.stderr, flush=True)
-    table = ["| model | batch | XLA defaults step ms | bccd_jax step ms | speed-up |", "| --- | ---: | ---: | ---: | ---: |"]
+    first = a.sides[0]
+    table = ["| model | size | batch | " + " | ".join(f"{s} step ms" for s in a.sides) + " | " +
+             " | ".join(f"{s} vs {first}" for s in a.sides[1:]) + " |",
+             "| --- | --- | ---: |" + " ---: |" * (2 * len(a.sides) - 1)]
     summary = {}
     for m in a.models:
-        med = {s: statistics.median(r["step_s"] for r in rows if r["model"] == m and r["side"] == s) for s in SIDES}
-        summary[m] = dict(med, speedup=med["xla_defaults"] / med["bccd_jax"])
-        table.append(f"| {m} | {a.batch_size} | {med['xla_defaults'] * 1e3:,.0f} | {med['bccd_jax'] * 1e3:,.0f} | "
-                     f"{summary[m]['speedup']:.2f}x |")
+        med = {s: statistics.median(r["step_s"] for r in rows if r["model"] == m and r["side"] == s) for s in a.sides}
+        summary[m] = dict(med, **{f"{s}_speedup_vs_{first}": med[first] / med[s] for s in a.sides[1:]})
+        table.append(f"| {m} | {a.size} | {a.batch_size} | " + " | ".join(f"{med[s] * 1e3:,.0f}" for s in a.sides) +
+                     " | " + " | ".join(f"{med[first] / med[s]:.2f}x" for s in a.sides[1:]) + " |")
     a.out.write_text(json.dumps({"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                                 "size": "120x160", "batch_size": a.batch_size,
+                                 "size": a.size, "batch_size": a.batch_size, "sides": {s: SIDES[s] for s in a.sides},
                                  "command": "python -m benchmarks.xla_cpu_ab " + " ".join(argv or sys.argv[1:]),
-                                 "loadavg_end": os.getloadavg(), "rows": rows, "summary": summary}, indent=1))
+                                 "loadavg_end": os.getloadavg(), "rows": rows, "summary": summary,
+                                 "table": table}, indent=1))
     print("\n".join(table))
 
 
