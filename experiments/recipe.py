@@ -12,6 +12,9 @@ both at the protocol's seeds. results/REPORT.md cites the runs.
 - colour:       cosine + brightness, contrast, saturation, hue, gamma and stain jitter
 - standardize:  cosine, each image standardised per channel instead of x/255
 - wd:           cosine + decoupled weight decay 5e-4 (AdamW)
+- warmup:       geometry + a linear warmup of the learning rate over the first epoch (in the geometry
+                screen one of two seeds sat at chance for 5 epochs)
+- combo:        warmup + each image standardised per channel
 
 Test-time averaging over flips changes only the evaluation: `python -m bccd_jax.evaluate --tta flips`
 measures it on any trained variant.
@@ -39,8 +42,10 @@ SCREEN = {
     "colour": dict(schedule="cosine", augment=COLOUR),
     "standardize": dict(schedule="cosine"),
     "wd": dict(schedule="cosine", weight_decay=5e-4),
+    "warmup": dict(schedule="cosine", warmup_epochs=1.0, augment=GEOMETRY),
+    "combo": dict(schedule="cosine", warmup_epochs=1.0, augment=GEOMETRY),
 }
-MODEL = {"standardize": dict(input_norm="image")}
+MODEL = {"standardize": dict(input_norm="image"), "combo": dict(input_norm="image")}
 BEST = dict(schedule="cosine", augment=MILD)
 BEST_MODEL: dict = {}
 
