@@ -42,16 +42,13 @@ def variants(args) -> list[Variant]:
     if not os.path.exists(args.weights):
         raise UserError(f"--weights {args.weights}: file not found")
 
-    def vgg(name: str, group: str, pretrained: str | None, freeze: str) -> Variant:
+    def vgg(name: str, pretrained: str | None, freeze: str) -> Variant:
         model = ModelConfig.preset("vgg16", pretrained=pretrained, freeze=freeze)
-        train = TrainConfig(epochs=args.proto.epochs_for(NAME, group), optimizer="adam", learning_rate=args.lr)
-        return Variant(name=name, model=model, train=train, group="transfer",
-                       num_seeds=args.proto.seeds_for(NAME, group))
+        train = TrainConfig(epochs=args.proto.epochs_for(NAME, name), optimizer="adam", learning_rate=args.lr)
+        return Variant(name=name, model=model, train=train, group="transfer", num_seeds=args.proto.seeds_for(NAME, name))
 
-    return [vgg("frozen_blocks1-4", "frozen", args.weights, "blocks1-4"),
-            vgg("frozen_blocks1-3", "frozen", args.weights, "blocks1-3"),
-            vgg("all_trainable", "full", args.weights, "none"),
-            vgg("scratch", "full", None, "none")]
+    return [vgg("frozen_blocks1-4", args.weights, "blocks1-4"), vgg("frozen_blocks1-3", args.weights, "blocks1-3"),
+            vgg("all_trainable", args.weights, "none"), vgg("scratch", None, "none")]
 
 
 EXPERIMENT = Experiment(NAME, "VGG16: pretrained with blocks 1-4 or 1-3 frozen (cached) vs all trainable vs from "
