@@ -551,3 +551,31 @@ def test_real_hed_wheel_matches_independent_reference(hed_wheel):
                                           "kernel": conv["block1_conv1"]["kernel"].transpose(1, 0, 2, 3)})
     for wrong in (port(swapped, x), port(transposed, x), port(conv, x[..., ::-1])):
         assert rel_err(wrong, ref) > 0.05
+
+
+def test_cached_run_restores_the_whole_network(keras2_file, tmp_path_factory):
+    """A variant trained above cached features is restored as the whole VGG16 (frozen prefix from the run folder,
+    trained top from its checkpoint): raw images in, the run's own TEST accuracy out."""
+    from conftest import cache_env
+
+    from bccd_jax.data import load_dataset
+    from bccd_jax.run import RunFolder, restore
+
+    env = cache_env(tmp_path_factory.getbasetemp())
+    out = tmp_path_factory.mktemp("vgg_runs")
+    r = subprocess.run([sys.executable, "-m", "experiments.vgg", "--weights", str(keras2_file), "--variants",
+                        "frozen_blocks1-4", "--epochs", "1", "--seeds", "2", "--image-size", "32", "40", "--out",
+                        str(out), "--no-progress", "--no-figures"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "VGG16 blocks 1-4 on 268 train images" in r.stderr  # the prefix ran once, into the cache
+    (run,) = (out / "vgg").iterdir()
+    folder = RunFolder(run)
+    assert folder.frozen_path("frozen_blocks1-4").is_file()
+    restored = restore(run)
+    assert restored.model.first_block == 1 and "block1_conv1" in restored.state.params
+    os.environ["BCCD_JAX_CACHE"] = env["BCCD_JAX_CACHE"]
+    test = load_dataset("originals", image_size=(32, 40)).splits["test"]
+    acc = (restored.logits(np.asarray(test.images)).argmax(-1) == test.labels[None]).mean(axis=1)
+    recorded = folder.results()["frozen_blocks1-4"].final("test")["acc_per_seed"]
+    np.testing.assert_allclose(acc, recorded, atol=1e-12)
