@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bccd_jax.config import resume_problems
 from bccd_jax.errors import UserError
 
 WEIGHTS_KIND = "weights"
@@ -83,10 +84,8 @@ class CheckpointStore:
         """Restore a training state into the structure/shapes/shardings of `template_state`.
 
         With `expected_meta`, refuse (UserError) when the saved run differs in config,
-        data fingerprint or seeds (bccd_jax.run.resume_problems), unless `force`.
+        data fingerprint or seeds (bccd_jax.config.resume_problems), unless `force`.
         """
-        from bccd_jax.run import resume_problems
-
         epoch = self.latest_epoch() if epoch is None else epoch
         if epoch is None:
             raise UserError(f"no checkpoint in {self.directory} to resume from")

@@ -11,6 +11,7 @@ predates the field.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -262,3 +263,50 @@ def field_names(cls: type, prefix: str = "") -> set[str]:
         nested = _NESTED.get(f.name)
         out |= field_names(nested, f"{prefix}{f.name}.") if nested else {prefix + f.name}
     return out
+
+
+def resume_problems(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """What differs between a saved and a current description of a variant or run (plain dicts as in
+    config.json / checkpoint meta) that a resume must not change. Empty: resuming is safe.
+
+    Compared: data (dataset, image shape, fingerprint), and model, train, seeds and optimizer of
+    each variant in `now`; TrainConfig fields in `config.resume_free_fields` may change.
+    """
+    saved, now = _plain(saved), _plain(now)
+    out = []
+    sd, nd = saved.get("data", {}), now.get("data", {})
+    for key in ("dataset", "image_shape", "fingerprint"):
+        if key in nd and sd.get(key) != nd.get(key):
+            out.append(f"data {key} {_show(sd.get(key))} -> {_show(nd.get(key))}")
+    for key in ("data_fingerprint", "image_shape"):  # checkpoint meta keys
+        if key in now and key in saved and saved[key] != now[key]:
+            out.append(f"{key} differs (saved {_show(saved[key])}, now {_show(now[key])})")
+    variants = now.get("variants", {"": now})
+    for vname, nv in variants.items():
+        ov = saved.get("variants", {}).get(vname) if vname else saved
+        if ov is None:
+            continue  # a variant the saved run never trained
+        label = f"{vname} " if vname else ""
+        for key in ("model", "train", "seeds", "optimizer"):
+            a, b = ov.get(key), nv.get(key)
+            if key not in nv:
+                continue
+            if isinstance(a, dict) and isinstance(b, dict):
+                free = resume_free_fields(b) if key == "train" else ()
+                changed = [f"{k} {_show(a.get(k))} -> {_show(b.get(k))}" for k in sorted(set(a) | set(b))
+                           if k not in free and a.get(k) != b.get(k)]
+                if changed:
+                    out.append(f"{label}{key}: {', '.join(changed)}")
+            elif a != b:
+                out.append(f"{label}{key} {_show(a)} -> {_show(b)}")
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Round-trip through JSON so tuples/lists and numpy scalars compare equal."""
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _show(value: Any) -> str:
+    s = json.dumps(value, sort_keys=True)
+    return s if len(s) <= 80 else s[:77] + "..."

@@ -1,21 +1,19 @@
 """A run's config made trainable (`build`), and a trained run made usable (`restore`, `export_model`).
 
 `build` is the one place where a ModelConfig/TrainConfig pair becomes a Flax module, an optax
-transformation and pretrained weights, for training and for restoring alike; `resume_problems`
-is the one check of what a resumed run may not change.
+transformation and pretrained weights, for training and for restoring alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from bccd_jax.config import ModelConfig, TrainConfig, resume_free_fields, to_dict
+from bccd_jax.config import ModelConfig, TrainConfig, to_dict
 from bccd_jax.errors import UserError
 from bccd_jax.run.folder import DataRecord, RunFolder, RunRecord, VariantRecord, VariantResult
 
@@ -83,53 +81,6 @@ def build(model_cfg: ModelConfig, train_cfg: TrainConfig, data: DataRecord, *, o
     tx = freeze(tx, abstract["params"], vgg16_trainable(model_cfg.freeze)) if cut else \
         freeze_vgg16(tx, abstract["params"], model_cfg.freeze)
     return Built(model, tx, pretrained if load_pretrained else None, shape, cut, prefix)
-
-
-def resume_problems(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """What differs between a saved and a current description of a variant or run (plain dicts as in
-    config.json / checkpoint meta) that a resume must not change. Empty: resuming is safe.
-
-    Compared: data (dataset, image shape, fingerprint), and model, train, seeds and optimizer of
-    each variant in `now`; TrainConfig fields in `config.resume_free_fields` may change.
-    """
-    saved, now = _plain(saved), _plain(now)
-    out = []
-    sd, nd = saved.get("data", {}), now.get("data", {})
-    for key in ("dataset", "image_shape", "fingerprint"):
-        if key in nd and sd.get(key) != nd.get(key):
-            out.append(f"data {key} {_show(sd.get(key))} -> {_show(nd.get(key))}")
-    for key in ("data_fingerprint", "image_shape"):  # checkpoint meta keys
-        if key in now and key in saved and saved[key] != now[key]:
-            out.append(f"{key} differs (saved {_show(saved[key])}, now {_show(now[key])})")
-    variants = now.get("variants", {"": now})
-    for vname, nv in variants.items():
-        ov = saved.get("variants", {}).get(vname) if vname else saved
-        if ov is None:
-            continue  # a variant the saved run never trained
-        label = f"{vname} " if vname else ""
-        for key in ("model", "train", "seeds", "optimizer"):
-            a, b = ov.get(key), nv.get(key)
-            if key not in nv:
-                continue
-            if isinstance(a, dict) and isinstance(b, dict):
-                free = resume_free_fields(b) if key == "train" else ()
-                changed = [f"{k} {_show(a.get(k))} -> {_show(b.get(k))}" for k in sorted(set(a) | set(b))
-                           if k not in free and a.get(k) != b.get(k)]
-                if changed:
-                    out.append(f"{label}{key}: {', '.join(changed)}")
-            elif a != b:
-                out.append(f"{label}{key} {_show(a)} -> {_show(b)}")
-    return out
-
-
-def _plain(value: Any) -> Any:
-    """Round-trip through JSON so tuples/lists and numpy scalars compare equal."""
-    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
-def _show(value: Any) -> str:
-    s = json.dumps(value, sort_keys=True)
-    return s if len(s) <= 80 else s[:77] + "..."
 
 
 # ----------------------------------------------------------------------------- restore
