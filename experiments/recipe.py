@@ -15,6 +15,7 @@ both at the protocol's seeds. results/REPORT.md cites the runs.
 - warmup:       geometry + a linear warmup of the learning rate over the first epoch (in the geometry
                 screen one of two seeds sat at chance for 5 epochs)
 - combo:        warmup + each image standardised per channel
+- robust:       standardize + the mild geometry and the colour jitter together (other labs' images)
 
 Test-time averaging over flips changes only the evaluation: `python -m bccd_jax.evaluate --tta flips`
 measures it on any trained variant.
@@ -24,6 +25,8 @@ measures it on any trained variant.
 
 from __future__ import annotations
 
+
+import dataclasses
 
 from bccd_jax.config import AugmentConfig
 from bccd_jax.experiment import Experiment, Variant, main_for, preset_variant
@@ -44,8 +47,10 @@ SCREEN = {
     "wd": dict(schedule="cosine", weight_decay=5e-4),
     "warmup": dict(schedule="cosine", warmup_epochs=1.0, augment=GEOMETRY),
     "combo": dict(schedule="cosine", warmup_epochs=1.0, augment=GEOMETRY),
+    "robust": dict(schedule="cosine", augment=dataclasses.replace(COLOUR, flip=MILD.flip, rotate=MILD.rotate,
+                                                                  shift=MILD.shift)),
 }
-MODEL = {"standardize": dict(input_norm="image"), "combo": dict(input_norm="image")}
+MODEL = {name: dict(input_norm="image") for name in ("standardize", "combo", "robust")}
 BEST = dict(schedule="cosine", augment=MILD)
 BEST_MODEL: dict = {}
 
