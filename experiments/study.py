@@ -37,12 +37,12 @@ ROBUSTNESS = "robustness"  # a step that evaluates the run of another step, not 
 STEPS: dict[str, tuple[Step, ...]] = {
     # each step <= 90 min on 2 CPU cores; wall times of every run in results/REPORT.md
     "cpu": (
-        Step("optimizers", "optimizers"),
-        Step("regularization", "regularization"),
-        Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
-        Step("architecture-kernels", "architecture", ("--parts", "kernels")),
         Step("recipe-best", "recipe", ("--variants", "best")),
         Step("recipe-best-noaug", "recipe", ("--variants", "best_noaug")),
+        Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
+        Step("optimizers", "optimizers"),
+        Step("regularization", "regularization"),
+        Step("architecture-kernels", "architecture", ("--parts", "kernels")),
         Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
     ),
     "gpu": (
