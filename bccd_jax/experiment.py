@@ -299,14 +299,14 @@ def open_run(exp: Experiment, args: argparse.Namespace) -> tuple[RunFolder, RunR
 
 
 def make_record(exp: Experiment, args, variants: Sequence[Variant], data: DataRecord, eval_splits,
-                old: RunRecord | None, folder: RunFolder) -> RunRecord:
+                old: RunRecord | None, folder: RunFolder, command: str) -> RunRecord:
     """config.json of this invocation; resuming with other settings is refused before it is written."""
     records = {v.name: VariantRecord(v.name, v.model, v.train,
                                      tuple(range(args.seed_offset, args.seed_offset + (v.num_seeds or args.seeds))),
                                      v.group, v.train.optimizer if v.optimizer is None else repr(v.optimizer))
                for v in variants}
     record = RunRecord(experiment=exp.name, description=exp.description, protocol=args.protocol, data=data,
-                       variants=records, eval_splits=tuple(eval_splits), command=command_line(),
+                       variants=records, eval_splits=tuple(eval_splits), command=command,
                        created=timestamp(), git_commit=git_commit(), versions=versions(), hardware=hardware())
     if old is None:
         return record
@@ -373,7 +373,8 @@ def run_experiment(exp: Experiment, argv: Sequence[str] | None = None) -> int:
     ds = load_data(args)
     eval_names = [s for s in ("test", "test_simple") if s in ds.splits]
     data = TrainData.from_dataset(ds, eval_names)
-    record = make_record(exp, args, variants, data_record(ds, args.data_dir), eval_names, old, folder)
+    command = command_line() if argv is None else command_line(argv, f"experiments.{exp.name}")
+    record = make_record(exp, args, variants, data_record(ds, args.data_dir), eval_names, old, folder, command)
     folder.write_record(record)
     print(f"[{exp.name}] run folder: {folder}", file=sys.stderr)
 

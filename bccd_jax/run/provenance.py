@@ -81,8 +81,11 @@ def git_commit() -> str | None:
         return None
 
 
-def command_line(argv: Sequence[str] | None = None) -> str:
-    """The command as typed (`python -m pkg.mod ...` for modules), with the data folder as $BCCD_DATA_DIR."""
+def command_line(argv: Sequence[str] | None = None, module: str | None = None) -> str:
+    """The command as typed (`python -m pkg.mod ...` for modules), with the data folder as $BCCD_DATA_DIR.
+
+    `argv` and `module` describe a command run from inside another (the study runs each experiment
+    in-process: its run folder records `python -m experiments.<name> <its flags>`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     for i, a in enumerate(argv):
         if a == "--data-dir" and i + 1 < len(argv):
@@ -90,6 +93,9 @@ def command_line(argv: Sequence[str] | None = None) -> str:
         elif a.startswith("--data-dir="):
             argv[i] = f"--data-dir={DATA_DIR_PLACEHOLDER}"
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    head = ["-m", spec.name] if spec is not None and spec.name else [Path(sys.argv[0]).name]
+    if module is not None:
+        head = ["-m", module]
+    else:
+        head = ["-m", spec.name] if spec is not None and spec.name else [Path(sys.argv[0]).name]
     return " ".join([Path(sys.executable).name, *head, *(a if a == DATA_DIR_PLACEHOLDER else shlex.quote(a)
                                                          for a in argv)])
