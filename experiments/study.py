@@ -39,11 +39,11 @@ STEPS: dict[str, tuple[Step, ...]] = {
     "cpu": (
         Step("recipe-best", "recipe", ("--variants", "best")),
         Step("recipe-best-noaug", "recipe", ("--variants", "best_noaug")),
-        Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
+        Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
         Step("optimizers", "optimizers"),
+        Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
         Step("regularization", "regularization"),
         Step("architecture-kernels", "architecture", ("--parts", "kernels")),
-        Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
     ),
     "gpu": (
         Step("optimizers", "optimizers"),
@@ -92,6 +92,18 @@ def run_step(step: Step, protocol: str, args) -> RunFolder:
     return RunFolder.latest(root, module.NAME)
 
 
+def run_robustness(step: Step, args) -> None:
+    """Evaluate the latest run of `step` under the shift suite, unless that was done already."""
+    from experiments import robustness
+
+    try:
+        folder = RunFolder.latest(Path(args.out) / step.name, step.experiment)
+    except UserError:
+        return
+    if finished(folder) and folder.read_extra(robustness.RESULT_FILE) is None:
+        robustness.main(["--run", str(folder.path)] + (["--data-dir", args.data_dir] if args.data_dir else []))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m experiments.study", description=__doc__.splitlines()[0])
     p.add_argument("--protocol", choices=sorted(STEPS), default="cpu")
@@ -111,17 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"unknown step(s) {sorted(unknown)}; protocol {args.protocol} has "
                             f"{[s.name for s in steps] + [ROBUSTNESS]}")
     t0 = time.perf_counter()
-    folders = [run_step(s, args.protocol, args) for s in steps if not args.steps or s.name in args.steps]
-    if not args.steps or ROBUSTNESS in args.steps:
-        from experiments import robustness
-
-        for name in ROBUSTNESS_OF:
-            try:
-                folder = RunFolder.latest(Path(args.out) / name, "recipe")
-            except UserError:
-                continue
-            if folder.read_extra(robustness.RESULT_FILE) is None:
-                robustness.main(["--run", str(folder.path)] + (["--data-dir", args.data_dir] if args.data_dir else []))
+    folders = []
+    for step in steps:
+        if not args.steps or step.name in args.steps:
+            folders.append(run_step(step, args.protocol, args))
+        if step.name in ROBUSTNESS_OF and (not args.steps or ROBUSTNESS in args.steps):
+            run_robustness(step, args)  # right after its step, so a study cut short still has it
     print(f"[study] {len(folders)} step(s) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if not args.no_report:
         from experiments.report import write_report
