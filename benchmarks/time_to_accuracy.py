@@ -2,7 +2,7 @@
 
     python -m benchmarks.time_to_accuracy --data-dir DATA          # the CPU protocol's recipe, seed 0
     python -m benchmarks.time_to_accuracy --data-dir DATA --train-limit 256 --test-limit 256 --epochs 1 \\
-        --image-size 24 32 --out-dir /tmp/tta                      # a smoke test
+        --image-size 24 32 --out-dir tta-smoke                    # a smoke test
 
 The run is experiments.recipe's `best` variant under the `cpu` protocol (read at run time: model,
 optimizer, schedule, augmentation, batch size, epochs, image size), one seed, on the augmented
