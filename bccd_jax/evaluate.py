@@ -86,7 +86,7 @@ def make_parser() -> argparse.ArgumentParser:
 def evaluate(restored, items: Sequence[tuple[Path, int]], crop: str, strict: bool
              ) -> tuple[np.ndarray, np.ndarray, Counter, Counter, list[str]]:
     """(probabilities [S, N, C] per seed, labels [N], preparation counts, skip counts, notes)."""
-    from bccd_jax.data.sources import parallel_map
+    from bccd_jax.data.pixels import parallel_map
 
     hw = restored.image_size
     how: Counter = Counter()

@@ -1,7 +1,7 @@
 """Bringing an image from anywhere to a model's input, the way its training data were made.
 
 - a full 640x480 BCCD original with its VOC annotation: crop around the single WBC box exactly
-  like the `originals` data set (bccd_jax.data.sources.load_crop), then resize;
+  like the `originals` data set (bccd_jax.data.pixels.load_crop), then resize;
 - any other image: `crop="none"` resizes the whole image to the run's H x W (what the augmented
   set's 320x240 cell images get); `crop="center"` first cuts the largest centred region with the
   run's aspect ratio, so an image of another shape is not squashed.
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bccd_jax.data import sources
+from bccd_jax.data import pixels, sources
 from bccd_jax.errors import UserError
 
 ORIGINAL_SIZE = (640, 480)   # (W, H) of a BCCD original
@@ -75,7 +75,7 @@ def probe(path: Path) -> tuple[tuple[int, int], str]:
 def center_crop_resized(path: Path, hw: tuple[int, int]) -> np.ndarray:
     """The largest centred region of the image with aspect W:H, resized to (H, W)."""
     h, w = hw
-    im = sources.open_rgb(path)
+    im = pixels.open_rgb(path)
     scale = min(im.width / w, im.height / h)
     cw, ch = w * scale, h * scale
     x0, y0 = (im.width - cw) / 2, (im.height - ch) / 2
@@ -97,7 +97,7 @@ def prepare(path_text: str | Path, xml: Path | None, hw: tuple[int, int], crop: 
         box = wbc_box(xml, path, size)
         if size != ORIGINAL_SIZE and notes is not None:
             notes.append(f"{path}: {size[0]}x{size[1]}, not a 640x480 original; cropping the WBC box of {xml} anyway")
-        return (sources.load_crop(path, box, hw, sources.DEFAULT_MARGIN),
+        return (pixels.load_crop(path, box, hw, sources.DEFAULT_MARGIN),
                 f"WBC box of {xml.name} widened by {sources.DEFAULT_MARGIN:g} per side, cropped at {w}:{h}, "
                 f"resized to {w}x{h}")
     if size == ORIGINAL_SIZE:
@@ -109,4 +109,4 @@ def prepare(path_text: str | Path, xml: Path | None, hw: tuple[int, int], crop: 
     if size != AUGMENTED_SIZE and notes is not None:
         notes.append(f"{path}: {size[0]}x{size[1]} resized to {w}x{h} (the data set's cell images are "
                      f"{AUGMENTED_SIZE[0]}x{AUGMENTED_SIZE[1]}, 4:3; --crop center keeps the aspect)")
-    return sources.load_resized(path, hw), f"whole {size[0]}x{size[1]} image resized to {w}x{h}"
+    return pixels.load_resized(path, hw), f"whole {size[0]}x{size[1]} image resized to {w}x{h}"

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from bccd_jax import CLASS_NAMES
-from bccd_jax.data import load_dataset, load_export, sources
+from bccd_jax.data import load_dataset, load_export, pixels, sources
 from bccd_jax.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,10 +137,10 @@ def test_skip_rules_synthetic(tmp_path: Path) -> None:
 
 def test_crop_rect_keeps_aspect_and_handles_borders() -> None:
     b = sources.Box("WBC", 600, 440, 640, 480)  # in the corner
-    x0, y0, x1, y1 = sources.crop_rect(b, 640, 480, (120, 160), 0.25)
+    x0, y0, x1, y1 = pixels.crop_rect(b, 640, 480, (120, 160), 0.25)
     assert x1 == 640 and y1 == 480 and abs((x1 - x0) / (y1 - y0) - 160 / 120) < 0.05
     big = sources.Box("WBC", 0, 0, 640, 480)  # larger than the image once widened: centred, padded
-    x0, y0, x1, y1 = sources.crop_rect(big, 640, 480, (120, 160), 0.25)
+    x0, y0, x1, y1 = pixels.crop_rect(big, 640, 480, (120, 160), 0.25)
     assert x0 < 0 and y0 < 0 and x1 > 640 and y1 > 480
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from bccd_jax import CLASS_NAMES
-from bccd_jax.data import sources
+from bccd_jax.data import hashing, sources
 from bccd_jax.errors import UserError
 from bccd_jax.files import write_atomic
 
@@ -138,7 +138,7 @@ def load_dataset(
         (cache / "index").mkdir(exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create cache dir {cache}: {e}") from None
-    key = sources.stat_key(files, settings)
+    key = hashing.stat_key(files, settings)
     index_file = cache / "index" / f"{key}.json"
     fp = None
     if index_file.is_file():
@@ -146,7 +146,7 @@ def load_dataset(
             fp = json.loads(index_file.read_text())["fingerprint"]
     if fp is None:
         t = time.time()
-        fp = sources.fingerprint(files, settings)
+        fp = hashing.fingerprint(files, settings)
         log(f"hashed {len(files)} source files in {time.time() - t:.1f}s")
     build_dir = cache / f"{name}-{size[0]}x{size[1]}-{fp[:16]}-v{CACHE_LAYOUT}"
     if not (build_dir / "meta.json").is_file():
@@ -166,23 +166,23 @@ def load_export(path: str | os.PathLike[str]) -> Dataset:
 
 
 def _sources_and_settings(name: str, data_dir: str | None, size: tuple[int, int],
-                          trace_csv: str | None) -> tuple[list[sources.SourceFile], dict[str, Any]]:
+                          trace_csv: str | None) -> tuple[list[hashing.SourceFile], dict[str, Any]]:
     """The files a build depends on (named relative to their folder) and the settings that shape it."""
     settings: dict[str, Any] = {"name": name, "image_size": list(size), "format": BUILD_FORMAT,
                                 "builder_version": sources.BUILDER_VERSION}
     if name == "originals":
         p = sources.find_originals(data_dir)
         settings["margin"] = sources.DEFAULT_MARGIN
-        files = [sources.source_file("labels.csv", p.labels_csv), sources.source_file("original_split.csv", p.split_csv)]
-        files += sources.scan_files(p.annotations, "Annotations/", lambda n: n.lower().endswith(".xml"))
-        files += sources.scan_files(p.images, "JPEGImages/", lambda n: n.lower().endswith((".jpg", ".jpeg")))
+        files = [hashing.source_file("labels.csv", p.labels_csv), hashing.source_file("original_split.csv", p.split_csv)]
+        files += hashing.scan_files(p.annotations, "Annotations/", lambda n: n.lower().endswith(".xml"))
+        files += hashing.scan_files(p.images, "JPEGImages/", lambda n: n.lower().endswith((".jpg", ".jpeg")))
     else:
         assert data_dir is not None
         images_dir = sources.find_images_dir(data_dir)
-        files = sources.scan_files(images_dir, "images/")
+        files = hashing.scan_files(images_dir, "images/")
         trace = sources.resolve_trace(images_dir, trace_csv)
         if trace is not None:
-            files.append(sources.source_file("trace/" + trace.name, trace))
+            files.append(hashing.source_file("trace/" + trace.name, trace))
     return files, settings
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from bccd_jax import CLASS_NAMES
-from bccd_jax.data import sources
+from bccd_jax.data import pixels, sources
 from bccd_jax.errors import UserError
 
 from bccd_jax.data.sources import DEFAULT_IMAGE_SIZE, DEFAULT_MARGIN, resolve_trace
@@ -136,17 +136,17 @@ class BccdWbc(tfds.core.GeneratorBasedBuilder):
 
     def _generate_originals(self, items: list[sources.OriginalItem]) -> Iterator[tuple[str, dict]]:
         def crop(it: sources.OriginalItem) -> np.ndarray:
-            return sources.load_crop(it.image, it.box, self.image_size, self.margin)
+            return pixels.load_crop(it.image, it.box, self.image_size, self.margin)
 
-        for it, img in zip(items, sources.parallel_map(crop, items, self.workers)):
+        for it, img in zip(items, pixels.parallel_map(crop, items, self.workers)):
             yield it.original_id, {"image": img, "label": it.label, "original_id": it.original_id,
                                    "filename": it.image.name}
 
     def _generate_augmented(self, items: list[sources.AugmentedItem]) -> Iterator[tuple[str, dict]]:
         def load(it: sources.AugmentedItem) -> np.ndarray:
-            return sources.load_resized(it.path, self.image_size)
+            return pixels.load_resized(it.path, self.image_size)
 
-        for it, img in zip(items, sources.parallel_map(load, items, self.workers)):
+        for it, img in zip(items, pixels.parallel_map(load, items, self.workers)):
             cls = CLASS_NAMES[it.label]
             yield f"{cls}/{it.path.name}", {"image": img, "label": it.label, "original_id": it.original_id,
                                             "filename": f"{cls}/{it.path.name}"}

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from bccd_jax.data import Dataset, Split, log
-from bccd_jax.data.sources import parallel_map
+from bccd_jax.data.pixels import parallel_map
 from bccd_jax.errors import UserError
 from bccd_jax.files import write_atomic
 

@@ -1,6 +1,6 @@
-"""Raw-source handling for the BCCD white-cell data: paths, parsing, cropping, decoding, hashing.
+"""Raw sources of the BCCD white-cell data: where they lie, their CSV tables and VOC XML, which images count.
 
-Everything here is plain Python/NumPy/Pillow/lxml (no TFDS, no TensorFlow) so it can be tested
+Everything here is plain Python and lxml (no TFDS, no TensorFlow) so it can be tested
 and reused by the TFDS builder, the exporter and the loader alike. Every problem with the input
 is raised as a one-line `UserError` that names the offending path, because a silently wrong
 label or count would poison every experiment downstream.
@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
-import json
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
-
-import numpy as np
-from PIL import Image
+from typing import Sequence
 
 from bccd_jax import CLASS_NAMES
 from bccd_jax.errors import UserError
@@ -51,10 +45,6 @@ def check_image_size(image_size) -> tuple[int, int]:
     if not (8 <= h <= 2048 and 8 <= w <= 2048):
         raise UserError(f"image size {h}x{w} is out of range (8..2048 per side)")
     return h, w
-
-
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
 
 # --------------------------------------------------------------------------- paths
@@ -372,137 +362,6 @@ def scan_augmented(images_dir: Path, trace: dict[tuple[str, str, str], str] | No
             raise UserError(f"split folder {sdir} has no images")
         out[split] = items
     return out
-
-
-# --------------------------------------------------------------------------- images
-
-
-def open_rgb(path: Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Open and fully decode an image (JPEG draft mode shrinks by 1/2, 1/4, 1/8 while decoding)."""
-    try:
-        im = Image.open(path)
-        if draft_size is not None and im.format == "JPEG":
-            im.draft("RGB", draft_size)
-        im.load()
-        return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot decode image {path}: {e}") from None
-
-
-def load_resized(path: Path, image_size: tuple[int, int]) -> np.ndarray:
-    """Decode and resize a whole image to (H, W) -> uint8 (H, W, 3)."""
-    h, w = image_size
-    im = open_rgb(path, (w, h))
-    if im.size != (w, h):
-        im = im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.asarray(im, dtype=np.uint8)
-
-
-def crop_rect(box: Box, img_w: int, img_h: int, out_hw: tuple[int, int], margin: float) -> tuple[int, int, int, int]:
-    """Crop rectangle around a box, widened by `margin` per side, with the output aspect ratio.
-
-    The rectangle is shifted to stay inside the image when it fits; when it is larger than the image
-    it is centred and the outside is padded black by PIL's crop (like the Kaggle augmentation's fill).
-    """
-    out_h, out_w = out_hw
-    bw, bh = box.xmax - box.xmin, box.ymax - box.ymin
-    w, h = bw * (1 + 2 * margin), bh * (1 + 2 * margin)
-    aspect = out_w / out_h
-    if w / h < aspect:
-        w = h * aspect
-    else:
-        h = w / aspect
-    cx, cy = (box.xmin + box.xmax) / 2, (box.ymin + box.ymax) / 2
-
-    def place(c: float, size: float, limit: int) -> float:
-        if size <= limit:
-            return min(max(c - size / 2, 0.0), limit - size)
-        return (limit - size) / 2
-
-    x0, y0 = place(cx, w, img_w), place(cy, h, img_h)
-    return round(x0), round(y0), round(x0 + w), round(y0 + h)
-
-
-def load_crop(path: Path, box: Box, image_size: tuple[int, int], margin: float) -> np.ndarray:
-    """Decode an original, crop around its WBC box (aspect-preserving, padded at borders), resize -> (H, W, 3)."""
-    h, w = image_size
-    im = open_rgb(path, None)
-    rect = crop_rect(box, im.width, im.height, image_size, margin)
-    crop = im.crop(rect)
-    if crop.size != (w, h):
-        crop = crop.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.asarray(crop, dtype=np.uint8)
-
-
-def default_workers() -> int:
-    """Decode threads: Pillow releases the GIL while decoding/resizing, so threads use the cores."""
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T], workers: int | None = None) -> Iterator[_R]:
-    """Ordered map over a thread pool; an exception in any item is re-raised in the caller."""
-    workers = workers or default_workers()
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(workers) as ex:
-        yield from ex.map(fn, items, chunksize=1)
-
-
-# --------------------------------------------------------------------------- hashing
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-SourceFile = tuple[str, str, int, int]
-"""(name relative to its source root, absolute path, size, mtime_ns) of one file a build depends on."""
-
-
-def scan_files(root: Path, prefix: str, keep: Callable[[str], bool] = lambda n: True) -> list[SourceFile]:
-    """Recursively list files under `root` with os.scandir (its cached stat keeps 12.5k files well under 1 s)."""
-    out: list[SourceFile] = []
-    stack = [(str(root), prefix)]
-    while stack:
-        d, pre = stack.pop()
-        with os.scandir(d) as it:
-            for e in it:
-                if e.name.startswith("."):
-                    continue
-                if e.is_dir():
-                    stack.append((e.path, f"{pre}{e.name}/"))
-                elif e.is_file() and keep(e.name):
-                    st = e.stat()
-                    out.append((pre + e.name, e.path, st.st_size, st.st_mtime_ns))
-    return sorted(out)
-
-
-def source_file(name: str, path: Path) -> SourceFile:
-    st = path.stat()
-    return name, str(path), st.st_size, st.st_mtime_ns
-
-
-def fingerprint(files: Sequence[SourceFile], settings: dict[str, object], workers: int | None = None) -> str:
-    """sha256 over the sorted (name, sha256(content)) of the source files plus the build settings."""
-    files = sorted(files)
-    digests = list(parallel_map(lambda f: sha256_file(Path(f[1])), files, workers))
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for f, d in zip(files, digests):
-        h.update(f"{f[0]}\0{d}\n".encode())
-    return h.hexdigest()
-
-
-def stat_key(files: Sequence[SourceFile], settings: dict[str, object]) -> str:
-    """Cheap key from (name, path, size, mtime) of the files + settings, to skip re-hashing unchanged sources."""
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for name, path, size, mtime in sorted(files):
-        h.update(f"{name}\0{os.path.abspath(path)}\0{size}\0{mtime}\n".encode())
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- trace table
