@@ -44,6 +44,10 @@ def _acc(r: VariantResult, split: str = "test") -> list[float]:
     return r.final_acc(split).tolist()
 
 
+STUDY_EXPERIMENTS = ("optimizers", "regularization", "architecture", "recipe", "vgg")
+"""The experiments that carry the study's claims."""
+
+
 def claims_for(experiment: str, res: dict[str, VariantResult]) -> list[tuple[str, str, str]]:
     """(claim, verdict, evidence) rows for the experiments the study made claims about."""
     out: list[tuple[str, str, str]] = []
@@ -336,6 +340,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     summary: dict[str, dict[str, Any]] = {}
     sections: list[str] = []
     all_claims: list[tuple[str, str, str, str]] = []
+    merged: dict[tuple[str, str, str], dict[str, VariantResult]] = {}
     used_fig_keys: set[str] = set()
     fig_keys: list[str] = []
     for folder, record, results in runs:
@@ -368,8 +373,12 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
                 fig_names.append(f.name)
         sections += experiment_section(folder, record, results, f"figures/{fig_key}",
                                        [f for f in fig_names if f != "robustness.png"])
-        done = {k: r for k, r in results.items() if not r.incomplete}
-        all_claims += [(exp, c, v, e) for c, v, e in claims_for(exp, done)]
+        # claims compare variants across the run folders of one experiment, data set and size (e.g. a
+        # study step per variant), paired by seed where both ran the same seeds
+        merged.setdefault((exp, dataset, size), {}).update({k: r for k, r in results.items() if not r.incomplete})
+    for (exp, dataset, size), done in merged.items():
+        all_claims += [(f"{exp} ({dataset}, {size})", c, v, e) for c, v, e in claims_for(exp, done)]
+    untested = [e for e in STUDY_EXPERIMENTS if not any(x == e and d == "augmented" for x, d, _ in merged)]
     lines = [f"# {title or 'bccd_jax: reproduction of the BCCD white-cell CNN study'}", ""]
     lines += header(runs, command or command_line())
     if notes:
@@ -384,6 +393,10 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         lines += ["## Claims of the study", "", "| experiment | claim | verdict | evidence |", "|---|---|---|---|"]
         lines += [f"| {x} | {c} | **{v}** | {e} |" for x, c, v, e in all_claims]
         lines.append("")
+    if untested:
+        lines += [f"No run of the augmented set among these folders for: {', '.join(untested)}. Their claims are "
+                  "not tested by this report; `python -m experiments.study --protocol cpu --data-dir DATA` runs "
+                  "every step that has no finished run.", ""]
     rob = robustness_rows(runs)
     if rob:
         lines += robustness_section(rob, [f"figures/{k}/robustness.png" for k, (folder, _, _) in
