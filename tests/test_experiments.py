@@ -101,18 +101,20 @@ def _summary(acc, cells=68):
             "grouped_acc_mean": 0.65, "grouped_acc_ci95_over_seeds": [0.6, 0.7], "n_cells": cells}
 
 
-def _run_folder(root, stamp, image_shape=(32, 40, 3)):
+def _run_folder(root, stamp, image_shape=(32, 40, 3), names=("sgd", "adam")):
     folder = RunFolder(root / "optimizers" / stamp)
     folder.path.mkdir(parents=True)
     data = DataRecord("originals", image_shape, "f" * 64, (1.0, 2.0, 3.0), {"train": 268, "test": 71}, "embedded")
     variants = {n: VariantRecord(n, ModelConfig.preset("base"), TrainConfig(epochs=1), (0, 1), "optimizers", "adam")
-                for n in ("sgd", "adam")}
+                for n in names}
     folder.write_record(RunRecord("optimizers", data, variants, description="d", protocol="quick",
                                   command="python -m experiments.optimizers", git_commit="abc",
                                   versions={"jax": "x", "flax": "y", "optax": "z", "backend": "cpu"},
                                   hardware={"cpu": "a CPU", "cores": 2}))
     results = {}
     for name, acc in (("sgd", [0.6, 0.62]), ("adam", [0.7, 0.72])):
+        if name not in names:
+            continue
         v = _variant(name, [acc], "optimizers")
         v.raw.update({"train_acc_final_mean": 0.9, "wall_s": 1.0, "test_acc_best_mean": max(acc),
                       "test_acc_best_ci95": [0.5, 0.9],
@@ -136,6 +138,9 @@ def test_report_from_a_run_folder(tmp_path):
     assert s["optimizers"]["adam"]["test_leakfree_acc_mean"] == pytest.approx(0.70)
     assert s["optimizers"]["adam"]["dataset"] == "originals" and s["optimizers"]["adam"]["test_simple_acc_mean"] is None
     assert "| 68 / 65 |" in text  # cells of TEST / of the leak-free TEST
+    assert "| optimizers (originals, 32x40) | adam (lr 1e-3) reaches a higher test accuracy than SGD" in text
+    assert ("No run of the augmented set among these folders for: optimizers, regularization, architecture, "
+            "recipe, vgg.") in text
     with pytest.raises(UserError, match="not found|does not exist"):
         write_report([tmp_path / "missing"], tmp_path / "r2")
 
@@ -147,6 +152,16 @@ def test_report_from_a_run_folder(tmp_path):
     text = report.read_text()
     assert "figures/optimizers_originals_32x40/curves_optimizers.png" in text
     assert "figures/optimizers_originals_60x80/curves_optimizers.png" in text
+
+
+def test_claims_compare_variants_across_run_folders(tmp_path):
+    # one study step per variant: the adam-vs-sgd claim still gets its verdict
+    sgd = _run_folder(tmp_path / "a", "20260101-000000", names=("sgd",))
+    adam = _run_folder(tmp_path / "b", "20260101-000001", names=("adam",))
+    text = write_report([sgd.path, adam.path], tmp_path / "results")[0].read_text()
+    assert "| optimizers (originals, 32x40) | adam (lr 1e-3) reaches a higher test accuracy than SGD" in text
+    alone = write_report([adam.path], tmp_path / "alone")[0].read_text()
+    assert "adam (lr 1e-3) reaches" not in alone
 
 
 def test_experiment_modules_expose_the_runner_interface():
