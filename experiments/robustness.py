@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out["variants"][name] = res
         folder.write_extra(RESULT_FILE, out)
     plot_robustness(out["variants"], folder.figures / "robustness.png",
-                    title=f"{record.experiment}: TEST (every {args.stride}th image) under the shift suite")
+                    title=f"{record.experiment}: {len(idx)} TEST images (every k-th, k={args.stride}) under the shift suite")
     print(f"{record.experiment} {folder.path.name}: accuracy on {len(idx)} TEST images, mean over seeds (95% CI)")
     head = f"{'shift':<12}{'strength':>10}" + "".join(f"{n:>24}" for n in out["variants"])
     print(head)
