@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "probabilities": {c: float(p) for c, p in zip(CLASS_NAMES, mean_probs[i])},
                       "seeds_agreeing": int((seed_classes[:, i] == k).sum())})
     notes.append(f"{restored.folder} variant {restored.variant.name!r}, checkpoint epoch {restored.epoch}, "
-                 + (f"seed {args.seed}" if args.seed is not None else f"probabilities averaged over {len(used)} seeds"))
+                 + (f"probabilities averaged over {len(used)} seeds" if len(used) > 1 else f"seed {used[0]}"))
     notes.append(f"model input: {restored.preprocessing()}")
     for msg in notes:
         print(f"[bccd_jax.predict] {msg}", file=sys.stderr, flush=True)
