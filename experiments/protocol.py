@@ -1,8 +1,8 @@
 """The study's protocols: image size, seeds, batch size and epochs of every experiment.
 
 - `quick`: the embedded BCCD originals, minutes on a laptop CPU (the README's main command).
-- `cpu`: the full augmented set on a 2-core CPU; each experiment fits in 90 minutes there and
-  the whole study in 5 hours (wall times of every run in results/REPORT.md). Epochs are fewer
+- `cpu`: the full augmented set on a 2-core CPU, sized so that each experiment fits in 90 minutes
+  there (the wall time of every committed run is in results/REPORT.md). Epochs are fewer
   than the study's because an epoch of the augmented set is ~36 passes over its 277 training
   originals; the overfitting run is the longest so that it can overfit.
 - `gpu`: the study's own protocol (120x160, 50 epochs, the overfitting run 200).
