@@ -239,6 +239,11 @@ def experiment_section(folder: RunFolder, record: RunRecord, results: dict[str, 
                 cut = cached_cut(v.model, v.train)
                 lines.append(f"- `{name}`: weights {describe_weights(v.model.pretrained)}; freeze {v.model.freeze}"
                              + (f"; blocks 1-{cut} computed once per image and cached" if cut else ""))
+        missing = [n for n in ("all_trainable", "scratch") if n not in results]
+        if missing:
+            lines.append(f"- not in this run: {', '.join(missing)} (the whole VGG16 trains every step, no cache "
+                         f"applies; `python -m experiments.vgg --variants {' '.join(missing)}` runs them, the "
+                         "gpu protocol includes them)")
         lines.append("")
     lines += results_table(results)
     claims = claims_for(record.experiment, {k: r for k, r in results.items() if not r.incomplete})
