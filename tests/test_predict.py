@@ -291,3 +291,21 @@ def test_evaluate_errors_are_one_line(eval_run, labelled_folder, env, tmp_path):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
         assert needle in lines[0]
+
+
+def test_ship_keeps_one_seed_that_predicts_like_the_run(eval_run, labelled_folder, env, tmp_path):
+    """experiments.ship reduces a run to the seed closest to the mean; evaluate on the shipped folder gives
+    that seed's recorded TEST accuracy, and nothing in it names the folder it was written to."""
+    recorded = json.loads((eval_run / "metrics.json").read_text())["adam"]["final"]["test"]["acc_per_seed"]
+    shipped = tmp_path / "model"
+    r = subprocess.run([sys.executable, "-m", "experiments.ship", "--run", str(eval_run), "--out", str(shipped)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    seed = json.loads((shipped / "metrics.json").read_text())["adam"]["seeds"]
+    assert len(seed) == 1
+    assert not [f for f in shipped.rglob("*") if f.is_file() and str(tmp_path).encode() in f.read_bytes()]
+    r = subprocess.run(evaluate_cmd(labelled_folder, "--run", shipped, "--json", "--out", tmp_path / "ev"), cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    # float32 storage (no --data-dir to check float16): the same weights, the same predictions
+    assert json.loads(r.stdout)["accuracy"] == pytest.approx(recorded[0 if seed == [0] else 1], abs=1e-9)

@@ -229,4 +229,8 @@ def export_model(restored: Restored, dst: str | Path, dtype: str = "float32") ->
                                                      "dtype": dtype, "train": to_dict(v.train)})
     finally:
         store.close()
+    # Orbax's commit markers record the absolute path they were written to; a shipped folder is moved and
+    # committed, and Orbax does not need them to restore from a local file system
+    for marker in out.path.rglob("commit_success.txt"):
+        marker.unlink()
     return out
