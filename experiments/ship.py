@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               for t in (chosen.state.params, chosen.state.batch_stats))))
         same = np.array_equal(chosen.logits(images).argmax(-1), half.logits(images).argmax(-1))
         dtype = "float16" if same else "float32"
-        notes.append(f"float16 weights {'change no' if same else 'change some'} of the {len(images)} TEST "
+        notes.append(f"float16 weights {'change none' if same else 'change some'} of the {len(images)} TEST "
                      f"predictions: stored as {dtype}")
     out = export_model(chosen, args.out, dtype)
     size = sum(f.stat().st_size for f in Path(out.path).rglob("*") if f.is_file()) / 2**20
