@@ -22,7 +22,7 @@ def summarize_variant(v: "Variant", record: VariantRecord, result, ds, data) -> 
     out: dict[str, Any] = {
         "group": v.group, "model": dataclasses.asdict(v.model), "train": dataclasses.asdict(v.train),
         "optimizer": record.optimizer, "seeds": result.seeds, "epochs": len(hist["epoch"]),
-        "wall_s": result.wall_s, "compile_s_estimate": result.compile_s, "history": hist, "final": {},
+        "wall_s": result.wall_s, "wall_s_over_resumes": True, "compile_s_estimate": result.compile_s, "history": hist, "final": {},
     }
     for name in data.eval_sets:
         split = ds.splits[name]

@@ -62,7 +62,7 @@ class FitResult:
     seeds: list[int]
     final_logits: dict[str, np.ndarray]  # evaluation set -> [S, N, C] after the last epoch
     interrupted: bool = False
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # over every process of a resumed run
     compile_s: float = 0.0  # time of the first epoch beyond the median epoch time (compile estimate)
 
 
@@ -128,15 +128,18 @@ def fit(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig, da
     history = empty_history(eval_names)
     state = trainer.init_state(seeds, data.train_images, pretrained)
     start_epoch = 0
+    wall_before = 0.0  # training time of the processes before a resume
     if checkpoints is not None and resume and checkpoints.latest_epoch() is not None:
         state, meta = checkpoints.restore(state, expected_meta=dict(run_meta or {}, seeds=seeds), force=force)
         history = meta["history"]
         start_epoch = int(meta["epoch"])
+        wall_before = float(meta.get("wall_s", 0.0))
         print(f"[bccd_jax] resumed from {checkpoints.directory} at epoch {start_epoch}", file=sys.stderr)
 
     def save(epoch: int):
         if checkpoints is not None:
-            checkpoints.save(epoch, state, dict(run_meta or {}, seeds=seeds, epoch=epoch, history=history))
+            checkpoints.save(epoch, state, dict(run_meta or {}, seeds=seeds, epoch=epoch, history=history,
+                                                wall_s=wall_before + time.perf_counter() - t_start))
 
     def evaluate_all() -> dict[str, np.ndarray]:
         """Every evaluation set's logits [S, N, C], and its (and its subsets') loss and accuracy into `scores`."""
@@ -185,7 +188,7 @@ def fit(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig, da
     if len(epoch_times) >= 2:
         compile_s = max(0.0, epoch_times[0] - float(np.median(epoch_times[1:])))
     return FitResult(state=state, history=history, seeds=seeds, final_logits=final_logits,
-                     interrupted=interrupted, wall_s=time.perf_counter() - t_start, compile_s=compile_s)
+                     interrupted=interrupted, wall_s=wall_before + time.perf_counter() - t_start, compile_s=compile_s)
 
 
 def predict_logits(model: nn.Module, state: TrainState, images, eval_batch_size: int = 256,
