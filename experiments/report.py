@@ -323,7 +323,7 @@ def header(runs: list[tuple[RunFolder, RunRecord, dict[str, VariantResult]]], co
              "| run | experiment | protocol | data | image | variants | wall time | commit |", "|---|---|---|---|---|---|---|---|"]
     for folder, rec, res in runs:
         wall = sum(x.wall_s for x in res.values() if not x.incomplete)
-        # runs resumed before wall times were carried across processes record only the last process
+        # runs resumed before wall times were kept over processes record only the last process
         last_only = rec.resumed_from and not all(x.raw.get("wall_s_over_resumes") for x in res.values())
         lines.append(f"| `{folder.path.name}` | {rec.experiment} | {rec.protocol or '-'} | {rec.data.dataset} | "
                      f"{rec.data.image_size[0]}x{rec.data.image_size[1]} | {', '.join(res)} | {wall:.0f} s "
