@@ -21,6 +21,7 @@ from bccd_jax.errors import ArgumentParser, UserError, run_cli
 from bccd_jax.metrics import mean_ci
 
 RESULT_FILE = "robustness.json"
+FIGURE_FILE = "robustness.png"  # under the run folder's figures/
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         res.update(seeds=restored.seeds, epoch=restored.epoch, wall_s=time.perf_counter() - t)
         out["variants"][name] = res
         folder.write_extra(RESULT_FILE, out)
-    plot_robustness(out["variants"], folder.figures / "robustness.png",
+    plot_robustness(out["variants"], folder.figures / FIGURE_FILE,
                     title=f"{record.experiment}: {len(idx)} TEST images (every k-th, k={args.stride}) under the shift suite")
     print(f"{record.experiment} {folder.path.name}: accuracy on {len(idx)} TEST images, mean over seeds (95% CI)")
     head = f"{'shift':<12}{'strength':>10}" + "".join(f"{n:>24}" for n in out["variants"])
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k, s in enumerate(shift.strengths):
             row(shift.name, f"{s:g}", [r["shifts"][shift.name]["acc"][k] for r in out["variants"].values()])
     row("suite mean", "", [r["suite_mean"] for r in out["variants"].values()])
-    print(f"wrote {folder.path / RESULT_FILE} and {folder.figures / 'robustness.png'}")
+    print(f"wrote {folder.path / RESULT_FILE} and {folder.figures / FIGURE_FILE}")
     return 0
 
 
