@@ -128,19 +128,80 @@ def flip_batch(x: jnp.ndarray, flip_y, flip_x) -> jnp.ndarray:
     return jnp.where(_per_image(flip_x) > 0, x[:, :, ::-1], x)
 
 
+# --------------------------------------------------------------------------- degradation (0..255)
+
+
+def gaussian_blur(x: jnp.ndarray, sigma, radius: int) -> jnp.ndarray:
+    """Separable Gaussian blur with a per-image `sigma` (pixels; 0 is the identity), taps out
+    to `radius` pixels, edges extended as a camera's neighbouring pixels would be."""
+    b, h, w = x.shape[:3]
+    sigma = jnp.maximum(jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (b,)), 1e-3)
+    taps = jnp.exp(-0.5 * (jnp.arange(-radius, radius + 1, dtype=jnp.float32)[None] / sigma[:, None]) ** 2)
+    taps = (taps / taps.sum(-1, keepdims=True))[:, :, None, None, None]  # (B, 2R+1, 1, 1, 1)
+    p = jnp.pad(x, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
+    rows = sum(taps[:, i] * p[:, i:i + h] for i in range(2 * radius + 1))
+    return sum(taps[:, i] * rows[:, :, i:i + w] for i in range(2 * radius + 1))
+
+
+# The IJG (libjpeg) base quantisation tables at quality 50, luma and chroma.
+_JPEG_LUMA = jnp.asarray([[16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55],
+                          [14, 13, 16, 24, 40, 57, 69, 56], [14, 17, 22, 29, 51, 87, 80, 62],
+                          [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+                          [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], jnp.float32)
+_JPEG_CHROMA = jnp.full((8, 8), 99.0, jnp.float32).at[:4, :4].set(
+    jnp.asarray([[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]], jnp.float32))
+_DCT8 = jnp.asarray([[math.sqrt((1 if k == 0 else 2) / 8) * math.cos(math.pi * (2 * i + 1) * k / 16)
+                      for i in range(8)] for k in range(8)], jnp.float32)  # orthonormal DCT-II rows
+_RGB_TO_YCC = jnp.asarray([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],
+                          jnp.float32)  # JFIF; Cb and Cr centred on 128
+
+
+def _quantised_blocks(plane: jnp.ndarray, table: jnp.ndarray) -> jnp.ndarray:
+    """(B, H, W) with H, W multiples of 8: each 8x8 block's DCT rounded to multiples of the
+    per-image `table` (B, 8, 8), transformed back."""
+    b, h, w = plane.shape
+    blocks = plane.reshape(b, h // 8, 8, w // 8, 8)
+    coef = jnp.einsum("ki,bhiwj,lj->bhkwl", _DCT8, blocks, _DCT8)
+    q = table[:, None, :, None, :]
+    coef = jnp.round(coef / q) * q
+    return jnp.einsum("ki,bhkwl,lj->bhiwj", _DCT8, coef, _DCT8).reshape(b, h, w)
+
+
+def jpeg_roundtrip(x: jnp.ndarray, quality) -> jnp.ndarray:
+    """A baseline JPEG encode and decode at a per-image `quality` (1..100, IJG scaling), as Pillow
+    saves by default: YCbCr, 4:2:0 chroma subsampling, 8x8 DCT quantisation; decoded with
+    linear chroma upsampling. The entropy coding is lossless and left out."""
+    b, h, w, _ = x.shape
+    q = jnp.clip(jnp.round(jnp.broadcast_to(jnp.asarray(quality, jnp.float32), (b,))), 1, 100)
+    scale = jnp.where(q < 50, 5000.0 / q, 200.0 - 2.0 * q)[:, None, None]
+
+    def table(base):
+        return jnp.clip(jnp.floor((base * scale + 50.0) / 100.0), 1.0, 255.0)
+
+    hp, wp = -(-h // 16) * 16, -(-w // 16) * 16
+    ycc = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)), mode="edge") @ _RGB_TO_YCC.T
+    luma = _quantised_blocks(ycc[..., 0] - 128.0, table(_JPEG_LUMA)) + 128.0
+    chroma = ycc[..., 1:].reshape(b, hp // 2, 2, wp // 2, 2, 2).mean(axis=(2, 4))  # 4:2:0
+    chroma = jnp.stack([_quantised_blocks(chroma[..., c], table(_JPEG_CHROMA)) for c in range(2)], -1)
+    chroma = jax.image.resize(chroma, (b, hp, wp, 2), "linear")
+    rgb = jnp.concatenate([luma[..., None], chroma], -1) @ jnp.linalg.inv(_RGB_TO_YCC).T
+    return jnp.clip(jnp.round(rgb[:, :h, :w]), 0.0, 255.0)
+
+
 # --------------------------------------------------------------------------- random augmentation
 
 
 _TAGS = {name: i for i, name in enumerate(
     ("stain_scale", "stain_bias", "brightness", "contrast", "saturation", "hue", "gamma",
-     "flip_y", "flip_x", "rot90", "rotate", "scale", "shift"))}
+     "flip_y", "flip_x", "rot90", "rotate", "scale", "shift", "blur", "jpeg"))}
 """One fold_in tag per random parameter: switching one transform on or off leaves the others' draws alone."""
 
 
 def augment_batch(key: jax.Array, images: jnp.ndarray, cfg: AugmentConfig) -> jnp.ndarray:
     """A randomly augmented copy of `images` (uint8 or float, 0..255) as float32 0..255.
 
-    Colour first, then geometry, so the black fill of a warp stays black as in the data set.
+    Colour first, then geometry, so the black fill of a warp stays black as in the data set;
+    blur and JPEG last, as a camera and a saved file degrade the image the model is shown.
     """
     x = images.astype(jnp.float32)
     b, h, w = x.shape[:3]
@@ -170,17 +231,25 @@ def augment_batch(key: jax.Array, images: jnp.ndarray, cfg: AugmentConfig) -> jn
         no = jnp.zeros((b,), bool)
         flip_y, flip_x = (coin("flip_y"), coin("flip_x")) if cfg.flip else (no, no)
         if cfg.flip and not (cfg.rot90 or cfg.rotate or cfg.shift or cfg.scale):
-            return flip_batch(x, flip_y, flip_x)
-        angle = jnp.zeros((b,), jnp.float32)
-        if cfg.rot90:
-            turns = jax.random.randint(jax.random.fold_in(key, _TAGS["rot90"]), (b,), 0, 4)
-            angle += turns.astype(jnp.float32) * (math.pi / 2)
-        if cfg.rotate:
-            angle += jnp.deg2rad(uniform("rotate", cfg.rotate))
-        scale = jnp.exp(uniform("scale", math.log1p(cfg.scale))) if cfg.scale else jnp.ones((b,), jnp.float32)
-        shift = uniform("shift", cfg.shift, (b, 2)) * jnp.asarray([h, w], jnp.float32) if cfg.shift \
-            else jnp.zeros((b, 2), jnp.float32)
-        x = affine_warp(x, inverse_affine(angle, scale, shift, flip_y, flip_x))
+            x = flip_batch(x, flip_y, flip_x)  # exact, no resampling
+        else:
+            angle = jnp.zeros((b,), jnp.float32)
+            if cfg.rot90:
+                turns = jax.random.randint(jax.random.fold_in(key, _TAGS["rot90"]), (b,), 0, 4)
+                angle += turns.astype(jnp.float32) * (math.pi / 2)
+            if cfg.rotate:
+                angle += jnp.deg2rad(uniform("rotate", cfg.rotate))
+            scale = jnp.exp(uniform("scale", math.log1p(cfg.scale))) if cfg.scale else jnp.ones((b,), jnp.float32)
+            shift = uniform("shift", cfg.shift, (b, 2)) * jnp.asarray([h, w], jnp.float32) if cfg.shift \
+                else jnp.zeros((b, 2), jnp.float32)
+            x = affine_warp(x, inverse_affine(angle, scale, shift, flip_y, flip_x))
+    if cfg.blur:
+        sigma = jax.random.uniform(jax.random.fold_in(key, _TAGS["blur"]), (b,), jnp.float32, 0.0, cfg.blur)
+        x = gaussian_blur(x, sigma, radius=max(1, math.ceil(3 * cfg.blur)))
+    if cfg.jpeg:
+        quality = jax.random.uniform(jax.random.fold_in(key, _TAGS["jpeg"]), (b,), jnp.float32,
+                                     100.0 * (1.0 - cfg.jpeg), 100.0)
+        x = jpeg_roundtrip(x, quality)
     return x
 
 

@@ -107,7 +107,9 @@ class AugmentConfig:
     `contrast` (factor in [1-c, 1+c] about the image mean), `saturation` (factor in [1-s, 1+s]
     about the grey value), `hue` (rotation of the chroma plane by +-degrees), `gamma` (exponent
     exp(+-g)), `stain` (optical-density stain shift in HED space: each of the H, E, D channels
-    scaled by [1-s, 1+s] and shifted by +-s).
+    scaled by [1-s, 1+s] and shifted by +-s). Degradation of the final image, as another
+    camera or a saved file would do it: `blur` (Gaussian, sigma uniform in [0, b] pixels at the
+    model's size), `jpeg` (a JPEG round trip at a quality uniform in [100 (1 - j), 100]).
     """
 
     flip: bool = False
@@ -121,6 +123,8 @@ class AugmentConfig:
     hue: float = 0.0
     gamma: float = 0.0
     stain: float = 0.0
+    blur: float = 0.0
+    jpeg: float = 0.0
 
     @property
     def geometric(self) -> bool:
@@ -131,15 +135,19 @@ class AugmentConfig:
         return bool(self.brightness or self.contrast or self.saturation or self.hue or self.gamma or self.stain)
 
     @property
+    def degrading(self) -> bool:
+        return bool(self.blur or self.jpeg)
+
+    @property
     def active(self) -> bool:
-        return self.geometric or self.colour
+        return self.geometric or self.colour or self.degrading
 
     def validate(self) -> "AugmentConfig":
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if not isinstance(v, bool) and v < 0:
                 raise UserError(f"augment.{f.name} must be >= 0, got {v}")
-        for name in ("contrast", "saturation", "stain", "shift"):
+        for name in ("contrast", "saturation", "stain", "shift", "jpeg"):
             if getattr(self, name) >= 1:
                 raise UserError(f"augment.{name} must be < 1, got {getattr(self, name)}")
         return self

@@ -39,6 +39,7 @@ STEPS: dict[str, tuple[Step, ...]] = {
     "cpu": (
         Step("recipe-best", "recipe", ("--variants", "best")),
         Step("recipe-best-noaug", "recipe", ("--variants", "best_noaug")),
+        Step("recipe-best-wide", "recipe", ("--variants", "best_wide")),
         Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
         Step("optimizers", "optimizers"),
         Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
@@ -49,11 +50,11 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("optimizers", "optimizers"),
         Step("regularization", "regularization"),
         Step("architecture", "architecture"),
-        Step("recipe-best", "recipe", ("--variants", "best", "best_noaug")),
+        Step("recipe-best", "recipe", ("--variants", "best", "best_noaug", "best_wide")),
         Step("vgg", "vgg", needs_weights=True),
     ),
 }
-ROBUSTNESS_OF = ("recipe-best", "recipe-best-noaug")
+ROBUSTNESS_OF = ("recipe-best", "recipe-best-noaug", "recipe-best-wide")
 """Steps whose runs the robustness suite evaluates (bccd_jax.robustness)."""
 
 

@@ -20,7 +20,7 @@ from bccd_jax.steps import make_step_fns, seed_key
 from bccd_jax.train import TrainData, fit
 
 ALL = AugmentConfig(flip=True, rot90=True, rotate=20, shift=0.1, scale=0.1, brightness=0.1, contrast=0.2,
-                    saturation=0.2, hue=10, gamma=0.2, stain=0.05)
+                    saturation=0.2, hue=10, gamma=0.2, stain=0.05, blur=1.0, jpeg=0.9)
 
 
 def images(n=6, h=12, w=16, seed=0):
@@ -55,6 +55,45 @@ def test_geometry_is_exact_on_pixel_grid():
     moved = augment.affine_warp(x, shift)
     np.testing.assert_allclose(moved[:, :, 3:], x[:, :, :-3], atol=1e-4)  # content moves 3 px right
     assert float(jnp.abs(moved[:, :, :3]).max()) == 0.0  # black fill where nothing comes from
+
+
+def smooth_images(n=4, h=60, w=80):
+    """Stand-ins for microscope crops: a smooth background and a dark disc (a nucleus) per image."""
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    out = []
+    for i in range(n):
+        cy, cx, r = h / 2 + 3 * i, w / 2 - 4 * i, 12 + 2 * i
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r)[..., None]
+        background = np.stack([200 + 30 * np.sin(xx / 9 + i), 170 + 20 * np.cos(yy / 7), 190 + 0 * xx], -1)
+        out.append(np.where(disc, np.asarray([110.0, 60.0, 150.0]), background))
+    return np.clip(np.round(np.stack(out)), 0, 255).astype(np.uint8)
+
+
+def test_blur_and_jpeg_match_pillow():
+    """The in-step degradations reproduce what the robustness suite does with Pillow, far closer than the
+    difference they make."""
+    import io
+
+    from PIL import Image, ImageFilter
+
+    ims = smooth_images()
+    x = jnp.asarray(ims, jnp.float32)
+    np.testing.assert_array_equal(augment.gaussian_blur(x, 0.0, radius=3), x)  # sigma 0 is the identity
+    for sigma in (1.0, 2.0):
+        pil = np.stack([np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(sigma))) for im in ims])
+        ours = np.asarray(augment.gaussian_blur(x, sigma, radius=int(np.ceil(3 * sigma))))
+        assert np.abs(ours - pil).mean() < 0.25 * np.abs(ims.astype(np.float32) - pil).mean(), sigma
+    for quality in (50, 10):
+        def roundtrip(im):
+            buf = io.BytesIO()
+            Image.fromarray(im).save(buf, format="JPEG", quality=quality)
+            return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        pil = np.stack([roundtrip(im) for im in ims]).astype(np.float32)
+        ours = np.asarray(augment.jpeg_roundtrip(x, quality))
+        assert np.abs(ours - pil).mean() < 0.4 * np.abs(ims - pil).mean(), quality  # 0.33 at 50, 0.11 at 10
+        assert np.abs(ims - ours).mean() > 0.5 * np.abs(ims - pil).mean(), quality  # it does degrade
+    near_lossless = np.asarray(augment.jpeg_roundtrip(x, 100))
+    assert np.abs(near_lossless - ims).mean() < 1.5
 
 
 def test_augment_batch_is_keyed_and_in_range():
