@@ -59,3 +59,20 @@ def test_shipped_model_reproduces_its_recorded_test_accuracy(full_data_dir):
     # float16 storage was checked to change no prediction on the machine that shipped it; another CPU sums the
     # convolutions in another order, which can flip an image whose two top logits nearly tie: allow two such images
     assert got.tolist() == pytest.approx([recorded[s] for s in restored.seeds], abs=2.5 / len(test.labels))
+
+
+def test_shipped_model_is_the_robustness_rules_choice():
+    """results/model is the variant that experiments.report's rule picks from the committed runs: the best
+    suite mean among the variants whose clean TEST lies within the best clean TEST's interval."""
+    from bccd_jax.run import RunFolder
+    from experiments.report import robust_choice, robustness_rows
+    from experiments.robustness import RESULT_FILE
+
+    runs = [(f, f.record(), f.results()) for f in map(RunFolder, committed_runs())]
+    label, _ = robust_choice(robustness_rows(runs))
+    model = RunFolder(MODEL)
+    ((name, result),) = model.results().items()
+    assert f"{model.record().experiment}/{name}" == label
+    sources = [f.path.name for f, record, results in runs
+               if f"{record.experiment}/{name}" == label and name in results and f.read_extra(RESULT_FILE)]
+    assert result.raw["exported_from"]["run"] in sources
