@@ -149,6 +149,9 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.
     """bccd_jax.augment.augment_batch on float NCHW 0..255 with torch's RNG `gen`: colour first
     (0..1 inside), then one affine warp per image (bilinear, black outside), or exact flips
     when flipping is the only geometry. Same transforms and ranges; different random draws."""
+    if cfg.degrading:
+        raise UserError("augment.blur and augment.jpeg have no PyTorch counterpart in benchmarks/torch_cnn.py; "
+                        "time a recipe variant without them")
     b, _, h, w = x.shape
 
     def uniform(bound, shape=(b,)):
