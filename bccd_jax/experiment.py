@@ -52,6 +52,7 @@ class Protocol:
     batch_size: int
     epochs: Mapping[str, int]  # "<experiment>" or "<experiment>/<group>" -> epochs
     group_seeds: Mapping[str, int] = dataclasses.field(default_factory=dict)  # "<experiment>/<group>" -> seeds
+    checkpoint_every: int = 10  # epochs between checkpoints: 1 where an epoch takes minutes, so a kill loses one
 
     def epochs_for(self, experiment: str, group: str = "") -> int:
         key = f"{experiment}/{group}"
@@ -107,7 +108,7 @@ def make_parser(exp: Experiment) -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="override a ModelConfig/TrainConfig field in every variant, e.g. dropout=0.3 "
                         "augment.hue=10 schedule=cosine")
-    p.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints")
+    p.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default: the protocol's)")
     p.add_argument("--no-progress", action="store_true", help="one log line per epoch instead of progress bars")
     p.add_argument("--no-figures", action="store_true", help="skip PNG figures")
     if exp.add_arguments:
@@ -127,6 +128,7 @@ def parse_args(exp: Experiment, argv: Sequence[str] | None) -> argparse.Namespac
     args.proto = exp.protocols[args.protocol]
     args.seeds = args.proto.seeds if args.seeds is None else args.seeds
     args.batch_size = args.proto.batch_size if args.batch_size is None else args.batch_size
+    args.checkpoint_every = args.proto.checkpoint_every if args.checkpoint_every is None else args.checkpoint_every
     args.image_size = tuple(args.image_size or args.proto.image_size)
     if args.seeds < 1:
         raise UserError("--seeds must be >= 1")

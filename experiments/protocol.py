@@ -6,6 +6,9 @@
   than the study's because an epoch of the augmented set is ~36 passes over its 277 training
   originals; the overfitting run is the longest so that it can overfit.
 - `gpu`: the study's own protocol (120x160, 50 epochs, the overfitting run 200).
+
+`cpu` checkpoints after every epoch (an epoch of the augmented set takes minutes there), so a killed
+run resumes losing at most one epoch; `gpu` every 5, `quick` every 10.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ PROTOCOLS = {
         group_seeds={"regularization/overfit": 3, "regularization/dropout": 3, "regularization/batchnorm": 3,
                      "regularization/centering": 5, "architecture/depth": 3, "architecture/kernels": 3,
                      "vgg/frozen_blocks1-4": 3, "vgg/frozen_blocks1-3": 3, "vgg/all_trainable": 1,
-                     "vgg/scratch": 1}),
+                     "vgg/scratch": 1},
+        checkpoint_every=1),
     "gpu": Protocol(
         "gpu", "the study's own: augmented set, 120x160, 50 epochs", dataset="augmented", image_size=(120, 160),
         seeds=5, batch_size=32,
         epochs={"optimizers": 50, "regularization": 50, "regularization/overfit": 200, "architecture": 50,
                 "recipe": 50, "vgg": 20},
-        group_seeds={"regularization/centering": 10}),
+        group_seeds={"regularization/centering": 10}, checkpoint_every=5),
 }

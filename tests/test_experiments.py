@@ -38,6 +38,8 @@ def test_protocols_fill_the_defaults_and_flags_win():
     assert vs["dropout_0.2"].train.epochs == cpu.proto.epochs_for("regularization")
     assert vs["dropout_0"].num_seeds == cpu.proto.seeds_for("regularization", "centering")  # paired with centering
     assert parse("--protocol", "gpu", "--data-dir", "x", "--image-size", "30", "40").image_size == (30, 40)
+    assert apply_overrides(vs["dropout_0.2"], cpu).train.checkpoint_every == 1  # epochs of minutes: lose at most one
+    assert quick.checkpoint_every == 10 and parse("--checkpoint-every", "3").checkpoint_every == 3
     args = parse("--set", "augment.hue=10", "schedule=cosine")
     v = apply_overrides(regularization.variants(args)[0], args)
     assert v.train.augment.hue == 10 and v.train.schedule == "cosine"
