@@ -352,6 +352,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     merged: dict[tuple[str, str, str], dict[str, VariantResult]] = {}
     used_fig_keys: set[str] = set()
     fig_keys: list[str] = []
+    written: set[Path] = set()
     for folder, record, results in runs:
         exp, dataset = record.experiment, record.data.dataset
         size = "x".join(map(str, record.data.image_size))
@@ -366,7 +367,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
             if key in entries:
                 print(f"warning: {exp}/{key} appears twice; {folder} replaces the earlier run", file=sys.stderr)
             entries[key] = variant_summary(r, record)
-        fig_key = f"{exp}_{dataset}_{size}"
+        fig_key = f"{exp}_{dataset}_{size}_{folder.path.name}"  # the run's stamp: stable when runs are added
         k = 1
         while fig_key in used_fig_keys:
             k += 1
@@ -380,6 +381,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
                       + sorted(folder.figures.glob(FIGURE_FILE))):
                 shutil.copy2(f, out / "figures" / fig_key / f.name)
                 fig_names.append(f.name)
+                written.add(out / "figures" / fig_key / f.name)
         sections += experiment_section(folder, record, results, f"figures/{fig_key}",
                                        [f for f in fig_names if f != FIGURE_FILE])
         # claims compare variants across the run folders of one experiment, data set and size (e.g. a
@@ -411,6 +413,11 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         lines += robustness_section(rob, [f"figures/{k}/{FIGURE_FILE}" for k, (folder, _, _) in
                                           zip(fig_keys, runs) if (folder.figures / FIGURE_FILE).is_file()])
     lines += sections
+    for stale in [f for f in (out / "figures").glob("*/*.png") if f not in written]:  # from an earlier report
+        stale.unlink()
+    for folder_ in (out / "figures").glob("*/"):
+        if not any(folder_.iterdir()):
+            folder_.rmdir()
     report = out / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")
     summary_path = out / "summary.json"

@@ -152,8 +152,12 @@ def test_report_from_a_run_folder(tmp_path):
     s = json.loads(summary.read_text())
     assert set(s["optimizers"]) == {"sgd", "adam", "sgd@originals-60x80", "adam@originals-60x80"}
     text = report.read_text()
-    assert "figures/optimizers_originals_32x40/curves_optimizers.png" in text
-    assert "figures/optimizers_originals_60x80/curves_optimizers.png" in text
+    assert "figures/optimizers_originals_32x40_20260101-000000/curves_optimizers.png" in text
+    assert "figures/optimizers_originals_60x80_20260101-000001/curves_optimizers.png" in text
+    # a report rewritten from fewer runs leaves no figure of the dropped run behind
+    write_report([run2.path], tmp_path / "r3")
+    assert sorted(p.parent.name for p in (tmp_path / "r3" / "figures").glob("*/*.png")) == \
+        ["optimizers_originals_60x80_20260101-000001"]
 
 
 def test_claims_compare_variants_across_run_folders(tmp_path):
