@@ -170,26 +170,26 @@ def main(argv=None) -> dict:
         torch.set_num_threads(a.torch_threads)
     rng = np.random.default_rng(0)
     rows = []
+
+    def measure(label: str, fns: dict, **row) -> None:
+        """One row: `fns[fw]` timed JAX then PyTorch in every round."""
+        row.update(jax_s=[], torch_s=[])
+        for _ in range(a.rounds):
+            for fw in ("jax", "torch"):
+                row[f"{fw}_s"].append(timed(fns[fw], a.min_seconds, a.repeats))
+        rows.append(row)
+        print(f"{label}: JAX {statistics.median(row['jax_s']) * 1e3:.1f} ms, PyTorch "
+              f"{statistics.median(row['torch_s']) * 1e3:.1f} ms", file=sys.stderr, flush=True)
+
     for i, shape in enumerate(shapes):
         ops = {"jax": jax_ops(shape, cfg.kernel_size, a.batch_size, rng),
                "torch": torch_ops(shape, cfg.kernel_size, a.batch_size, rng)}
         for op in OPS:
-            row = dict(layer=i + 1, input=list(shape), op=op, jax_s=[], torch_s=[])
-            for _ in range(a.rounds):
-                for fw in ("jax", "torch"):
-                    row[f"{fw}_s"].append(timed(ops[fw][op], a.min_seconds, a.repeats))
-            rows.append(row)
-            print(f"conv {i + 1} {shape} {op}: JAX {statistics.median(row['jax_s']) * 1e3:.1f} ms, PyTorch "
-                  f"{statistics.median(row['torch_s']) * 1e3:.1f} ms", file=sys.stderr, flush=True)
+            measure(f"conv {i + 1} {shape} {op}", {fw: ops[fw][op] for fw in ops},
+                    layer=i + 1, input=list(shape), op=op)
     whole = model_ops(cfg, hw, a.batch_size, rng)
     for op in ("model_fwd", "model_fwd_bwd"):
-        row = dict(layer=None, input=None, op=op, jax_s=[], torch_s=[])
-        for _ in range(a.rounds):
-            for fw in ("jax", "torch"):
-                row[f"{fw}_s"].append(timed(whole[fw][op], a.min_seconds, a.repeats))
-        rows.append(row)
-        print(f"{op}: JAX {statistics.median(row['jax_s']) * 1e3:.1f} ms, PyTorch "
-              f"{statistics.median(row['torch_s']) * 1e3:.1f} ms", file=sys.stderr, flush=True)
+        measure(op, {fw: whole[fw][op] for fw in whole}, layer=None, input=None, op=op)
     res = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "command": command_line(argv),
            "machine": cpu_name(), "cpu_flags": cpu_flags(), "versions": versions(),
            "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_threads": torch.get_num_threads(),
