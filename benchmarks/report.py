@@ -138,6 +138,9 @@ def layers_section(ly: dict) -> list[str]:
              "dx: the gradient to the layer's input (the first layer needs none in training); dk: to its kernel.", "",
              "| conv | input HxWxC -> C | op | JAX ms | PyTorch ms | PyTorch/JAX time | JAX GFLOP/s | PyTorch GFLOP/s |",
              "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    def in_step(r) -> bool:  # a conv op a training step runs: all but the first layer's input gradient
+        return r["layer"] is not None and not (r["op"] == "dx" and r["layer"] == 1)
+
     conv_sum = [0.0, 0.0]
     for r in ly["rows"]:
         if r["layer"] is None:
@@ -145,7 +148,7 @@ def layers_section(ly: dict) -> list[str]:
         h, w, ci, co = r["input"]
         flops = 2.0 * b * (h - k + 1) * (w - k + 1) * k * k * ci * co
         j, t = med[(r["layer"], r["op"])]
-        if not (r["op"] == "dx" and r["layer"] == 1):
+        if in_step(r):
             conv_sum[0] += j
             conv_sum[1] += t
         lines.append(f"| {r['layer']} | {h}x{w}x{ci} -> {co} | {r['op']} | {j * 1e3:,.1f} | {t * 1e3:,.1f} | "
@@ -159,7 +162,7 @@ def layers_section(ly: dict) -> list[str]:
     if (None, "model_fwd_bwd") in med:
         j, t = med[(None, "model_fwd_bwd")]
         by_share = sorted(((med[(r["layer"], r["op"])][0], r["layer"], r["op"]) for r in ly["rows"]
-                           if r["layer"] is not None and not (r["op"] == "dx" and r["layer"] == 1)), reverse=True)
+                           if in_step(r)), reverse=True)
         top = ", ".join(f"conv {layer} {op} {s / j:.0%}" for s, layer, op in by_share[:3])
         lines += ["", f"- The convolutions alone take {conv_sum[0] / j:.0%} of JAX's forward+backward "
                       f"({conv_sum[0] * 1e3:,.0f} of {j * 1e3:,.0f} ms) and {conv_sum[1] / t:.0%} of PyTorch's "
