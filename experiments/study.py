@@ -40,6 +40,7 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("recipe-best", "recipe", ("--variants", "best")),
         Step("recipe-best-noaug", "recipe", ("--variants", "best_noaug")),
         Step("recipe-best-wide", "recipe", ("--variants", "best_wide")),
+        Step("recipe-best-zoom", "recipe", ("--variants", "best_zoom")),
         Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
         Step("optimizers", "optimizers"),
         Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
@@ -50,11 +51,11 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("optimizers", "optimizers"),
         Step("regularization", "regularization"),
         Step("architecture", "architecture"),
-        Step("recipe-best", "recipe", ("--variants", "best", "best_noaug", "best_wide")),
+        Step("recipe-best", "recipe", ("--variants", "best", "best_noaug", "best_wide", "best_zoom")),
         Step("vgg", "vgg", needs_weights=True),
     ),
 }
-ROBUSTNESS_OF = ("recipe-best", "recipe-best-noaug", "recipe-best-wide")
+ROBUSTNESS_OF = ("recipe-best", "recipe-best-noaug", "recipe-best-wide", "recipe-best-zoom")
 """Steps whose runs the robustness suite evaluates (bccd_jax.robustness)."""
 
 
