@@ -30,17 +30,20 @@ class Step:
     experiment: str  # module under experiments/
     flags: tuple[str, ...] = ()
     needs_weights: bool = False
+    part: str = "study"  # what the step's wall time counts towards in the report's header (PARTS)
 
 
 ROBUSTNESS = "robustness"  # a step that evaluates the run of another step, not an experiment of its own
+PARTS = {"study": "the study's experiments and its headline (the best recipe)",
+         "robustness": "the robustness comparison (the best recipe's augmentation off, wider, zoom and JPEG)"}
 
 STEPS: dict[str, tuple[Step, ...]] = {
     # each step <= 90 min on 2 CPU cores; wall times of every run in results/REPORT.md
     "cpu": (
         Step("recipe-best", "recipe", ("--variants", "best")),
-        Step("recipe-best-noaug", "recipe", ("--variants", "best_noaug")),
-        Step("recipe-best-wide", "recipe", ("--variants", "best_wide")),
-        Step("recipe-best-zoom", "recipe", ("--variants", "best_zoom")),
+        Step("recipe-best-noaug", "recipe", ("--variants", "best_noaug"), part="robustness"),
+        Step("recipe-best-wide", "recipe", ("--variants", "best_wide"), part="robustness"),
+        Step("recipe-best-zoom", "recipe", ("--variants", "best_zoom"), part="robustness"),
         Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
         Step("optimizers", "optimizers"),
         Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
@@ -57,6 +60,13 @@ STEPS: dict[str, tuple[Step, ...]] = {
 }
 ROBUSTNESS_OF = ("recipe-best", "recipe-best-noaug", "recipe-best-wide", "recipe-best-zoom")
 """Steps whose runs the robustness suite evaluates (bccd_jax.robustness)."""
+
+
+def step_of(run_path: Path, protocol: str | None) -> Step | None:
+    """The study step that made a run folder (`--out/<step>/<experiment>/<stamp>`), or None for a run made
+    outside the study command (a screen, a run of one experiment)."""
+    name, experiment = run_path.parent.parent.name, run_path.parent.name
+    return next((s for s in STEPS.get(protocol or "", ()) if s.name == name and s.experiment == experiment), None)
 
 
 def finished(folder: RunFolder) -> bool:

@@ -103,13 +103,13 @@ def _summary(acc, cells=68):
             "grouped_acc_mean": 0.65, "grouped_acc_ci95_over_seeds": [0.6, 0.7], "n_cells": cells}
 
 
-def _run_folder(root, stamp, image_shape=(32, 40, 3), names=("sgd", "adam")):
+def _run_folder(root, stamp, image_shape=(32, 40, 3), names=("sgd", "adam"), protocol="quick"):
     folder = RunFolder(root / "optimizers" / stamp)
     folder.path.mkdir(parents=True)
     data = DataRecord("originals", image_shape, "f" * 64, (1.0, 2.0, 3.0), {"train": 268, "test": 71}, "embedded")
     variants = {n: VariantRecord(n, ModelConfig.preset("base"), TrainConfig(epochs=1), (0, 1), "optimizers", "adam")
                 for n in names}
-    folder.write_record(RunRecord("optimizers", data, variants, description="d", protocol="quick",
+    folder.write_record(RunRecord("optimizers", data, variants, description="d", protocol=protocol,
                                   command="python -m experiments.optimizers", git_commit="abc",
                                   versions={"jax": "x", "flax": "y", "optax": "z", "backend": "cpu"},
                                   hardware={"cpu": "a CPU", "cores": 2}))
@@ -168,6 +168,16 @@ def test_claims_compare_variants_across_run_folders(tmp_path):
     assert "| optimizers (originals, 32x40) | adam (lr 1e-3) reaches a higher test accuracy than SGD" in text
     alone = write_report([adam.path], tmp_path / "alone")[0].read_text()
     assert "adam (lr 1e-3) reaches" not in alone
+
+
+def test_header_splits_wall_time_by_study_part(tmp_path):
+    # the study's layout is --out/<step>/<experiment>/<stamp>; a run elsewhere is not a study step
+    step = _run_folder(tmp_path / "study" / "optimizers", "20260101-000000", protocol="cpu")
+    screen = _run_folder(tmp_path / "screen", "20260101-000001", protocol="cpu")
+    line = write_report([step.path, screen.path], tmp_path / "results")[0].read_text().splitlines()[2]
+    assert "Training wall time of all runs: 4 s" in line
+    assert "the study's experiments and its headline (the best recipe): 2 s" in line
+    assert "runs outside `python -m experiments.study` (screens, single experiments): 2 s" in line
 
 
 def test_experiment_modules_expose_the_runner_interface():
