@@ -179,9 +179,11 @@ def variant_summary(r: VariantResult, record: RunRecord) -> dict[str, Any]:
             "test_leakfree_acc_mean": None if leak is None else leak["acc_mean"],
             "test_leakfree_acc_ci95": None if leak is None else leak["acc_ci95"],
             "balanced_acc_mean": float(np.mean(test["balanced_acc_per_seed"])),
-            "grouped_acc_mean": test.get("grouped_acc_mean"), "n_cells": test.get("n_cells"),
+            "grouped_acc_mean": test.get("grouped_acc_mean"),
+            "grouped_acc_ci95": test.get("grouped_acc_ci95_over_seeds"), "n_cells": test.get("n_cells"),
             "ensemble_acc": test.get("ensemble_acc"),
-            "test_simple_acc_mean": None if simple is None else simple["acc_mean"]}
+            "test_simple_acc_mean": None if simple is None else simple["acc_mean"],
+            "test_simple_acc_ci95": None if simple is None else simple["acc_ci95"]}
 
 
 def results_table(results: dict[str, VariantResult]) -> list[str]:

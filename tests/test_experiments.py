@@ -139,6 +139,7 @@ def test_report_from_a_run_folder(tmp_path):
     assert s["optimizers"]["adam"]["test_acc_mean"] == pytest.approx(0.71)
     assert s["optimizers"]["adam"]["test_leakfree_acc_mean"] == pytest.approx(0.70)
     assert s["optimizers"]["adam"]["dataset"] == "originals" and s["optimizers"]["adam"]["test_simple_acc_mean"] is None
+    assert s["optimizers"]["adam"]["grouped_acc_ci95"] == [0.6, 0.7]  # the by-cell interval beside its mean
     assert "| 68 / 65 |" in text  # cells of TEST / of the leak-free TEST
     assert "| optimizers (originals, 32x40) | adam (lr 1e-3) reaches a higher test accuracy than SGD" in text
     assert ("No run of the augmented set among these folders for: optimizers, regularization, architecture, "
