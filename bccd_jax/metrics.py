@@ -18,15 +18,26 @@ from scipy import stats
 from bccd_jax import CLASS_NAMES
 
 
-def mean_ci(values: Sequence[float]) -> tuple[float, tuple[float, float]]:
-    """Mean and 95 % t-interval over independent runs (seeds). One value, or no spread: interval (m, m)."""
+def mean_ci(values: Sequence[float], bounds: tuple[float, float] | None = None) -> tuple[float, tuple[float, float]]:
+    """Mean and 95 % t-interval over independent runs (seeds). One value, or no spread: interval (m, m).
+    `bounds` clips the interval to the values' range (accuracies: ACC_BOUNDS)."""
     v = np.asarray(values, dtype=np.float64)
     m = float(v.mean())
     sem = float(stats.sem(v)) if v.size >= 2 else 0.0
     if sem == 0.0:
         return m, (m, m)
     lo, hi = stats.t.interval(0.95, v.size - 1, loc=m, scale=sem)
-    return m, (float(lo), float(hi))
+    return m, clip_interval((float(lo), float(hi)), bounds)
+
+
+ACC_BOUNDS = (0.0, 1.0)
+"""An accuracy's range: a t-interval over 3 seeds, one of them at chance, reaches past it."""
+
+
+def clip_interval(ci: Sequence[float], bounds: tuple[float, float] | None = ACC_BOUNDS) -> tuple[float, float]:
+    """`ci` clipped to `bounds` (None: unchanged)."""
+    lo, hi = float(ci[0]), float(ci[1])
+    return (lo, hi) if bounds is None else (max(lo, bounds[0]), min(hi, bounds[1]))
 
 
 def welch_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, tuple[float, float]]:
@@ -116,7 +127,7 @@ def summarize_predictions(logits: np.ndarray, labels: np.ndarray, cells: Sequenc
     labels = np.asarray(labels)
     preds = logits.argmax(-1)
     per_seed_acc = (preds == labels[None]).mean(axis=1)
-    acc_mean, acc_ci = mean_ci(per_seed_acc)
+    acc_mean, acc_ci = mean_ci(per_seed_acc, ACC_BOUNDS)
     cm = sum(confusion_matrix(labels, p, len(class_names)) for p in preds)
     ensemble = softmax(logits).mean(axis=0).argmax(-1)  # probabilities averaged over seeds, as predict does
     out = {
@@ -131,7 +142,7 @@ def summarize_predictions(logits: np.ndarray, labels: np.ndarray, cells: Sequenc
     }
     if cells is not None and any(cells):
         g = [grouped_accuracy(p == labels, cells, seed=k) for k, p in enumerate(preds)]
-        gm, gci = mean_ci([x.mean for x in g])
+        gm, gci = mean_ci([x.mean for x in g], ACC_BOUNDS)
         out.update({
             "grouped_acc_per_seed": [x.mean for x in g],
             "grouped_acc_mean": gm,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from bccd_jax.metrics import mean_ci, summarize_predictions
+from bccd_jax.metrics import ACC_BOUNDS, clip_interval, mean_ci, summarize_predictions
 from bccd_jax.run import RunFolder, VariantRecord, VariantResult
 
 if TYPE_CHECKING:
@@ -33,9 +33,9 @@ def summarize_variant(v: "Variant", record: VariantRecord, result, ds, data) -> 
                                                    split_cells(ds, parent)[idx])
     for name in out["final"]:
         acc = np.asarray(hist[f"{name}_acc"])  # [epochs, seeds]
-        out[f"{name}_acc_final_mean"], ci = mean_ci(acc[-1])
+        out[f"{name}_acc_final_mean"], ci = mean_ci(acc[-1], ACC_BOUNDS)
         out[f"{name}_acc_final_ci95"] = list(ci)
-        out[f"{name}_acc_best_mean"], ci = mean_ci(acc.max(axis=0))
+        out[f"{name}_acc_best_mean"], ci = mean_ci(acc.max(axis=0), ACC_BOUNDS)
         out[f"{name}_acc_best_ci95"] = list(ci)
         out[f"{name}_acc_best_epoch_per_seed"] = (acc.argmax(axis=0) + 1).tolist()
     out["train_acc_final_mean"] = float(np.asarray(hist["train_acc"])[-1].mean())
@@ -66,7 +66,7 @@ def format_table(results: Mapping[str, VariantResult]) -> str:
         if r.incomplete:
             continue
         t = r.final("test")
-        lo, hi = t["acc_ci95"]
+        lo, hi = clip_interval(t["acc_ci95"])  # runs made before intervals were clipped
         row = [name, str(len(r.seeds)), str(r.epochs), f"{r.raw['train_acc_final_mean']:.3f}",
                f"{t['acc_mean']:.3f} ({lo:.3f}-{hi:.3f})", balanced(r), cell(r, "test_leakfree"),
                cell(r, "test", "grouped_acc_mean"), cell(r, "test", "ensemble_acc")]

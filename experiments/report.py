@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bccd_jax.errors import UserError, run_cli
-from bccd_jax.metrics import mean_ci, paired_ci, welch_ci
+from bccd_jax.metrics import ACC_BOUNDS, clip_interval, mean_ci, paired_ci, welch_ci
 from bccd_jax.run import RunFolder, RunRecord, VariantResult, write_json
 from experiments.robustness import FIGURE_FILE, RESULT_FILE
 from experiments.study import PARTS, step_of
@@ -88,7 +88,7 @@ def claims_for(experiment: str, res: dict[str, VariantResult]) -> list[tuple[str
 
 
 def _about_85(claim: str, r: VariantResult) -> tuple[str, str, str]:
-    m, (lo, hi) = mean_ci(_acc(r))
+    m, (lo, hi) = mean_ci(_acc(r), ACC_BOUNDS)
     # "about 85 %": supported when the whole interval is at or above 0.80, contradicted when it is below
     if lo >= ABOUT_85:
         v = "supported"
@@ -167,7 +167,13 @@ def _architecture_claims(res: dict[str, VariantResult]) -> list[tuple[str, str, 
 
 
 def _fmt_ci(m: float, ci: Sequence[float]) -> str:
-    return f"{m:.3f} ({ci[0]:.3f}-{ci[1]:.3f})"
+    """An accuracy and its interval, clipped to [0, 1] (runs made before intervals were clipped)."""
+    lo, hi = clip_interval(ci)
+    return f"{m:.3f} ({lo:.3f}-{hi:.3f})"
+
+
+def _acc_ci(ci: Sequence[float] | None) -> list[float] | None:
+    return None if ci is None else list(clip_interval(ci))
 
 
 def variant_summary(r: VariantResult, record: RunRecord) -> dict[str, Any]:
@@ -175,15 +181,15 @@ def variant_summary(r: VariantResult, record: RunRecord) -> dict[str, Any]:
     test, leak, simple = r.final("test"), r.final("test_leakfree"), r.final("test_simple")
     return {"dataset": record.data.dataset, "image_size": list(record.data.image_size), "protocol": record.protocol,
             "seeds": r.seeds, "epochs": r.epochs, "wall_s": r.wall_s,
-            "test_acc_mean": test["acc_mean"], "test_acc_ci95": test["acc_ci95"],
+            "test_acc_mean": test["acc_mean"], "test_acc_ci95": _acc_ci(test["acc_ci95"]),
             "test_leakfree_acc_mean": None if leak is None else leak["acc_mean"],
-            "test_leakfree_acc_ci95": None if leak is None else leak["acc_ci95"],
+            "test_leakfree_acc_ci95": None if leak is None else _acc_ci(leak["acc_ci95"]),
             "balanced_acc_mean": float(np.mean(test["balanced_acc_per_seed"])),
             "grouped_acc_mean": test.get("grouped_acc_mean"),
-            "grouped_acc_ci95": test.get("grouped_acc_ci95_over_seeds"), "n_cells": test.get("n_cells"),
+            "grouped_acc_ci95": _acc_ci(test.get("grouped_acc_ci95_over_seeds")), "n_cells": test.get("n_cells"),
             "ensemble_acc": test.get("ensemble_acc"),
             "test_simple_acc_mean": None if simple is None else simple["acc_mean"],
-            "test_simple_acc_ci95": None if simple is None else simple["acc_ci95"]}
+            "test_simple_acc_ci95": None if simple is None else _acc_ci(simple["acc_ci95"])}
 
 
 def results_table(results: dict[str, VariantResult]) -> list[str]:
@@ -277,7 +283,7 @@ def robust_choice(rows) -> tuple[str, str] | None:
     interval of the variant with the best clean TEST mean (clean TEST = the run's own final TEST accuracy)."""
     if not rows:
         return None
-    clean = {label: mean_ci(r.final_acc()) for label, _, r in rows}
+    clean = {label: mean_ci(r.final_acc(), ACC_BOUNDS) for label, _, r in rows}
     best = max(clean, key=lambda k: clean[k][0])
     lo = clean[best][1][0]
     inside = [(label, float(np.mean(rob["suite_mean"]))) for label, rob, _ in rows if clean[label][0] >= lo]

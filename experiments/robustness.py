@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
-from bccd_jax.metrics import mean_ci
+from bccd_jax.metrics import ACC_BOUNDS, mean_ci
 
 RESULT_FILE = "robustness.json"
 FIGURE_FILE = "robustness.png"  # under the run folder's figures/
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(head)
 
     def row(label, strength, values):
-        cells = "".join(f"{m:>10.3f} ({lo:.3f}-{hi:.3f})" for m, (lo, hi) in (mean_ci(v) for v in values))
+        cells = "".join(f"{m:>10.3f} ({lo:.3f}-{hi:.3f})" for m, (lo, hi) in (mean_ci(v, ACC_BOUNDS) for v in values))
         print(f"{label:<12}{strength:>10}{cells}")
 
     row("clean", "", [r["clean"] for r in out["variants"].values()])

@@ -10,7 +10,7 @@ import pytest
 from bccd_jax.config import ModelConfig, TrainConfig
 from bccd_jax.errors import UserError
 from bccd_jax.experiment import apply_overrides, parse_args
-from bccd_jax.metrics import welch_ci
+from bccd_jax.metrics import ACC_BOUNDS, mean_ci, summarize_predictions, welch_ci
 from bccd_jax.run import DataRecord, RunFolder, RunRecord, VariantRecord, VariantResult
 from experiments import regularization
 from experiments.report import claims_for, write_report
@@ -58,6 +58,17 @@ def test_diff_ci_is_a_welch_interval():
     assert d == pytest.approx(0.12) and 0 < lo < d < hi
     d, (lo, hi) = welch_ci([0.8, 0.6, 0.7], [0.7, 0.8, 0.6])
     assert lo < 0 < hi
+
+
+def test_accuracy_intervals_stay_within_0_and_1():
+    # three seeds, one at chance: the t-interval of the accuracies reaches below 0; a difference's may
+    acc = [0.25, 0.8, 0.85]
+    assert mean_ci(acc)[1][0] < 0
+    m, (lo, hi) = mean_ci(acc, ACC_BOUNDS)
+    assert m == pytest.approx(0.6333, abs=1e-4) and (lo, hi) == (0.0, 1.0)
+    labels = np.arange(8) % 4
+    logits = np.stack([np.eye(4)[(labels + k) % 4] if k else np.eye(4)[labels] for k in (0, 1, 0)])
+    assert summarize_predictions(logits, labels)["acc_ci95"][0] == 0.0  # seed 1 always wrong
 
 
 def _variant(name, test_acc_per_epoch, group="", test_loss=None, train_acc=None):
