@@ -193,7 +193,7 @@ def jpeg_roundtrip(x: jnp.ndarray, quality) -> jnp.ndarray:
 
 _TAGS = {name: i for i, name in enumerate(
     ("stain_scale", "stain_bias", "brightness", "contrast", "saturation", "hue", "gamma",
-     "flip_y", "flip_x", "rot90", "rotate", "scale", "shift", "blur", "jpeg"))}
+     "flip_y", "flip_x", "rot90", "rotate", "scale", "shift", "blur", "jpeg", "heavy"))}
 """One fold_in tag per random parameter: switching one transform on or off leaves the others' draws alone."""
 
 
@@ -211,6 +211,14 @@ def augment_batch(key: jax.Array, images: jnp.ndarray, cfg: AugmentConfig) -> jn
 
     def coin(name):
         return jax.random.bernoulli(jax.random.fold_in(key, _TAGS[name]), 0.5, (b,))
+
+    # the images that get zoom, blur and JPEG (all of them at heavy_p 1: no draw, bit-identical to before)
+    heavy = None if cfg.heavy_p >= 1 else \
+        jax.random.bernoulli(jax.random.fold_in(key, _TAGS["heavy"]), cfg.heavy_p, (b,))
+
+    def only_heavy(value, off):
+        """`value` for the heavy images, `off` for the others; both lead with the batch axis."""
+        return value if heavy is None else jnp.where(heavy.reshape((b,) + (1,) * (value.ndim - 1)), value, off)
 
     if cfg.colour:
         x = x / 255.0
@@ -239,17 +247,18 @@ def augment_batch(key: jax.Array, images: jnp.ndarray, cfg: AugmentConfig) -> jn
                 angle += turns.astype(jnp.float32) * (math.pi / 2)
             if cfg.rotate:
                 angle += jnp.deg2rad(uniform("rotate", cfg.rotate))
-            scale = jnp.exp(uniform("scale", math.log1p(cfg.scale))) if cfg.scale else jnp.ones((b,), jnp.float32)
+            scale = only_heavy(jnp.exp(uniform("scale", math.log1p(cfg.scale))), 1.0) if cfg.scale \
+                else jnp.ones((b,), jnp.float32)
             shift = uniform("shift", cfg.shift, (b, 2)) * jnp.asarray([h, w], jnp.float32) if cfg.shift \
                 else jnp.zeros((b, 2), jnp.float32)
             x = affine_warp(x, inverse_affine(angle, scale, shift, flip_y, flip_x))
     if cfg.blur:
         sigma = jax.random.uniform(jax.random.fold_in(key, _TAGS["blur"]), (b,), jnp.float32, 0.0, cfg.blur)
-        x = gaussian_blur(x, sigma, radius=max(1, math.ceil(3 * cfg.blur)))
+        x = gaussian_blur(x, only_heavy(sigma, 0.0), radius=max(1, math.ceil(3 * cfg.blur)))
     if cfg.jpeg:
         quality = jax.random.uniform(jax.random.fold_in(key, _TAGS["jpeg"]), (b,), jnp.float32,
                                      100.0 * (1.0 - cfg.jpeg), 100.0)
-        x = jpeg_roundtrip(x, quality)
+        x = only_heavy(jpeg_roundtrip(x, quality), x)
     return x
 
 

@@ -35,7 +35,7 @@ class Step:
 
 ROBUSTNESS = "robustness"  # a step that evaluates the run of another step, not an experiment of its own
 PARTS = {"study": "the study's experiments and its headline (the best recipe)",
-         "robustness": "the robustness comparison (the best recipe's augmentation off, wider, zoom and JPEG)"}
+         "robustness": "the robustness comparison (the best recipe's augmentation off, wider, zoom and JPEG on all or half)"}
 
 STEPS: dict[str, tuple[Step, ...]] = {
     # each step <= 90 min on 2 CPU cores; wall times of every run in results/REPORT.md
@@ -44,6 +44,7 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("recipe-best-noaug", "recipe", ("--variants", "best_noaug"), part="robustness"),
         Step("recipe-best-wide", "recipe", ("--variants", "best_wide"), part="robustness"),
         Step("recipe-best-zoom", "recipe", ("--variants", "best_zoom"), part="robustness"),
+        Step("recipe-best-zoom-half", "recipe", ("--variants", "best_zoom_half"), part="robustness"),
         Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
         Step("optimizers", "optimizers"),
         Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
@@ -54,11 +55,13 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("optimizers", "optimizers"),
         Step("regularization", "regularization"),
         Step("architecture", "architecture"),
-        Step("recipe-best", "recipe", ("--variants", "best", "best_noaug", "best_wide", "best_zoom")),
+        Step("recipe-best", "recipe", ("--variants", "best", "best_noaug", "best_wide", "best_zoom",
+                                            "best_zoom_half")),
         Step("vgg", "vgg", needs_weights=True),
     ),
 }
-ROBUSTNESS_OF = ("recipe-best", "recipe-best-noaug", "recipe-best-wide", "recipe-best-zoom")
+ROBUSTNESS_OF = ("recipe-best", "recipe-best-noaug", "recipe-best-wide", "recipe-best-zoom",
+                 "recipe-best-zoom-half")
 """Steps whose runs the robustness suite evaluates (bccd_jax.robustness)."""
 
 

@@ -111,11 +111,26 @@ def test_augment_batch_is_keyed_and_in_range():
     np.testing.assert_allclose(only_flip, flip_and_gamma, atol=1e-3)
 
 
+def test_heavy_p_picks_the_images_that_get_zoom_blur_and_jpeg():
+    x = jnp.asarray(smooth_images(64, 12, 16), jnp.float32)
+    heavy = AugmentConfig(scale=0.5, blur=1.0, jpeg=0.5)
+    key = jax.random.PRNGKey(3)
+    all_heavy = augment.augment_batch(key, x, heavy)
+    assert bool(jnp.all(jnp.abs(all_heavy - x).max(axis=(1, 2, 3)) > 0))  # heavy_p 1: every image changes
+    half = augment.augment_batch(key, x, dataclasses.replace(heavy, heavy_p=0.5))
+    untouched = np.asarray(jnp.abs(half - x).max(axis=(1, 2, 3)) < 1e-3)
+    assert 16 <= untouched.sum() <= 48  # about half keep zoom 1, no blur and no JPEG
+    np.testing.assert_allclose(half[~untouched], all_heavy[~untouched], atol=1e-3)  # the others: the same draws
+    assert np.allclose(augment.augment_batch(key, x, dataclasses.replace(heavy, heavy_p=0.0)), x, atol=1e-3)
+
+
 def test_bad_strengths_are_user_errors():
     with pytest.raises(UserError, match="augment.hue"):
         TrainConfig(augment=AugmentConfig(hue=-1)).validate()
     with pytest.raises(UserError, match="augment.contrast"):
         TrainConfig(augment=AugmentConfig(contrast=1.5)).validate()
+    with pytest.raises(UserError, match="augment.heavy_p"):
+        TrainConfig(augment=AugmentConfig(heavy_p=2.0)).validate()
 
 
 SMALL = dict(conv_blocks=((4,),), dense_features=8)

@@ -45,6 +45,18 @@ def test_protocols_fill_the_defaults_and_flags_win():
     assert v.train.augment.hue == 10 and v.train.schedule == "cosine"
 
 
+def test_resume_reads_a_config_saved_before_a_field_existed():
+    from bccd_jax.config import AugmentConfig, resume_problems, to_dict
+
+    now = {"variants": {"v": {"train": to_dict(TrainConfig(augment=AugmentConfig(flip=True)))}}}
+    saved = json.loads(json.dumps(now))
+    del saved["variants"]["v"]["train"]["augment"]["heavy_p"]  # a run made before heavy_p existed
+    assert resume_problems(saved, now) == []
+    saved["variants"]["v"]["train"]["augment"]["flip"] = False  # a real change is still refused
+    (problem,) = resume_problems(saved, now)
+    assert problem.startswith("v train: augment ") and '"flip": false' in problem
+
+
 @pytest.mark.parametrize("item, message", [("dropout", "FIELD=VALUE"), ("nosuchfield=1", "unknown field"),
                                            ("dropout=1.5", "dropout must be")])
 def test_bad_set_items_are_user_errors(item, message):
