@@ -35,7 +35,8 @@ class Step:
 
 ROBUSTNESS = "robustness"  # a step that evaluates the run of another step, not an experiment of its own
 PARTS = {"study": "the study's experiments and its headline (the best recipe)",
-         "robustness": "the robustness comparison (the best recipe's augmentation off, wider, zoom and JPEG on all or half)"}
+         "robustness": "the robustness comparison (the best recipe's augmentation off, wider, zoom and JPEG "
+                       "on all or half)"}
 
 STEPS: dict[str, tuple[Step, ...]] = {
     # each step <= 90 min on 2 CPU cores; wall times of every run in results/REPORT.md
@@ -55,8 +56,8 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("optimizers", "optimizers"),
         Step("regularization", "regularization"),
         Step("architecture", "architecture"),
-        Step("recipe-best", "recipe", ("--variants", "best", "best_noaug", "best_wide", "best_zoom",
-                                            "best_zoom_half")),
+        Step("recipe-best", "recipe",
+             ("--variants", "best", "best_noaug", "best_wide", "best_zoom", "best_zoom_half")),
         Step("vgg", "vgg", needs_weights=True),
     ),
 }
