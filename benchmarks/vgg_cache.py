@@ -125,6 +125,9 @@ def main(argv=None) -> int:
         print(f"| {r['policy']} | {r['size']} | {r['epoch_whole_s']:,.0f} | {r['epoch_cached_s']:,.0f} | "
               f"{r['epoch_whole_s'] / r['epoch_cached_s']:.1f}x | {r['fill_cache_s']:,.0f} |")
     print(f"wrote {a.out}")
+    if a.out.parent == HERE:  # the section of benchmarks/RESULTS.md
+        from benchmarks.report import write_report
+        write_report(HERE)
     return 0
 
 

@@ -5,7 +5,7 @@
 XLA reads XLA_FLAGS once per process, so each side runs `benchmarks.bench` (JAX step
 rows only) in a fresh subprocess, the order of the sides rotating every round so that
 machine load hits all alike. Prints a Markdown table of median step times (speed-up
-against the first side) and writes benchmarks/xla_cpu_ab.json.
+against the first side), writes benchmarks/xla_cpu_ab.json and regenerates RESULTS.md beside it.
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ def main(argv=None):
                                  "loadavg_end": os.getloadavg(), "rows": rows, "summary": summary,
                                  "table": table}, indent=1))
     print("\n".join(table))
+    if a.out.parent == HERE:  # the section of benchmarks/RESULTS.md
+        from benchmarks.report import write_report
+        write_report(HERE)
 
 
 if __name__ == "__main__":
