@@ -186,6 +186,10 @@ class TrainConfig:
     # "unroll" (S single-seed programs side by side), "auto" (fastest per backend, as measured)
     seed_strategy: str = "auto"
     checkpoint_every: int = 10  # epochs between checkpoints (and always at the end)
+    # fine-tuning: each seed starts from the final weights of the same seed of variant `init_variant` in the
+    # run folder `init_from` (`--init-from RUN_DIR` of an experiment) instead of a fresh initialisation
+    init_variant: str | None = None
+    init_from: str | None = None
 
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:
@@ -213,6 +217,8 @@ class TrainConfig:
             raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.eval_tta not in EVAL_TTA:
             raise UserError(f"eval_tta must be one of {', '.join(EVAL_TTA)}, got {self.eval_tta!r}")
+        if self.init_from is not None and not self.init_variant:
+            raise UserError(f"init_from {self.init_from!r} needs init_variant: the variant of that run to start from")
         self.augment.validate()
         self.resolved_learning_rate()
         return self

@@ -23,7 +23,7 @@ import optax
 from bccd_jax.config import ModelConfig, TrainConfig, field_names, replace
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
 from bccd_jax.run import (DataRecord, RunFolder, RunRecord, VariantRecord, VariantResult, build, command_line,
-                          git_commit, hardware, resume_problems, timestamp, versions)
+                          git_commit, hardware, resume_problems, start_weights, timestamp, versions)
 from bccd_jax.summary import format_table, majority_baseline, summarize_variant, write_figures
 
 
@@ -105,6 +105,8 @@ def make_parser(exp: Experiment) -> argparse.ArgumentParser:
                    help="continue a run folder (default: the latest run of this experiment under --out)")
     p.add_argument("--force", action="store_true", help="resume even if config or data fingerprint differ")
     p.add_argument("--variants", nargs="+", metavar="NAME", help="run only these variants")
+    p.add_argument("--init-from", metavar="RUN_DIR",
+                   help="the run folder whose trained weights the fine-tuning variants (init_variant) start from")
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="override a ModelConfig/TrainConfig field in every variant, e.g. dropout=0.3 "
                         "augment.hue=10 schedule=cosine")
@@ -163,6 +165,8 @@ def apply_overrides(v: Variant, args: argparse.Namespace) -> Variant:
         else:
             raise UserError(f"--set {key}: unknown field; ModelConfig has {sorted(model_fields)}, "
                             f"TrainConfig has {sorted(train_fields)}")
+    if args.init_from is not None and train_over.get("init_variant", v.train.init_variant):
+        train_over["init_from"] = args.init_from
     return dataclasses.replace(v, model=replace(v.model, **model_over).validate(),
                                train=replace(v.train, **train_over).validate())
 
@@ -216,11 +220,15 @@ def open_run(exp: Experiment, args: argparse.Namespace) -> tuple[RunFolder, RunR
     return folder, old
 
 
+def variant_seeds(v: Variant, args) -> tuple[int, ...]:
+    """The seeds a variant trains: its own count (or --seeds) from --seed-offset."""
+    return tuple(range(args.seed_offset, args.seed_offset + (v.num_seeds or args.seeds)))
+
+
 def make_record(exp: Experiment, args, variants: Sequence[Variant], data: DataRecord, eval_splits,
                 old: RunRecord | None, folder: RunFolder, command: str) -> RunRecord:
     """config.json of this invocation; resuming with other settings is refused before it is written."""
-    records = {v.name: VariantRecord(v.name, v.model, v.train,
-                                     tuple(range(args.seed_offset, args.seed_offset + (v.num_seeds or args.seeds))),
+    records = {v.name: VariantRecord(v.name, v.model, v.train, variant_seeds(v, args),
                                      v.group, v.train.optimizer if v.optimizer is None else repr(v.optimizer))
                for v in variants}
     record = RunRecord(experiment=exp.name, description=exp.description, protocol=args.protocol, data=data,
@@ -240,8 +248,9 @@ def make_record(exp: Experiment, args, variants: Sequence[Variant], data: DataRe
                                resumed_from=old.resumed_from + [record.created])
 
 
-def train_variant(exp: Experiment, args, v: Variant, record: RunRecord, folder: RunFolder, ds, data):
-    """fit() one variant with its checkpoints, progress bar and per-epoch log line."""
+def train_variant(exp: Experiment, args, v: Variant, record: RunRecord, folder: RunFolder, ds, data, start=None):
+    """fit() one variant with its checkpoints, progress bar and per-epoch log line; `start`: the per-seed
+    weights a fine-tuning variant starts from (bccd_jax.run.start_weights)."""
     from bccd_jax.train import fit
 
     vr = record.variants[v.name]
@@ -272,7 +281,8 @@ def train_variant(exp: Experiment, args, v: Variant, record: RunRecord, folder: 
 
     try:
         return fit(built.model, built.tx, v.train, data, list(vr.seeds), checkpoints=store, run_meta=run_meta,
-                   resume=bool(args.resume), force=args.force, pretrained=built.pretrained, on_epoch=on_epoch)
+                   resume=bool(args.resume), force=args.force, pretrained=built.pretrained,
+                   start=start, on_epoch=on_epoch)
     finally:
         bar.close()
         store.close()
@@ -287,6 +297,8 @@ def run_experiment(exp: Experiment, argv: Sequence[str] | None = None) -> int:
     enable_compilation_cache()
     t_start = time.perf_counter()
     variants = select_variants(exp, args)
+    # the weights fine-tuning variants start from, checked before a run folder is made
+    starts = {v.name: start_weights(v.model, v.train, variant_seeds(v, args)) for v in variants}
     folder, old = open_run(exp, args)
     ds = load_data(args)
     eval_names = [s for s in ("test", "test_simple") if s in ds.splits]
@@ -298,7 +310,7 @@ def run_experiment(exp: Experiment, argv: Sequence[str] | None = None) -> int:
 
     results = folder.results()
     for v in variants:
-        result = train_variant(exp, args, v, record, folder, ds, data)
+        result = train_variant(exp, args, v, record, folder, ds, data, starts[v.name])
         if result.interrupted:
             results[v.name] = VariantResult(v.name, {"group": v.group, "seeds": result.seeds,
                                                      "history": result.history, "incomplete": True})

@@ -79,6 +79,7 @@ class MultiSeedTrainer:
                  num_examples: int, sharding: jax.sharding.Sharding | None = None):
         cfg.validate()
         self.cfg = cfg
+        self.tx = tx
         self.fns = make_step_fns(model, tx, cfg, num_examples)
         self.steps_per_epoch = steps_per_epoch(num_examples, cfg.batch_size)
         self.epoch_mode = resolve_epoch_mode(cfg.epoch_mode)
@@ -131,7 +132,10 @@ class MultiSeedTrainer:
         self._data_cache[id(array)] = (array, placed)  # holding `array` keeps its id unique
         return placed
 
-    def init_state(self, seeds: Sequence[int], sample_images, pretrained=None) -> TrainState:
+    def init_state(self, seeds: Sequence[int], sample_images, pretrained=None, start=None) -> TrainState:
+        """The seeds' fresh state. `pretrained`: weights every seed shares (merged into the fresh ones);
+        `start`: per-seed weights (`.params` and `.batch_stats` stacked over `seeds`, as a restored run
+        has them) that replace the fresh ones, with a fresh optimizer state: fine-tuning starts there."""
         keys = jnp.stack([seed_key(int(s)) for s in seeds])
         if self.sharding is not None:
             keys = jax.device_put(keys, self.sharding)
@@ -139,8 +143,21 @@ class MultiSeedTrainer:
             if pretrained is not None:  # a pytree of arrays, replicated like the data
                 pretrained = jax.device_put(pretrained, jax.sharding.NamedSharding(
                     self.sharding.mesh, jax.sharding.PartitionSpec()))
-            return self.init(keys, sample, pretrained)
-        return self.init(keys, jnp.asarray(sample_images[:1]), pretrained)
+            state = self.init(keys, sample, pretrained)
+        else:
+            state = self.init(keys, jnp.asarray(sample_images[:1]), pretrained)
+        return state if start is None else self._start_from(state, start)
+
+    def _start_from(self, state: TrainState, start) -> TrainState:
+        def take(fresh, given):  # same tree and shapes as the fresh state, else the model differs
+            given = jnp.asarray(given, fresh.dtype)
+            if given.shape != fresh.shape:
+                raise ValueError(f"start weights of shape {given.shape}, the model has {fresh.shape}")
+            return given if self.sharding is None else jax.device_put(given, self.sharding)
+
+        params = jax.tree.map(take, state.params, start.params)
+        stats = jax.tree.map(take, state.batch_stats, start.batch_stats) if state.batch_stats else state.batch_stats
+        return state.replace(params=params, batch_stats=stats, opt_state=jax.jit(jax.vmap(self.tx.init))(params))
 
     def run_epoch(self, state: TrainState, images, labels, epoch: int) -> tuple[TrainState, EpochMetrics]:
         """One epoch for every seed; returns summed metrics with shape [S]."""

@@ -106,7 +106,7 @@ def subset_scores(logits: np.ndarray, labels: np.ndarray) -> tuple[list[float], 
 
 def fit(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig, data: TrainData,
         seeds: Sequence[int], *, checkpoints=None, run_meta: Mapping[str, Any] | None = None,
-        resume: bool = False, force: bool = False, pretrained=None,
+        resume: bool = False, force: bool = False, pretrained=None, start=None,
         on_epoch: Callable[[int, dict[str, list]], None] | None = None,
         stop_after_epoch: int | None = None, sharding=None) -> FitResult:
     """Train `len(seeds)` seeds at once for cfg.epochs epochs, evaluating every epoch.
@@ -115,7 +115,8 @@ def fit(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig, da
     state and history are saved every cfg.checkpoint_every epochs, at the end, and
     on Ctrl-C/SIGTERM; `resume=True` continues from the latest checkpoint after
     checking `run_meta` (config, data fingerprint, seeds) matches unless `force`.
-    `stop_after_epoch` stops early as if interrupted (used by tests).
+    `stop_after_epoch` stops early as if interrupted (used by tests). `pretrained` (weights all seeds
+    share) and `start` (per-seed weights to fine-tune) as in MultiSeedTrainer.init_state.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -126,7 +127,7 @@ def fit(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig, da
     trainer = MultiSeedTrainer(model, tx, cfg, n, sharding=sharding)
     eval_names = list(data.eval_sets) + list(data.eval_subsets)
     history = empty_history(eval_names)
-    state = trainer.init_state(seeds, data.train_images, pretrained)
+    state = trainer.init_state(seeds, data.train_images, pretrained, start)
     start_epoch = 0
     wall_before = 0.0  # training time of the processes before a resume
     if checkpoints is not None and resume and checkpoints.latest_epoch() is not None:

@@ -20,13 +20,13 @@ PROTOCOLS = {
         "quick", "embedded originals, 32x40, minutes on a CPU", dataset="originals", image_size=(32, 40), seeds=5,
         batch_size=32,
         epochs={"optimizers": 50, "regularization": 30, "regularization/overfit": 200, "architecture": 30,
-                "recipe": 30, "vgg": 10},
+                "recipe": 30, "recipe/tuned": 10, "vgg": 10},
         group_seeds={"regularization/centering": 10}),
     "cpu": Protocol(
         "cpu", "augmented set, 60x80, 2 CPU cores", dataset="augmented", image_size=(60, 80), seeds=5,
         batch_size=32,
         epochs={"optimizers": 5, "regularization": 3, "regularization/overfit": 15, "architecture": 3,
-                "recipe": 8, "vgg/frozen_blocks1-4": 4, "vgg/frozen_blocks1-3": 2, "vgg": 1},
+                "recipe": 8, "recipe/tuned": 3, "vgg/frozen_blocks1-4": 4, "vgg/frozen_blocks1-3": 2, "vgg": 1},
         group_seeds={"regularization/overfit": 3, "regularization/dropout": 3, "regularization/batchnorm": 3,
                      "regularization/centering": 5, "architecture/depth": 3, "architecture/kernels": 3,
                      "vgg/frozen_blocks1-4": 3, "vgg/frozen_blocks1-3": 3, "vgg/all_trainable": 1,
@@ -36,6 +36,6 @@ PROTOCOLS = {
         "gpu", "the study's own: augmented set, 120x160, 50 epochs", dataset="augmented", image_size=(120, 160),
         seeds=5, batch_size=32,
         epochs={"optimizers": 50, "regularization": 50, "regularization/overfit": 200, "architecture": 50,
-                "recipe": 50, "vgg": 20},
+                "recipe": 50, "recipe/tuned": 15, "vgg": 20},
         group_seeds={"regularization/centering": 10}, checkpoint_every=5),
 }

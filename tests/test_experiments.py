@@ -9,7 +9,7 @@ import pytest
 
 from bccd_jax.config import ModelConfig, TrainConfig
 from bccd_jax.errors import UserError
-from bccd_jax.experiment import apply_overrides, parse_args
+from bccd_jax.experiment import apply_overrides, parse_args, select_variants
 from bccd_jax.metrics import ACC_BOUNDS, mean_ci, summarize_predictions, welch_ci
 from bccd_jax.run import DataRecord, RunFolder, RunRecord, VariantRecord, VariantResult
 from experiments import regularization
@@ -214,3 +214,37 @@ def test_experiment_modules_expose_the_runner_interface():
     names = [v.name for v in architecture.variants(args)]
     assert names == ["base", "expanded", "expanded_centered", "deep", "deep_init_keras", "deep_init_lecun",
                      "filters_16", "kernel_5x5"]
+
+
+@pytest.mark.parametrize("protocol", ["cpu", "gpu"])
+def test_study_steps_name_variants_their_experiments_have(protocol, tmp_path):
+    import importlib
+
+    from experiments.study import ROBUSTNESS_OF, STEPS
+
+    weights = tmp_path / "weights.h5"
+    weights.write_bytes(b"")  # the vgg variants only check that the file exists
+    names = [s.name for s in STEPS[protocol]]
+    for i, step in enumerate(STEPS[protocol]):
+        module = importlib.import_module(f"experiments.{step.experiment}")
+        flags = ["--protocol", protocol, *step.flags] + (["--weights", str(weights)] if step.needs_weights else [])
+        chosen = select_variants(module.EXPERIMENT, parse(*flags, module=module))
+        assert chosen, step.name
+        if step.init_from is not None:  # fine-tunes a step that runs before it, and every variant needs that
+            assert step.init_from in names[:i], step.name
+            assert all(v.train.init_variant for v in chosen), step.name
+        else:
+            assert not any(v.train.init_variant for v in chosen), step.name
+    assert set(ROBUSTNESS_OF) & set(names)
+
+
+def test_init_from_flag_reaches_only_fine_tuning_variants():
+    from experiments import recipe
+
+    args = parse("--protocol", "cpu", "--init-from", "runs/x", "--variants", "best", "best_tuned", module=recipe)
+    best, tuned = select_variants(recipe.EXPERIMENT, args)
+    assert best.train.init_from is None and best.train.init_variant is None
+    assert tuned.train.init_from == "runs/x" and tuned.train.init_variant == "best"
+    assert tuned.train.epochs == 3 and best.train.epochs == 8  # the cpu protocol's recipe/tuned epochs
+    with pytest.raises(UserError, match="needs init_variant"):
+        TrainConfig(init_from="runs/x").validate()

@@ -195,6 +195,42 @@ def restore(run: str | Path | RunFolder, variant: str | None = None, seed: int |
     return Restored(folder, v, record.data, model, state, epoch, saved_seeds)
 
 
+def start_weights(model_cfg: ModelConfig, train_cfg: TrainConfig, seeds) -> Any:
+    """The per-seed weights a fine-tuning variant starts from: the final checkpoint of variant
+    `train_cfg.init_variant` in run folder `train_cfg.init_from`, stacked in the order of `seeds` (each
+    seed starts from the same seed there); None for a variant that starts from a fresh initialisation."""
+    import jax
+
+    if not train_cfg.init_variant:
+        return None
+    name = train_cfg.init_variant
+    if cached_cut(model_cfg, train_cfg):
+        raise UserError(f"fine-tuning variant {name!r} of a run is not available above a cached VGG16 prefix; "
+                        "set feature_cache=false")
+    if train_cfg.init_from is None:
+        raise UserError(f"this variant fine-tunes the weights of variant {name!r}: pass --init-from RUN_DIR, "
+                        f"a run folder in which {name!r} finished")
+    folder = RunFolder(train_cfg.init_from)
+    if not folder.exists():
+        raise UserError(f"--init-from {folder}: no config.json there; not a run folder")
+    if name not in folder.record().variants:
+        raise UserError(f"--init-from {folder}: the run has no variant {name!r}; it has "
+                        f"{sorted(folder.record().variants)}")
+    restored = restore(folder, name)
+    v = restored.variant
+    if restored.epoch != v.train.epochs:
+        raise UserError(f"--init-from {folder}: variant {name!r} has trained {restored.epoch} of {v.train.epochs} "
+                        "epochs; finish it first (python -m experiments.<name> --resume RUN_DIR)")
+    if v.model != model_cfg:
+        diff = [f.name for f in dataclasses.fields(ModelConfig) if getattr(v.model, f.name) != getattr(model_cfg, f.name)]
+        raise UserError(f"--init-from {folder}: variant {name!r} is another model (it differs in {', '.join(diff)})")
+    missing = [int(s) for s in seeds if int(s) not in restored.seeds]
+    if missing:
+        raise UserError(f"--init-from {folder}: variant {name!r} has seeds {restored.seeds}, not {missing}")
+    idx = np.asarray([restored.seeds.index(int(s)) for s in seeds])
+    return jax.tree.map(lambda a: np.asarray(a)[idx], restored.state)
+
+
 def export_model(restored: Restored, dst: str | Path, dtype: str = "float32") -> RunFolder:
     """A run folder reduced to what inference needs: config.json with one variant and the restored
     seeds, and one weights-only checkpoint (params and batch statistics, optionally float16)."""
