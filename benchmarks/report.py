@@ -31,6 +31,9 @@ def _size_key(size: str) -> tuple[int, ...]:
     return tuple(int(v) for v in size.split("x"))
 
 
+_SHORT = {"float32": "f32", "bfloat16": "bf16"}
+
+
 def _fmt(x, nd=1):
     return "-" if x is None else f"{x:,.{nd}f}"
 
@@ -84,6 +87,14 @@ def computed_notes(res: dict, s: dict) -> list[str]:
         notes.append(f"Best {model} JAX/PyTorch ratio over batch sizes at {size} ({dtype}): "
                      f"**{best['jax_over_torch_median']:.2f}** at batch {best['batch_size']} ("
                      + ", ".join(f"b{c['batch_size']} {c['jax_over_torch_median']:.2f}" for c in cs) + ").")
+    for size, model in sorted({(c["size"], c["model"]) for c in s["ratios"] if c["jax_img_per_s"]},
+                              key=lambda k: (_size_key(k[0]), k[1])):
+        cs = [c for c in s["ratios"] if (c["size"], c["model"]) == (size, model) and c["jax_img_per_s"]]
+        top = max(cs, key=lambda c: c["jax_img_per_s"])
+        notes.append(f"Fastest JAX setting for {model} at {size}: {top['dtype']} batch {top['batch_size']} "
+                     f"({top['jax_img_per_s']:,.1f} img/s; the others " + ", ".join(
+                         f"{_SHORT.get(c['dtype'], c['dtype'])} b{c['batch_size']} {c['jax_img_per_s']:,.1f}" for c in cs if c is not top)
+                     + ").")
     flags = set(res.get("cpu_flags") or [])
     have = ", ".join(f"{f}: {'yes' if f in flags else 'no'}" for f in ("avx512_bf16", "amx_bf16"))
     for size in sorted({d["size"] for d in s["bf16_over_f32"]}, key=_size_key):
@@ -169,6 +180,15 @@ def layers_section(ly: dict) -> list[str]:
                       f"({conv_sum[1] * 1e3:,.0f} of {t * 1e3:,.0f} ms); the rest is bias, ReLU, pooling, dense layers "
                       "and the loss, plus what running the ops together costs or saves.",
                   f"- JAX's largest ops, as shares of its forward+backward: {top}."]
+        by_op = {op: [sum(med[(r["layer"], r["op"])][i] for r in ly["rows"] if in_step(r) and r["op"] == op)
+                      for i in (0, 1)] for op in ("fwd", "dx", "dk")}
+        gap = max(((med[(r["layer"], r["op"])][0] - med[(r["layer"], r["op"])][1], r) for r in ly["rows"]
+                   if in_step(r)), key=lambda t: t[0])
+        lines.append("- By kind, JAX / PyTorch ms over the convolutions a step runs: "
+                     + ", ".join(f"{op} {j * 1e3:,.1f} / {t * 1e3:,.1f} ({t / j:.2f}x)" for op, (j, t) in by_op.items())
+                     + f". The largest gap is conv {gap[1]['layer']} {gap[1]['op']}: JAX "
+                     f"{med[(gap[1]['layer'], gap[1]['op'])][0] * 1e3:,.1f} ms, PyTorch "
+                     f"{med[(gap[1]['layer'], gap[1]['op'])][1] * 1e3:,.1f} ms.")
     return lines
 
 

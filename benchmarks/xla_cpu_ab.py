@@ -25,7 +25,12 @@ YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
 SIDES = {"xla_defaults": {"BCCD_JAX_XLA_CPU_DEFAULTS": "1"},
          "bccd_jax": {"BCCD_JAX_XLA_CPU_DEFAULTS": "0"},
          # a candidate: oneDNN custom calls for convolutions and dots on x86, on top of bccd_jax's setting
-         "onednn_custom_call": {"XLA_FLAGS": f"{YNN_OFF} --xla_cpu_experimental_onednn_custom_call=true"}}
+         "onednn_custom_call": {"XLA_FLAGS": f"{YNN_OFF} --xla_cpu_experimental_onednn_custom_call=true"},
+         # candidates: YNNPACK for some fusion kinds only (reductions such as the bias gradients, elementwise
+         # ops, single dots such as the dense layers), Eigen for the convolutions
+         "ynn_reduce": {"XLA_FLAGS": f"{YNN_OFF}reduce"},
+         "ynn_eltwise_reduce": {"XLA_FLAGS": f"{YNN_OFF}eltwise,reduce"},
+         "ynn_individual_dot": {"XLA_FLAGS": f"{YNN_OFF}individual_dot"}}
 
 
 def run_side(side: str, models, batch_size: int, steps: int, repeats: int, size: str) -> list[dict]:
