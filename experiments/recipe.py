@@ -5,7 +5,8 @@ Each screening variant changes one thing against `cosine` (2 seeds: a screen, no
 `best_wide` the same with a wider augmentation (zoom, blur, JPEG, stronger brightness and hue: other
 labs' images), `best_zoom` with only zoom and JPEG added, `best_zoom_half` with zoom and JPEG on half
 of the images (the other half as in `best`), all at the protocol's seeds, and `best_tuned`: a finished
-`best` run (`--init-from RUN_DIR`) fine-tuned under best_zoom_half's augmentation. results/REPORT.md has the runs.
+`best` run (`--init-from RUN_DIR`) fine-tuned under best_zoom_half's augmentation (`best_tuned_gentle`: at a
+third of its learning rate). results/REPORT.md has the runs.
 
 - cosine:       he_normal init, Adam 1e-3 decayed to 0 over the run by a cosine (the reference every
                 lever is compared against; not itself screened against a constant rate)
@@ -69,6 +70,9 @@ ZOOM_HALF = dict(ZOOM, augment=dataclasses.replace(ZOOM["augment"], heavy_p=0.5)
 # every seed from that seed of a finished `best` run (--init-from) and fine-tunes it under best_zoom_half's
 # augmentation, with a smaller cosine learning rate, for the protocol's "recipe/tuned" epochs.
 TUNED = dict(ZOOM_HALF, learning_rate=3e-4, init_variant="best")
+# best_tuned reached suite mean 0.762 but clean TEST 0.849, just below best's interval (0.851-0.875); its first
+# epoch fell from best's 0.863 to 0.846: best_tuned_gentle is the same at a third of the learning rate.
+GENTLE = dict(TUNED, learning_rate=1e-4)
 
 
 def variants(args) -> list[Variant]:
@@ -81,8 +85,9 @@ def variants(args) -> list[Variant]:
     out.append(preset_variant("best_wide", "deep", epochs, group="best", train=WIDE, **BEST_MODEL))
     out.append(preset_variant("best_zoom", "deep", epochs, group="best", train=ZOOM, **BEST_MODEL))
     out.append(preset_variant("best_zoom_half", "deep", epochs, group="best", train=ZOOM_HALF, **BEST_MODEL))
-    out.append(preset_variant("best_tuned", "deep", args.proto.epochs_for(NAME, "tuned"), group="best", train=TUNED,
-                              **BEST_MODEL))
+    for name, train in (("best_tuned", TUNED), ("best_tuned_gentle", GENTLE)):
+        out.append(preset_variant(name, "deep", args.proto.epochs_for(NAME, "tuned"), group="best", train=train,
+                                  **BEST_MODEL))
     return out
 
 

@@ -48,6 +48,8 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("recipe-best-zoom", "recipe", ("--variants", "best_zoom"), part="robustness"),
         Step("recipe-best-zoom-half", "recipe", ("--variants", "best_zoom_half"), part="robustness"),
         Step("recipe-best-tuned", "recipe", ("--variants", "best_tuned"), part="robustness", init_from="recipe-best"),
+        Step("recipe-best-tuned-gentle", "recipe", ("--variants", "best_tuned_gentle"), part="robustness",
+             init_from="recipe-best"),
         Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
         Step("optimizers", "optimizers"),
         Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
@@ -61,11 +63,13 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("recipe-best", "recipe",
              ("--variants", "best", "best_noaug", "best_wide", "best_zoom", "best_zoom_half")),
         Step("recipe-best-tuned", "recipe", ("--variants", "best_tuned"), part="robustness", init_from="recipe-best"),
+        Step("recipe-best-tuned-gentle", "recipe", ("--variants", "best_tuned_gentle"), part="robustness",
+             init_from="recipe-best"),
         Step("vgg", "vgg", needs_weights=True),
     ),
 }
 ROBUSTNESS_OF = ("recipe-best", "recipe-best-noaug", "recipe-best-wide", "recipe-best-zoom",
-                 "recipe-best-zoom-half", "recipe-best-tuned")
+                 "recipe-best-zoom-half", "recipe-best-tuned", "recipe-best-tuned-gentle")
 """Steps whose runs the robustness suite evaluates (bccd_jax.robustness)."""
 
 
