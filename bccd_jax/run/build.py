@@ -220,7 +220,8 @@ def start_weights(model_cfg: ModelConfig, train_cfg: TrainConfig, seeds) -> Any:
     v = restored.variant
     if restored.epoch != v.train.epochs:
         raise UserError(f"--init-from {folder}: variant {name!r} has trained {restored.epoch} of {v.train.epochs} "
-                        "epochs; finish it first (python -m experiments.<name> --resume RUN_DIR)")
+                        f"epochs; finish it first (python -m experiments.{folder.record().experiment} --resume "
+                        f"{folder} --variants {name})")
     if v.model != model_cfg:
         diff = [f.name for f in dataclasses.fields(ModelConfig) if getattr(v.model, f.name) != getattr(model_cfg, f.name)]
         raise UserError(f"--init-from {folder}: variant {name!r} is another model (it differs in {', '.join(diff)})")
