@@ -49,10 +49,10 @@ def test_each_seed_starts_from_its_trained_weights(source):
 
 @pytest.mark.parametrize("extra,sets,words", [
     ((), (), ["fine-tunes the weights of variant 'adam'", "--init-from RUN_DIR"]),
-    (("--init-from", "{root}/nowhere"), (), ["nowhere", "not a run folder"]),
+    (("--init-from", "{root}/nowhere"), (), ["--init-from", "nowhere", "does not exist"]),
     (("--init-from", "{run}", "--seed-offset", "1"), (), ["has seeds [0, 1], not [2]"]),
     (("--init-from", "{run}"), ("dense_features=64",), ["another model", "dense_features"]),
-    (("--init-from", "{run}"), ("init_variant=sgd",), ["no variant 'sgd'", "'adam'"]),
+    (("--init-from", "{run}"), ("init_variant=sgd",), ["--init-from", "unknown variant 'sgd'", "has adam"]),
 ])
 def test_wrong_start_weights_are_one_line_errors(source, extra, sets, words):
     run, env, root = source

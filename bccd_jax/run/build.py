@@ -211,12 +211,10 @@ def start_weights(model_cfg: ModelConfig, train_cfg: TrainConfig, seeds) -> Any:
         raise UserError(f"this variant fine-tunes the weights of variant {name!r}: pass --init-from RUN_DIR, "
                         f"a run folder in which {name!r} finished")
     folder = RunFolder(train_cfg.init_from)
-    if not folder.exists():
-        raise UserError(f"--init-from {folder}: no config.json there; not a run folder")
-    if name not in folder.record().variants:
-        raise UserError(f"--init-from {folder}: the run has no variant {name!r}; it has "
-                        f"{sorted(folder.record().variants)}")
-    restored = restore(folder, name)
+    try:  # restore's own checks: the folder, the variant, its checkpoints
+        restored = restore(folder, name)
+    except UserError as e:
+        raise UserError(f"--init-from: {e}") from None
     v = restored.variant
     if restored.epoch != v.train.epochs:
         raise UserError(f"--init-from {folder}: variant {name!r} has trained {restored.epoch} of {v.train.epochs} "
