@@ -37,7 +37,7 @@ class Step:
 ROBUSTNESS = "robustness"  # a step that evaluates the run of another step, not an experiment of its own
 PARTS = {"study": "the study's experiments and its headline (the best recipe)",
          "robustness": "the robustness comparison (the best recipe's augmentation off, wider, zoom and JPEG "
-                       "on all or half)"}
+                       "on all or half, and fine-tuned under them)"}
 
 STEPS: dict[str, tuple[Step, ...]] = {
     # each step <= 90 min on 2 CPU cores; wall times of every run in results/REPORT.md
