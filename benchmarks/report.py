@@ -182,13 +182,12 @@ def layers_section(ly: dict) -> list[str]:
                   f"- JAX's largest ops, as shares of its forward+backward: {top}."]
         by_op = {op: [sum(med[(r["layer"], r["op"])][i] for r in ly["rows"] if in_step(r) and r["op"] == op)
                       for i in (0, 1)] for op in ("fwd", "dx", "dk")}
-        gap = max(((med[(r["layer"], r["op"])][0] - med[(r["layer"], r["op"])][1], r) for r in ly["rows"]
-                   if in_step(r)), key=lambda t: t[0])
+        layer, op = max(((r["layer"], r["op"]) for r in ly["rows"] if in_step(r)),
+                        key=lambda k: med[k][0] - med[k][1])
         lines.append("- By kind, JAX / PyTorch ms over the convolutions a step runs: "
-                     + ", ".join(f"{op} {j * 1e3:,.1f} / {t * 1e3:,.1f} ({t / j:.2f}x)" for op, (j, t) in by_op.items())
-                     + f". The largest gap is conv {gap[1]['layer']} {gap[1]['op']}: JAX "
-                     f"{med[(gap[1]['layer'], gap[1]['op'])][0] * 1e3:,.1f} ms, PyTorch "
-                     f"{med[(gap[1]['layer'], gap[1]['op'])][1] * 1e3:,.1f} ms.")
+                     + ", ".join(f"{kind} {j * 1e3:,.1f} / {t * 1e3:,.1f} ({t / j:.2f}x)" for kind, (j, t) in by_op.items())
+                     + f". The largest gap is conv {layer} {op}: JAX {med[(layer, op)][0] * 1e3:,.1f} ms, PyTorch "
+                     f"{med[(layer, op)][1] * 1e3:,.1f} ms.")
     return lines
 
 
