@@ -37,7 +37,7 @@ class Step:
 ROBUSTNESS = "robustness"  # a step that evaluates the run of another step, not an experiment of its own
 PARTS = {"study": "the study's experiments and its headline (the best recipe)",
          "robustness": "the robustness comparison (the best recipe's augmentation off, wider, zoom and JPEG "
-                       "on all or half, and fine-tuned under them)"}
+                       "on all or half, and fine-tuned under them on a half or a quarter)"}
 
 STEPS: dict[str, tuple[Step, ...]] = {
     # each step <= 90 min on 2 CPU cores; wall times of every run in results/REPORT.md
@@ -49,6 +49,8 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("recipe-best-zoom-half", "recipe", ("--variants", "best_zoom_half"), part="robustness"),
         Step("recipe-best-tuned", "recipe", ("--variants", "best_tuned"), part="robustness", init_from="recipe-best"),
         Step("recipe-best-tuned-gentle", "recipe", ("--variants", "best_tuned_gentle"), part="robustness",
+             init_from="recipe-best"),
+        Step("recipe-best-tuned-quarter", "recipe", ("--variants", "best_tuned_quarter"), part="robustness",
              init_from="recipe-best"),
         Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
         Step("optimizers", "optimizers"),
@@ -65,11 +67,14 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("recipe-best-tuned", "recipe", ("--variants", "best_tuned"), part="robustness", init_from="recipe-best"),
         Step("recipe-best-tuned-gentle", "recipe", ("--variants", "best_tuned_gentle"), part="robustness",
              init_from="recipe-best"),
+        Step("recipe-best-tuned-quarter", "recipe", ("--variants", "best_tuned_quarter"), part="robustness",
+             init_from="recipe-best"),
         Step("vgg", "vgg", needs_weights=True),
     ),
 }
 ROBUSTNESS_OF = ("recipe-best", "recipe-best-noaug", "recipe-best-wide", "recipe-best-zoom",
-                 "recipe-best-zoom-half", "recipe-best-tuned", "recipe-best-tuned-gentle")
+                 "recipe-best-zoom-half", "recipe-best-tuned", "recipe-best-tuned-gentle",
+                 "recipe-best-tuned-quarter")
 """Steps whose runs the robustness suite evaluates (bccd_jax.robustness)."""
 
 
