@@ -7,7 +7,7 @@ in JAX (XLA:CPU) and PyTorch eager, side by side.
 For every conv layer of the preset at its input shape (VALID 3x3 convolutions and 2x2 pools, as
 bccd_jax.models.cnn.CNN): the forward convolution, the input gradient (dx, the backward pass's
 data path; the first layer needs none in training) and the kernel gradient (dk), each timed on
-its own; then the whole step's forward and forward+backward of the model, to show what the
+its own (JAX's kernel gradient twice: bccd_jax's Conv layer's, and XLA's own); then the whole step's forward and forward+backward of the model, to show what the
 convolutions leave to everything else (bias, ReLU, pooling, dense layers, the loss). JAX times
 jitted `lax.conv_general_dilated` and its VJPs in NHWC/HWIO (the layout flax uses); PyTorch times
 `conv2d` and `aten.convolution_backward` with one output at a time in NCHW. Each op is timed JAX
@@ -33,7 +33,9 @@ import numpy as np  # noqa: E402
 
 from bccd_jax.errors import ArgumentParser, UserError, run_cli  # noqa: E402  (imports bccd_jax first)
 
-OPS = ("fwd", "dx", "dk")
+OPS = ("fwd", "dx", "dk", "dk_xla")
+"""dk is the kernel gradient bccd_jax's Conv layer computes (bccd_jax.models.conv: in batch chunks on CPU);
+dk_xla is XLA's own, for reference, against the same PyTorch op."""
 
 
 def conv_shapes(cfg, hw: tuple[int, int]) -> list[tuple[int, int, int, int]]:
@@ -71,6 +73,8 @@ def jax_ops(shape, k: int, batch: int, rng) -> dict:
     import jax
     from jax import lax
 
+    from bccd_jax.models.conv import conv_bias
+
     h, w, ci, co = shape
     x = jax.device_put(rng.standard_normal((batch, h, w, ci)).astype(np.float32))
     kern = jax.device_put((0.1 * rng.standard_normal((k, k, ci, co))).astype(np.float32))
@@ -81,9 +85,10 @@ def jax_ops(shape, k: int, batch: int, rng) -> dict:
     g = jax.device_put(rng.standard_normal(conv(x, kern).shape).astype(np.float32))
     fwd = jax.jit(conv)
     dx = jax.jit(lambda x, kern, g: jax.vjp(lambda x: conv(x, kern), x)[1](g)[0])
-    dk = jax.jit(lambda x, kern, g: jax.vjp(lambda kern: conv(x, kern), kern)[1](g)[0])
+    dk = jax.jit(lambda x, kern, g: jax.vjp(lambda kern: conv_bias(x, kern, None, "VALID"), kern)[1](g)[0])
+    dk_xla = jax.jit(lambda x, kern, g: jax.vjp(lambda kern: conv(x, kern), kern)[1](g)[0])
     return {"fwd": lambda: fwd(x, kern).block_until_ready(), "dx": lambda: dx(x, kern, g).block_until_ready(),
-            "dk": lambda: dk(x, kern, g).block_until_ready()}
+            "dk": lambda: dk(x, kern, g).block_until_ready(), "dk_xla": lambda: dk_xla(x, kern, g).block_until_ready()}
 
 
 def torch_ops(shape, k: int, batch: int, rng) -> dict:
@@ -102,7 +107,8 @@ def torch_ops(shape, k: int, batch: int, rng) -> dict:
     def fwd():
         return F.conv2d(x, kern)
 
-    return {"fwd": fwd, "dx": lambda: backward([True, False, False]), "dk": lambda: backward([False, True, False])}
+    dk = lambda: backward([False, True, False])  # noqa: E731
+    return {"fwd": fwd, "dx": lambda: backward([True, False, False]), "dk": dk, "dk_xla": dk}
 
 
 def model_ops(cfg, hw, batch: int, rng) -> dict[str, dict]:

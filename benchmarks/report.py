@@ -146,11 +146,13 @@ def layers_section(ly: dict) -> list[str]:
              f"; XLA_FLAGS `{ly.get('xla_flags') or '(none)'}`; PyTorch threads {ly.get('torch_threads')}): "
              f"{ly['size']} images, batch {b}, float32. Each op alone, JAX (jitted lax.conv_general_dilated and its "
              "VJPs, NHWC) then PyTorch (conv2d, aten.convolution_backward, NCHW) in every round; medians over rounds. "
-             "dx: the gradient to the layer's input (the first layer needs none in training); dk: to its kernel.", "",
+             "dx: the gradient to the layer's input (the first layer needs none in training); dk: to its kernel, as "
+             "bccd_jax's Conv layer computes it (bccd_jax/models/conv.py: in batch chunks on CPU); dk_xla: XLA's own "
+             "kernel gradient, for reference (not part of the step), against the same PyTorch op.", "",
              "| conv | input HxWxC -> C | op | JAX ms | PyTorch ms | PyTorch/JAX time | JAX GFLOP/s | PyTorch GFLOP/s |",
              "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     def in_step(r) -> bool:  # a conv op a training step runs: all but the first layer's input gradient
-        return r["layer"] is not None and not (r["op"] == "dx" and r["layer"] == 1)
+        return r["layer"] is not None and r["op"] != "dk_xla" and not (r["op"] == "dx" and r["layer"] == 1)
 
     conv_sum = [0.0, 0.0]
     for r in ly["rows"]:
@@ -188,6 +190,10 @@ def layers_section(ly: dict) -> list[str]:
                      + ", ".join(f"{kind} {j * 1e3:,.1f} / {t * 1e3:,.1f} ({t / j:.2f}x)" for kind, (j, t) in by_op.items())
                      + f". The largest gap is conv {layer} {op}: JAX {med[(layer, op)][0] * 1e3:,.1f} ms, PyTorch "
                      f"{med[(layer, op)][1] * 1e3:,.1f} ms.")
+        xla_dk = [med[(r["layer"], "dk_xla")][0] for r in ly["rows"] if r["op"] == "dk_xla"]
+        if xla_dk:
+            lines.append(f"- The kernel gradients as bccd_jax computes them take {by_op['dk'][0] * 1e3:,.1f} ms in all; "
+                         f"XLA's own would take {sum(xla_dk) * 1e3:,.1f} ms ({sum(xla_dk) / by_op['dk'][0]:.2f}x).")
     return lines
 
 

@@ -30,7 +30,9 @@ SIDES = {"xla_defaults": {"BCCD_JAX_XLA_CPU_DEFAULTS": "1"},
          # ops, single dots such as the dense layers), Eigen for the convolutions
          "ynn_reduce": {"XLA_FLAGS": f"{YNN_OFF}reduce"},
          "ynn_eltwise_reduce": {"XLA_FLAGS": f"{YNN_OFF}eltwise,reduce"},
-         "ynn_individual_dot": {"XLA_FLAGS": f"{YNN_OFF}individual_dot"}}
+         "ynn_individual_dot": {"XLA_FLAGS": f"{YNN_OFF}individual_dot"},
+         # bccd_jax's setting with XLA's own convolution backward pass instead of bccd_jax.models.conv's
+         "xla_conv_grad": {"BCCD_JAX_CONV_GRAD": "xla"}}
 
 
 def run_side(side: str, models, batch_size: int, steps: int, repeats: int, size: str) -> list[dict]:

@@ -14,6 +14,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bccd_jax.models.conv import Conv
+
 KERNEL_INITS = {
     "keras": nn.initializers.glorot_uniform(),  # Keras' Conv2D/Dense default: what the study used
     "lecun": nn.initializers.lecun_normal(),  # Flax's default
@@ -48,7 +50,9 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     Written as the maximum of four strided slices: the same values, and on XLA:CPU a
     3-5x cheaper backward pass than reduce_window's select_and_scatter (benchmarks/RESULTS.md).
     Gradients match nn.max_pool except at exact ties inside a window (split instead of
-    sent to the first), which after a ReLU only happen at zeros, where the ReLU stops them.
+    sent to the first; either is a valid subgradient). The CNN pools before the block's last
+    ReLU: relu(max) = max(relu), and the gradients are the same as ReLU-then-pool's (a window
+    whose maximum is <= 0 passes none either way).
     """
     h, w = (x.shape[-3] // 2) * 2, (x.shape[-2] // 2) * 2
     x = x[..., :h, :w, :]
@@ -57,7 +61,8 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
 
 
 class CNN(nn.Module):
-    """conv blocks (conv[-BN]-ReLU ..., 2x2 max-pool) -> dense -> dropout -> logits."""
+    """conv blocks (conv[-BN]-ReLU ..., 2x2 max-pool) -> dense -> dropout -> logits (each block's last ReLU
+    is applied after its pool: the same function)."""
 
     conv_blocks: Sequence[Sequence[int]] = ((32,),)
     kernel_size: int = 3
@@ -85,15 +90,16 @@ class CNN(nn.Module):
             return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3,
                                 dtype=self.dtype)(h, mask=m)
 
-        conv = functools.partial(nn.Conv, kernel_size=(self.kernel_size, self.kernel_size), padding=self.padding,
+        conv = functools.partial(Conv, kernel_size=(self.kernel_size, self.kernel_size), padding=self.padding,
                                  use_bias=not self.batch_norm, kernel_init=kernel_init, dtype=self.dtype)
         for block in self.conv_blocks:
-            for features in block:
+            for i, features in enumerate(block):
                 x = conv(features)(x)
                 if self.batch_norm:
                     x = batch_norm(x)
+                if i == len(block) - 1:  # pool, then ReLU: the same values (ReLU is monotone), a quarter of the work
+                    x = max_pool_2x2(x)
                 x = nn.relu(x)
-            x = max_pool_2x2(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.Dense(self.dense_features, kernel_init=kernel_init, dtype=self.dtype)(x)
         if self.batch_norm:

@@ -1,0 +1,85 @@
+"""bccd_jax.models.conv: nn.Conv's parameters and forward pass, XLA's gradients within rounding, and the
+chunked kernel gradient only where the program is lowered for CPU."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+
+from bccd_jax.models import conv as conv_mod
+from bccd_jax.models.conv import Conv
+
+
+def _loss(module):
+    return lambda params, x: (jnp.sin(module.apply(params, x).astype(jnp.float32)) ** 2).sum()
+
+
+@pytest.mark.parametrize("batch", [1, 10, 33])
+@pytest.mark.parametrize("use_bias,padding", [(True, "VALID"), (False, "SAME")])
+def test_same_parameters_forward_and_gradients_as_nn_conv(batch, use_bias, padding):
+    x = jnp.asarray(np.random.default_rng(batch).standard_normal((batch, 9, 11, 3)), jnp.float32)
+    ref, ours = (m(6, (3, 3), padding=padding, use_bias=use_bias) for m in (nn.Conv, Conv))
+    params = ref.init(jax.random.key(0), x)
+    assert jax.tree.map(np.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(np.shape, params)
+    for a, b in zip(jax.tree.leaves(ours.init(jax.random.key(0), x)), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ours.apply(params, x), ref.apply(params, x))
+    g_ref = jax.jit(jax.grad(_loss(ref), argnums=(0, 1)))(params, x)
+    g_ours = jax.jit(jax.grad(_loss(ours), argnums=(0, 1)))(params, x)
+    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):  # float32 sums in another order
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_bfloat16_gradients_close_to_float32():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((12, 9, 11, 4)), jnp.float32)
+    f32, bf16 = Conv(5, (3, 3)), Conv(5, (3, 3), dtype=jnp.bfloat16)
+    params = f32.init(jax.random.key(1), x)
+    g32, g16 = (jax.jit(jax.grad(_loss(m)))(params, x) for m in (f32, bf16))
+    for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32)):
+        assert a.dtype == jnp.float32  # parameters stay float32
+        np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05 * float(jnp.abs(b).max()))
+
+
+def _kernel_grad_convs(text: str, op: str) -> int:
+    return text.count(op) - 1  # minus the forward convolution
+
+
+def test_kernel_gradient_is_chunked_on_cpu_only(monkeypatch):
+    x = jnp.zeros((32, 9, 11, 3), jnp.float32)
+    params = Conv(4, (3, 3)).init(jax.random.key(0), x)
+
+    def grad(params, x):  # parameters only: no input-gradient convolution; traced anew by every jit
+        return jax.grad(_loss(Conv(4, (3, 3))))(params, x)
+
+    n_chunks = len(conv_mod._bounds(32, conv_mod.KERNEL_GRAD_CHUNK))
+    assert n_chunks == 8
+    cpu = jax.jit(grad).lower(params, x).compile().as_text()
+    assert _kernel_grad_convs(cpu, "convolution(") == n_chunks
+    cuda = export.export(jax.jit(grad), platforms=["cuda"])(params, x).mlir_module()
+    assert _kernel_grad_convs(cuda, "stablehlo.convolution") == 1
+    monkeypatch.setenv(conv_mod.OPT_OUT_ENV, "xla")
+    cpu_xla = jax.jit(lambda p, x: grad(p, x)).lower(params, x).compile().as_text()
+    assert _kernel_grad_convs(cpu_xla, "convolution(") == 1
+
+
+def test_chunks_cover_the_batch_at_most_max_chunks():
+    for n in (1, 3, 4, 31, 32, 33, 256, 1000):
+        bounds = conv_mod._bounds(n, conv_mod.KERNEL_GRAD_CHUNK)
+        assert bounds[0][0] == 0 and bounds[-1][1] == n and len(bounds) <= conv_mod.MAX_CHUNKS
+        assert all(a < b and b == c for (a, b), (c, _) in zip(bounds, bounds[1:] + [(n, n)]))
+
+
+def test_pool_then_relu_is_relu_then_pool_values_and_gradients():
+    from bccd_jax.models.cnn import max_pool_2x2
+
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((4, 9, 11, 5)), jnp.float32)
+    x = x.at[0, :4, :4].set(0.5).at[1, :4, :4].set(-0.5)  # flat patches: ties above and below zero
+    w = jnp.asarray(np.random.default_rng(4).standard_normal((4, 4, 5, 5)), jnp.float32)
+    fns = (lambda x: max_pool_2x2(jax.nn.relu(x)), lambda x: jax.nn.relu(max_pool_2x2(x)))
+    np.testing.assert_array_equal(fns[0](x), fns[1](x))
+    g0, g1 = (jax.grad(lambda x: (f(x) * w).sum())(x) for f in fns)
+    np.testing.assert_array_equal(g0, g1)
