@@ -34,14 +34,15 @@ def test_same_parameters_forward_and_gradients_as_nn_conv(batch, use_bias, paddi
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
 
 
-def test_bfloat16_gradients_close_to_float32():
+def test_bfloat16_gradients_as_close_to_float32_as_nn_conv():
     x = jnp.asarray(np.random.default_rng(0).standard_normal((12, 9, 11, 4)), jnp.float32)
-    f32, bf16 = Conv(5, (3, 3)), Conv(5, (3, 3), dtype=jnp.bfloat16)
-    params = f32.init(jax.random.key(1), x)
-    g32, g16 = (jax.jit(jax.grad(_loss(m)))(params, x) for m in (f32, bf16))
-    for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32)):
-        assert a.dtype == jnp.float32  # parameters stay float32
-        np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05 * float(jnp.abs(b).max()))
+    params = nn.Conv(5, (3, 3)).init(jax.random.key(1), x)
+    exact = jax.jit(jax.grad(_loss(nn.Conv(5, (3, 3)))))(params, x)
+    for m in (nn.Conv, Conv):
+        g = jax.jit(jax.grad(_loss(m(5, (3, 3), dtype=jnp.bfloat16))))(params, x)
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(exact)):
+            assert a.dtype == jnp.float32  # parameters stay float32
+            np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05 * float(jnp.abs(b).max()), err_msg=m.__name__)
 
 
 def _kernel_grad_convs(text: str, op: str) -> int:
@@ -83,3 +84,28 @@ def test_pool_then_relu_is_relu_then_pool_values_and_gradients():
     np.testing.assert_array_equal(fns[0](x), fns[1](x))
     g0, g1 = (jax.grad(lambda x: (f(x) * w).sum())(x) for f in fns)
     np.testing.assert_array_equal(g0, g1)
+
+
+def test_cnn_with_conv_is_the_cnn_with_nn_conv(monkeypatch):
+    from bccd_jax.config import ModelConfig
+    from bccd_jax.models import build_model, cnn
+
+    cfg = ModelConfig.preset("deep", conv_blocks=((4, 4), (8,)), dense_features=8)
+    x = np.random.default_rng(5).integers(0, 256, (6, 24, 32, 3)).astype(np.uint8)
+    y = jnp.asarray([0, 1, 2, 3, 0, 1])
+
+    def logits_and_grads():
+        model = build_model(cfg)
+        params = model.init(jax.random.key(0), x[:1])
+
+        def loss(p):
+            return -jax.nn.log_softmax(model.apply(p, x))[jnp.arange(6), y].mean()
+
+        return model.apply(params, x), jax.jit(jax.grad(loss))(params)
+
+    ours = logits_and_grads()
+    monkeypatch.setattr(cnn, "Conv", nn.Conv)
+    ref = logits_and_grads()
+    np.testing.assert_array_equal(ours[0], ref[0])
+    for a, b in zip(jax.tree.leaves(ours[1]), jax.tree.leaves(ref[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))

@@ -87,7 +87,7 @@ class Conv(nn.Module):
 
     features: int
     kernel_size: Sequence[int]
-    padding: str = "VALID"
+    padding: str = "SAME"  # nn.Conv's default; the CNN passes its own
     use_bias: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
