@@ -308,6 +308,50 @@ def _epochs(d: dict) -> str:
     return f"{n} epoch{'s' if n != 1 else ''}"
 
 
+def seeds_table(d: dict) -> list[str]:
+    """With several seeds (`--seeds`): each seed's wall time to every target per framework, the medians over
+    seeds, and the wall-time ratio at the same step, which the two curves' own draws do not move."""
+    by_seed, targets = d.get("by_seed") or {}, list(d["targets"])
+    if len(by_seed) < 2 or not all("jax" in r and "torch" in r for r in by_seed.values()):
+        return []
+    fws = (("jax", "bccd_jax"), ("torch", "PyTorch"))
+    lines = ["", f"### Every seed ({len(by_seed)}: {', '.join(by_seed)})", "",
+             "Wall s (step) to each TEST accuracy. " + ("Seeds after the first stopped after the epoch in which both "
+                                                      "sides had reached every target (`--stop-at-targets`)."
+                                                      if d.get("stop_at_targets") else ""), "",
+             "| seed | epochs | " + " | ".join(f"{name} to {x:.2f}" for x in targets for _, name in fws) + " |",
+             "| ---: | ---: | " + " | ".join("---:" for _ in targets for _ in fws) + " |"]
+    times = {(x, fw): [] for x in targets for fw, _ in fws}
+    ratios = []
+    for seed, r in by_seed.items():
+        cells = []
+        for x in targets:
+            for fw, _ in fws:
+                h = r[fw]["reached"].get(f"{x:.2f}")
+                times[(x, fw)].append(None if h is None else h["time_s"])
+                cells.append("never" if h is None else f"{h['time_s']:,.0f} ({h['step']})")
+        lines.append(f"| {seed} | {r['jax'].get('epochs', '-')} | " + " | ".join(cells) + " |")
+        tj = {p["step"]: p["time_s"] for p in r["jax"]["curve"]}
+        ratios += [p["time_s"] / tj[p["step"]] for p in r["torch"]["curve"] if p["step"] in tj]
+    med = {}
+    for key, vals in times.items():
+        hit = [v for v in vals if v is not None]
+        med[key] = statistics.median(hit) if len(hit) == len(vals) else None
+    lines.append("| median | | " + " | ".join(_fmt(med[(x, fw)]) if med[(x, fw)] is not None else "not all seeds"
+                                                 for x in targets for fw, _ in fws) + " |")
+    notes = []
+    for x in targets:
+        j, p = med[(x, "jax")], med[(x, "torch")]
+        if j and p:
+            notes.append(f"To TEST accuracy {x:.2f}, median over {len(by_seed)} seeds: bccd_jax {j:,.0f} s, PyTorch "
+                         f"eager {p:,.0f} s (PyTorch/bccd_jax {p / j:.2f}x).")
+    if ratios:
+        notes.append(f"At the same step (every evaluation point of every seed), PyTorch's wall time over bccd_jax's: "
+                     f"median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}, "
+                     f"{len(ratios)} points).")
+    return lines + [""] + [f"- {n}" for n in notes]
+
+
 def time_to_accuracy_section(d: dict) -> list[str]:
     """The section of time_to_accuracy.json."""
     runs, spe, targets = d["runs"], d["steps_per_epoch"], list(d["targets"])
@@ -323,7 +367,9 @@ def time_to_accuracy_section(d: dict) -> list[str]:
              f"{m['arch']} CNN (init {m['init']}, dropout {m['dropout']}, input {m['input_norm']}), "
              f"{t['optimizer']} (eps 1e-7) peak learning rate {d['recipe']['peak_learning_rate']:g}, schedule "
              f"{t['schedule']} (warmup {t['warmup_epochs']:g} epochs), weight decay "
-             f"{t['weight_decay']}, augmentation: {aug}; batch {t['batch_size']}, {t['epochs']} epochs, seed {d['seed']}",
+             f"{t['weight_decay']}, augmentation: {aug}; batch {t['batch_size']}, {t['epochs']} epochs, seed {d['seed']}"
+             + (f" (the first of seeds {', '.join(map(str, d['seeds']))}: the table and the curve are its; every "
+                "seed under 'Every seed')" if len(d.get("seeds") or []) > 1 else ""),
              f"- data: {d['data']['dataset']} at {d['data']['image_size'][0]}x{d['data']['image_size'][1]}, "
              f"{d['data']['train']} training and {d['data']['test']} TEST images; {spe} steps per epoch; TEST "
              f"evaluated every {d['eval_every_steps']} steps and at each epoch's end",
@@ -364,6 +410,7 @@ def time_to_accuracy_section(d: dict) -> list[str]:
                      f"{j['final_test_acc']:.3f} (bccd_jax) vs {p['final_test_acc']:.3f} (PyTorch).")
     notes += [f"{n['text']} (note given to `{n['command']}`)" for n in d.get("notes", [])]
     lines += ["", "Notes:", ""] + [f"- {n}" for n in notes] if notes else []
+    lines += seeds_table(d)
     curves = {fw: {p["step"]: p for p in r["curve"]} for fw, r in runs.items()}
     steps = sorted(set().union(*[set(c) for c in curves.values()])) if curves else []
     lines += ["", "<details><summary>TEST accuracy curve</summary>", "",

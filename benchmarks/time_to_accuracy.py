@@ -1,12 +1,15 @@
 """Wall time to a TEST accuracy: the deep CNN's recipe trained by bccd_jax and by PyTorch eager.
 
     python -m benchmarks.time_to_accuracy --data-dir DATA          # the CPU protocol's recipe, seed 0
+    python -m benchmarks.time_to_accuracy --data-dir DATA --seeds 0 1 2 --stop-at-targets
     python -m benchmarks.time_to_accuracy --data-dir DATA --train-limit 256 --test-limit 256 --epochs 1 \\
         --image-size 24 32 --out-dir tta-smoke                    # a smoke test
 
 The run is experiments.recipe's `best` variant under the `cpu` protocol (read at run time: model,
-optimizer, schedule, augmentation, batch size, epochs, image size), one seed, on the augmented
-set. The JAX side trains with MultiSeedTrainer.train_step (epoch_mode loop, as `fit` on CPU) and
+optimizer, schedule, augmentation, batch size, epochs, image size), on the augmented set, one seed
+after another (`--seeds`; with `--stop-at-targets` every seed after the first stops after the epoch
+in which both sides have reached every target: the first gives the final accuracies, the others
+more draws of the times to the targets). The JAX side trains with MultiSeedTrainer.train_step (epoch_mode loop, as `fit` on CPU) and
 evaluates with MultiSeedTrainer.evaluate. The PyTorch side (benchmarks/torch_cnn.py) starts from
 the same weights (the JAX init, copied), sees the same batches in the same order (the JAX batch
 plan of the seed, the padded last batch masked out of the loss), takes the same Adam(W) steps
@@ -102,7 +105,7 @@ class JaxSide:
             self.state = self.trainer.init_state([seed], self.x)
             jax.block_until_ready(self.state)
         self.clock.train_s += time.perf_counter() - t0
-        self.step, self.first_step_s = 0, None
+        self.step, self.epochs, self.first_step_s = 0, 0, None
 
     def _on_event(self, name, secs, **kw):
         if self._listening and (name.startswith("/jax/core/compile/")
@@ -146,6 +149,7 @@ class JaxSide:
                     t0 = time.perf_counter()
             self.jax.block_until_ready(self.state)
             self.clock.train_s += time.perf_counter() - t0
+            self.epochs += 1
 
 
 class TorchSide:
@@ -160,7 +164,7 @@ class TorchSide:
         if threads:
             torch.set_num_threads(threads)
         self.cfg, self.plans, self.lrs, self.eval_at = cfg, plans, lrs, eval_at
-        self.clock, self.curve, self.step, self.first_step_s = Clock(), [], 0, None
+        self.clock, self.curve, self.step, self.epochs, self.first_step_s = Clock(), [], 0, 0, None
         t0 = time.perf_counter()
         torch.manual_seed(seed)
         self.gen = torch.Generator().manual_seed(seed)
@@ -224,12 +228,13 @@ class TorchSide:
                 self.net.train()
                 t0 = time.perf_counter()
         self.clock.train_s += time.perf_counter() - t0
+        self.epochs += 1
 
 
 def summary(side, targets) -> dict:
     """Time (wall, and training only) and step at which the TEST accuracy first reaches each target."""
     out = dict(wall_s=side.clock.wall_s, train_s=side.clock.train_s, eval_s=side.clock.eval_s,
-               first_step_s=side.first_step_s, steps=side.step, evaluations=len(side.curve),
+               first_step_s=side.first_step_s, steps=side.step, epochs=side.epochs, evaluations=len(side.curve),
                final_test_acc=side.curve[-1]["test_acc"] if side.curve else None, curve=side.curve, reached={})
     for t in targets:
         hit = next((p for p in side.curve if p["test_acc"] >= t), None)
@@ -251,7 +256,9 @@ def main(argv=None) -> dict:
     p.add_argument("--protocol", default="cpu", help="the experiments.protocol protocol (default cpu)")
     p.add_argument("--epochs", type=int, help="default: the protocol's for the recipe")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="default: the protocol's")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one race per seed, one after another")
+    p.add_argument("--stop-at-targets", action="store_true",
+                   help="seeds after the first stop once both sides have reached every target")
     p.add_argument("--eval-every-steps", type=int, help="TEST evaluation cadence (default: a quarter epoch)")
     p.add_argument("--targets", type=float, nargs="+", default=[0.80, 0.85], help="TEST accuracies to time")
     p.add_argument("--train-limit", type=int, help="train on this many images, spread evenly over the split")
@@ -281,6 +288,8 @@ def main(argv=None) -> dict:
     mcfg, cfg = variant.model, variant.train
     if cfg.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if len(set(a.seeds)) != len(a.seeds):
+        raise UserError(f"--seeds must differ from each other, got {a.seeds}")
     check_size(mcfg, hw)
     ds = load_dataset("augmented", data_dir=a.data_dir, image_size=hw, cache_dir=a.cache_dir)
     tr_i, te_i = spread(len(ds.splits["train"].labels), a.train_limit), spread(len(ds.splits["test"].labels), a.test_limit)
@@ -296,13 +305,6 @@ def main(argv=None) -> dict:
     model = build_model(mcfg, train_mean=train_mean)
     tx = make_optimizer(cfg, steps_per_epoch=spe)
 
-    # what the PyTorch side copies from bccd_jax, computed before either clock starts
-    fns = make_step_fns(model, tx, cfg, n)
-    plan = jax.jit(fns.batch_plan)
-    plans = [tuple(np.array(v) for v in plan(seed_key(a.seed), jnp.int32(e))) for e in range(cfg.epochs)]
-    lr = learning_rate(cfg, spe)
-    lrs = np.asarray(jax.vmap(lr)(jnp.arange(max(total, 1)))) if callable(lr) else np.full(max(total, 1), lr)
-
     command = command_line(argv)
     out = dict(command=command, date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                machine=f"{platform.node()}: {cpu_name()}", cpu_flags=cpu_flags(), versions=versions(),
@@ -311,51 +313,70 @@ def main(argv=None) -> dict:
                            train=to_dict(cfg), peak_learning_rate=cfg.resolved_learning_rate()),
                data=dict(dataset="augmented", image_size=list(hw), train=n, test=len(test[1]),
                          train_limit=a.train_limit, test_limit=a.test_limit),
-               seed=a.seed, steps_per_epoch=spe, eval_every_steps=k, targets=a.targets, order="alternating by epoch",
-               notes=[{"text": t, "command": command} for t in a.note], runs={})
+               seed=a.seeds[0], seeds=list(a.seeds), stop_at_targets=a.stop_at_targets, steps_per_epoch=spe,
+               eval_every_steps=k, targets=a.targets, order="alternating by epoch",
+               notes=[{"text": t, "command": command} for t in a.note], runs={}, by_seed={})
     a.out_dir.mkdir(parents=True, exist_ok=True)
+    lr = learning_rate(cfg, spe)
+    lrs = np.asarray(jax.vmap(lr)(jnp.arange(max(total, 1)))) if callable(lr) else np.full(max(total, 1), lr)
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    sides = {}
-    if "jax" in a.frameworks:
-        sides["jax"] = JaxSide(model, tx, cfg, a.seed, train, test, eval_at)
-    params0 = sides["jax"].initial_params() if "jax" in sides else \
-        jax.tree.map(np.asarray, fns.init(seed_key(a.seed), train[0][:1]).params)
-    if "torch" in a.frameworks:
-        sides["torch"] = TorchSide(mcfg, cfg, hw, train_mean, params0, plans, lrs, a.seed, train, test, eval_at,
-                                   a.torch_threads)
-        out["torch_threads"] = sides["torch"].torch.get_num_threads()
-        sides["torch"].net.eval()
-        with sides["torch"].torch.no_grad():
-            t_logits = sides["torch"].net(sides["torch"].tx_[:32]).numpy()
-        j_logits = np.asarray(model.apply(variables(params0, {}), test[0][:32]))
-        out["initial_logits_max_abs_diff"] = float(np.abs(t_logits - j_logits).max())
-    else:
-        out["initial_logits_max_abs_diff"] = float("nan")
+    def race(seed: int, stop_early: bool) -> dict:
+        """One seed: the frameworks alternate by epoch; their summaries (saved after every epoch)."""
+        # what the PyTorch side copies from bccd_jax, computed before either clock starts
+        fns = make_step_fns(model, tx, cfg, n)
+        plan = jax.jit(fns.batch_plan)
+        plans = [tuple(np.array(v) for v in plan(seed_key(seed), jnp.int32(e))) for e in range(cfg.epochs)]
+        sides, runs = {}, {}
+        if "jax" in a.frameworks:
+            sides["jax"] = JaxSide(model, tx, cfg, seed, train, test, eval_at)
+        params0 = sides["jax"].initial_params() if "jax" in sides else \
+            jax.tree.map(np.asarray, fns.init(seed_key(seed), train[0][:1]).params)
+        if "torch" in a.frameworks:
+            sides["torch"] = TorchSide(mcfg, cfg, hw, train_mean, params0, plans, lrs, seed, train, test, eval_at,
+                                       a.torch_threads)
+            out["torch_threads"] = sides["torch"].torch.get_num_threads()
+            sides["torch"].net.eval()
+            with sides["torch"].torch.no_grad():
+                t_logits = sides["torch"].net(sides["torch"].tx_[:32]).numpy()
+            j_logits = np.asarray(model.apply(variables(params0, {}), test[0][:32]))
+            runs["initial_logits_max_abs_diff"] = float(np.abs(t_logits - j_logits).max())
 
-    def save():
-        out["loadavg_end"] = os.getloadavg()
-        for fw, side in sides.items():
-            out["runs"][fw] = summary(side, a.targets)
-            if fw == "jax":
-                out["runs"][fw].update(compile_s=sum(side.compile_events.values()), compile_events=dict(side.compile_events))
-        (a.out_dir / "time_to_accuracy.json").write_text(json.dumps(out, indent=1))
-        write_report(a.out_dir)
+        def save():
+            for fw, side in sides.items():
+                runs[fw] = summary(side, a.targets)
+                if fw == "jax":
+                    runs[fw].update(compile_s=sum(side.compile_events.values()),
+                                    compile_events=dict(side.compile_events))
+            out["by_seed"][str(seed)] = runs
+            if seed == a.seeds[0]:
+                out["runs"] = {fw: runs[fw] for fw in sides}
+                out["initial_logits_max_abs_diff"] = runs.get("initial_logits_max_abs_diff", float("nan"))
+            out["loadavg_end"] = os.getloadavg()
+            (a.out_dir / "time_to_accuracy.json").write_text(json.dumps(out, indent=1))
+            write_report(a.out_dir)
 
-    for epoch in range(cfg.epochs):
-        for fw, side in sides.items():
-            side.run_epoch(epoch)
-            last = side.curve[-1] if side.curve else {}
-            log(f"epoch {epoch + 1}/{cfg.epochs} {fw}: TEST acc {last.get('test_acc', float('nan')):.3f} at "
-                f"{side.clock.wall_s:,.1f} s (evaluation {side.clock.eval_s:,.1f} s)")
-        save()
-    save()
-    for fw, r in out["runs"].items():
-        reached = ", ".join(f"{t} " + ("never" if h is None else f"after {h['time_s']:.0f} s")
-                            for t, h in r["reached"].items())
-        log(f"{fw}: TEST accuracy {reached}; final {r['final_test_acc']:.3f}; wall {r['wall_s']:.0f} s")
+        for epoch in range(cfg.epochs):
+            for fw, side in sides.items():
+                side.run_epoch(epoch)
+                last = side.curve[-1] if side.curve else {}
+                log(f"seed {seed} epoch {epoch + 1}/{cfg.epochs} {fw}: TEST acc {last.get('test_acc', float('nan')):.3f} "
+                    f"at {side.clock.wall_s:,.1f} s (evaluation {side.clock.eval_s:,.1f} s)")
+            save()
+            if stop_early and all(any(p["test_acc"] >= max(a.targets) for p in side.curve) for side in sides.values()):
+                log(f"seed {seed}: both sides reached {max(a.targets):.2f}; stopped after epoch {epoch + 1}")
+                break
+        return runs
+
+    for i, seed in enumerate(a.seeds):
+        runs = race(seed, a.stop_at_targets and i > 0)
+        for fw in a.frameworks:
+            r = runs[fw]
+            reached = ", ".join(f"{t} " + ("never" if h is None else f"after {h['time_s']:.0f} s")
+                                for t, h in r["reached"].items())
+            log(f"seed {seed} {fw}: TEST accuracy {reached}; last {r['final_test_acc']:.3f}; wall {r['wall_s']:.0f} s")
     return out
 
 
