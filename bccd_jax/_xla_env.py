@@ -4,7 +4,7 @@ jaxlib 0.10 routes CPU convolutions (and the weight-gradient convolutions of the
 backward pass) through YNNPACK fusions by default. On a 2-core Xeon these convolutions
 ran 4-7x slower than XLA's Eigen ones (deep CNN step at batch 32, 120x160: 5.6 s with
 YNNPACK, 1.45 s without); on a 2-core AMD EPYC the deep step at batch 32, 60x80 took
-593 ms with them and 209 ms without (benchmarks/RESULTS.md, `python -m benchmarks.xla_cpu_ab`),
+375 ms with them and 178 ms without (benchmarks/RESULTS.md, `python -m benchmarks.xla_cpu_ab`),
 so bccd_jax turns the YNNPACK fusions off. The flag only concerns the CPU backend.
 
 It is added to XLA_FLAGS only when all of these hold:
