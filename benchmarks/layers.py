@@ -7,8 +7,9 @@ in JAX (XLA:CPU) and PyTorch eager, side by side.
 For every conv layer of the preset at its input shape (VALID 3x3 convolutions and 2x2 pools, as
 bccd_jax.models.cnn.CNN): the forward convolution, the input gradient (dx, the backward pass's
 data path; the first layer needs none in training) and the kernel gradient (dk), each timed on
-its own (JAX's kernel gradient twice: bccd_jax's Conv layer's, and XLA's own); then the whole step's forward and forward+backward of the model, to show what the
-convolutions leave to everything else (bias, ReLU, pooling, dense layers, the loss). JAX times
+its own (JAX's kernel gradient twice: bccd_jax's Conv layer's, dk, and XLA's own, dk_xla); then
+the whole step's forward and forward+backward of the model, to show what the convolutions leave
+to everything else (bias, ReLU, pooling, dense layers, the loss). JAX times
 jitted `lax.conv_general_dilated` and its VJPs in NHWC/HWIO (the layout flax uses); PyTorch times
 `conv2d` and `aten.convolution_backward` with one output at a time in NCHW. Each op is timed JAX
 then PyTorch in every round, so machine load hits both alike; the table gives medians over rounds.
