@@ -9,7 +9,8 @@ The run is experiments.recipe's `best` variant under the `cpu` protocol (read at
 optimizer, schedule, augmentation, batch size, epochs, image size), on the augmented set, one seed
 after another (`--seeds`; with `--stop-at-targets` every seed after the first stops after the epoch
 in which both sides have reached every target: the first gives the final accuracies, the others
-more draws of the times to the targets). The JAX side trains with MultiSeedTrainer.train_step (epoch_mode loop, as `fit` on CPU) and
+more draws of the times to the targets). The JAX side trains with MultiSeedTrainer.train_step
+(epoch_mode loop, as `fit` on CPU) and
 evaluates with MultiSeedTrainer.evaluate. The PyTorch side (benchmarks/torch_cnn.py) starts from
 the same weights (the JAX init, copied), sees the same batches in the same order (the JAX batch
 plan of the seed, the padded last batch masked out of the loss), takes the same Adam(W) steps
