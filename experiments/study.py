@@ -39,6 +39,15 @@ PARTS = {"study": "the study's experiments and its headline (the best recipe)",
          "robustness": "the robustness comparison (the best recipe's augmentation off, wider, zoom and JPEG "
                        "on all or half, and fine-tuned under them on a half or a quarter)"}
 
+# the same in both protocols: best's seeds fine-tuned, each step from the latest finished run of recipe-best
+FINE_TUNING = (
+    Step("recipe-best-tuned", "recipe", ("--variants", "best_tuned"), part="robustness", init_from="recipe-best"),
+    Step("recipe-best-tuned-gentle", "recipe", ("--variants", "best_tuned_gentle"), part="robustness",
+         init_from="recipe-best"),
+    Step("recipe-best-tuned-quarter", "recipe", ("--variants", "best_tuned_quarter"), part="robustness",
+         init_from="recipe-best"),
+)
+
 STEPS: dict[str, tuple[Step, ...]] = {
     # each step <= 90 min on 2 CPU cores; wall times of every run in results/REPORT.md
     "cpu": (
@@ -47,11 +56,7 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("recipe-best-wide", "recipe", ("--variants", "best_wide"), part="robustness"),
         Step("recipe-best-zoom", "recipe", ("--variants", "best_zoom"), part="robustness"),
         Step("recipe-best-zoom-half", "recipe", ("--variants", "best_zoom_half"), part="robustness"),
-        Step("recipe-best-tuned", "recipe", ("--variants", "best_tuned"), part="robustness", init_from="recipe-best"),
-        Step("recipe-best-tuned-gentle", "recipe", ("--variants", "best_tuned_gentle"), part="robustness",
-             init_from="recipe-best"),
-        Step("recipe-best-tuned-quarter", "recipe", ("--variants", "best_tuned_quarter"), part="robustness",
-             init_from="recipe-best"),
+        *FINE_TUNING,
         Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
         Step("optimizers", "optimizers"),
         Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
@@ -64,17 +69,12 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("architecture", "architecture"),
         Step("recipe-best", "recipe",
              ("--variants", "best", "best_noaug", "best_wide", "best_zoom", "best_zoom_half")),
-        Step("recipe-best-tuned", "recipe", ("--variants", "best_tuned"), part="robustness", init_from="recipe-best"),
-        Step("recipe-best-tuned-gentle", "recipe", ("--variants", "best_tuned_gentle"), part="robustness",
-             init_from="recipe-best"),
-        Step("recipe-best-tuned-quarter", "recipe", ("--variants", "best_tuned_quarter"), part="robustness",
-             init_from="recipe-best"),
+        *FINE_TUNING,
         Step("vgg", "vgg", needs_weights=True),
     ),
 }
 ROBUSTNESS_OF = ("recipe-best", "recipe-best-noaug", "recipe-best-wide", "recipe-best-zoom",
-                 "recipe-best-zoom-half", "recipe-best-tuned", "recipe-best-tuned-gentle",
-                 "recipe-best-tuned-quarter")
+                 "recipe-best-zoom-half", *(s.name for s in FINE_TUNING))
 """Steps whose runs the robustness suite evaluates (bccd_jax.robustness)."""
 
 
