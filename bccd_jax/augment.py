@@ -4,7 +4,8 @@ transforms with fixed strengths for the robustness suite (bccd_jax.robustness).
 Every function takes and returns float32 NHWC images on the 0..255 scale. `augment_batch`
 draws each image's parameters from one key (the step's `fold_in` key), so a run and its
 resumption see the same augmented batches; with every strength at zero it is never called
-and the train step is the one without augmentation.
+and the train step is the one without augmentation. The draws (`draw_augment`) are apart
+from their application (`apply_augment`), so another implementation can replay them.
 """
 
 from __future__ import annotations
@@ -197,14 +198,15 @@ _TAGS = {name: i for i, name in enumerate(
 """One fold_in tag per random parameter: switching one transform on or off leaves the others' draws alone."""
 
 
-def augment_batch(key: jax.Array, images: jnp.ndarray, cfg: AugmentConfig) -> jnp.ndarray:
-    """A randomly augmented copy of `images` (uint8 or float, 0..255) as float32 0..255.
+def draw_augment(key: jax.Array, shape: tuple[int, ...], cfg: AugmentConfig) -> dict[str, jnp.ndarray]:
+    """Every random parameter of one augmented batch of `shape` (B, H, W, C), by name, each with the
+    batch axis first: what `apply_augment` needs, and all a replay in another framework needs.
 
-    Colour first, then geometry, so the black fill of a warp stays black as in the data set;
-    blur and JPEG last, as a camera and a saved file degrade the image the model is shown.
+    Colour factors as applied (1 + u for stain scale, contrast and saturation; exp(u) for gamma;
+    hue in degrees); geometry as flips, or as the warp's angle (radians), zoom and shift (pixels);
+    blur sigma and JPEG quality with `heavy` (the images that get zoom, blur and JPEG) applied.
     """
-    x = images.astype(jnp.float32)
-    b, h, w = x.shape[:3]
+    b, h, w = shape[:3]
 
     def uniform(name, bound, shape=(b,)):
         return jax.random.uniform(jax.random.fold_in(key, _TAGS[name]), shape, jnp.float32, -bound, bound)
@@ -217,49 +219,94 @@ def augment_batch(key: jax.Array, images: jnp.ndarray, cfg: AugmentConfig) -> jn
         jax.random.bernoulli(jax.random.fold_in(key, _TAGS["heavy"]), cfg.heavy_p, (b,))
 
     def only_heavy(value, off):
-        """`value` for the heavy images, `off` for the others; both lead with the batch axis."""
-        return value if heavy is None else jnp.where(heavy.reshape((b,) + (1,) * (value.ndim - 1)), value, off)
+        """`value` for the heavy images, `off` for the others."""
+        return value if heavy is None else jnp.where(heavy, value, off)
 
+    d: dict[str, jnp.ndarray] = {}
     if cfg.colour:
-        x = x / 255.0
         if cfg.stain:
-            x = stain_shift(x, 1.0 + uniform("stain_scale", cfg.stain, (b, 3)), uniform("stain_bias", cfg.stain, (b, 3)))
+            d["stain_scale"], d["stain_bias"] = 1.0 + uniform("stain_scale", cfg.stain, (b, 3)), \
+                uniform("stain_bias", cfg.stain, (b, 3))
         if cfg.brightness:
-            x = adjust_brightness(x, uniform("brightness", cfg.brightness))
+            d["brightness"] = uniform("brightness", cfg.brightness)
         if cfg.contrast:
-            x = adjust_contrast(x, 1.0 + uniform("contrast", cfg.contrast))
+            d["contrast"] = 1.0 + uniform("contrast", cfg.contrast)
         if cfg.saturation:
-            x = adjust_saturation(x, 1.0 + uniform("saturation", cfg.saturation))
+            d["saturation"] = 1.0 + uniform("saturation", cfg.saturation)
         if cfg.hue:
-            x = rotate_hue(x, uniform("hue", cfg.hue))
+            d["hue"] = uniform("hue", cfg.hue)
         if cfg.gamma:
-            x = adjust_gamma(x, jnp.exp(uniform("gamma", cfg.gamma)))
-        x = jnp.clip(x, 0.0, 1.0) * 255.0
+            d["gamma"] = jnp.exp(uniform("gamma", cfg.gamma))
     if cfg.geometric:
         no = jnp.zeros((b,), bool)
-        flip_y, flip_x = (coin("flip_y"), coin("flip_x")) if cfg.flip else (no, no)
-        if cfg.flip and not (cfg.rot90 or cfg.rotate or cfg.shift or cfg.scale):
-            x = flip_batch(x, flip_y, flip_x)  # exact, no resampling
-        else:
+        d["flip_y"], d["flip_x"] = (coin("flip_y"), coin("flip_x")) if cfg.flip else (no, no)
+        if not _flips_only(cfg):
             angle = jnp.zeros((b,), jnp.float32)
             if cfg.rot90:
                 turns = jax.random.randint(jax.random.fold_in(key, _TAGS["rot90"]), (b,), 0, 4)
                 angle += turns.astype(jnp.float32) * (math.pi / 2)
             if cfg.rotate:
                 angle += jnp.deg2rad(uniform("rotate", cfg.rotate))
-            scale = only_heavy(jnp.exp(uniform("scale", math.log1p(cfg.scale))), 1.0) if cfg.scale \
+            d["angle"] = angle
+            d["scale"] = only_heavy(jnp.exp(uniform("scale", math.log1p(cfg.scale))), 1.0) if cfg.scale \
                 else jnp.ones((b,), jnp.float32)
-            shift = uniform("shift", cfg.shift, (b, 2)) * jnp.asarray([h, w], jnp.float32) if cfg.shift \
+            d["shift"] = uniform("shift", cfg.shift, (b, 2)) * jnp.asarray([h, w], jnp.float32) if cfg.shift \
                 else jnp.zeros((b, 2), jnp.float32)
-            x = affine_warp(x, inverse_affine(angle, scale, shift, flip_y, flip_x))
     if cfg.blur:
         sigma = jax.random.uniform(jax.random.fold_in(key, _TAGS["blur"]), (b,), jnp.float32, 0.0, cfg.blur)
-        x = gaussian_blur(x, only_heavy(sigma, 0.0), radius=max(1, math.ceil(3 * cfg.blur)))
+        d["blur"] = only_heavy(sigma, 0.0)
     if cfg.jpeg:
-        quality = jax.random.uniform(jax.random.fold_in(key, _TAGS["jpeg"]), (b,), jnp.float32,
-                                     100.0 * (1.0 - cfg.jpeg), 100.0)
-        x = only_heavy(jpeg_roundtrip(x, quality), x)
+        d["jpeg"] = jax.random.uniform(jax.random.fold_in(key, _TAGS["jpeg"]), (b,), jnp.float32,
+                                       100.0 * (1.0 - cfg.jpeg), 100.0)
+        if heavy is not None:
+            d["heavy"] = heavy
+    return d
+
+
+def _flips_only(cfg: AugmentConfig) -> bool:
+    """Flips with no other geometry: exact pixel flips instead of a resampling warp."""
+    return cfg.flip and not (cfg.rot90 or cfg.rotate or cfg.shift or cfg.scale)
+
+
+def apply_augment(images: jnp.ndarray, d: dict[str, jnp.ndarray], cfg: AugmentConfig) -> jnp.ndarray:
+    """`images` (uint8 or float, 0..255) augmented with the drawn parameters `d`, as float32 0..255.
+
+    Colour first, then geometry, so the black fill of a warp stays black as in the data set;
+    blur and JPEG last, as a camera and a saved file degrade the image the model is shown.
+    """
+    x = images.astype(jnp.float32)
+    if cfg.colour:
+        x = x / 255.0
+        if cfg.stain:
+            x = stain_shift(x, d["stain_scale"], d["stain_bias"])
+        if cfg.brightness:
+            x = adjust_brightness(x, d["brightness"])
+        if cfg.contrast:
+            x = adjust_contrast(x, d["contrast"])
+        if cfg.saturation:
+            x = adjust_saturation(x, d["saturation"])
+        if cfg.hue:
+            x = rotate_hue(x, d["hue"])
+        if cfg.gamma:
+            x = adjust_gamma(x, d["gamma"])
+        x = jnp.clip(x, 0.0, 1.0) * 255.0
+    if cfg.geometric:
+        if _flips_only(cfg):
+            x = flip_batch(x, d["flip_y"], d["flip_x"])  # exact, no resampling
+        else:
+            x = affine_warp(x, inverse_affine(d["angle"], d["scale"], d["shift"], d["flip_y"], d["flip_x"]))
+    if cfg.blur:
+        x = gaussian_blur(x, d["blur"], radius=max(1, math.ceil(3 * cfg.blur)))
+    if cfg.jpeg:
+        degraded = jpeg_roundtrip(x, d["jpeg"])
+        x = jnp.where(_per_image(d["heavy"]) > 0, degraded, x) if "heavy" in d else degraded
     return x
+
+
+def augment_batch(key: jax.Array, images: jnp.ndarray, cfg: AugmentConfig) -> jnp.ndarray:
+    """A randomly augmented copy of `images` (uint8 or float, 0..255) as float32 0..255: the
+    parameters drawn from `key` (`draw_augment`), then applied (`apply_augment`)."""
+    return apply_augment(images, draw_augment(key, images.shape, cfg), cfg)
 
 
 def tta_flips(images: jnp.ndarray) -> list[jnp.ndarray]:

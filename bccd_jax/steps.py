@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bccd_jax.augment import augment_batch, tta_flips
+from bccd_jax.augment import augment_batch, draw_augment, tta_flips
 from bccd_jax.config import TrainConfig
 from bccd_jax.errors import UserError
 
@@ -62,6 +62,39 @@ class StepFns(NamedTuple):
 def seed_key(seed: int) -> jnp.ndarray:
     """The raw uint32[2] root key of a seed (raw keys serialise with Orbax as plain arrays)."""
     return jax.random.PRNGKey(seed)
+
+
+def step_keys(key: jnp.ndarray, epoch, i) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The augmentation key and the dropout key of step `i` of `epoch` for the seed whose root key is `key`."""
+    def fold(tag):
+        return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, tag), epoch), i)
+    return fold(_AUGMENT), fold(_DROPOUT)
+
+
+def step_draws(model: nn.Module, variables_: Mapping[str, Any], key: jnp.ndarray, images_shape: tuple[int, ...],
+               cfg: TrainConfig, epoch, i) -> tuple[dict[str, jnp.ndarray], list[jnp.ndarray]]:
+    """Every random draw of train step `i` of `epoch` on a batch of `images_shape`, so that another
+    implementation can replay the step: the augmentation parameters (bccd_jax.augment.draw_augment;
+    {} without augmentation) and each nn.Dropout layer's keep mask, in call order.
+
+    The masks come from the layers themselves: each Dropout call is intercepted and handed ones,
+    under the step's dropout key. Jitted, everything else in the forward pass is dead code.
+    """
+    augment_key, dropout_key = step_keys(key, epoch, i)
+    draws = draw_augment(augment_key, images_shape, cfg.augment) if cfg.augment.active else {}
+    keeps: list[jnp.ndarray] = []
+
+    def keep_mask(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.Dropout) and context.method_name == "__call__":
+            out = next_fun(jnp.ones_like(args[0]), *args[1:], **kwargs)
+            keeps.append(out != 0)
+            return out
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(keep_mask):
+        model.apply(variables_, jnp.zeros(images_shape, jnp.uint8), train=True, rngs={"dropout": dropout_key},
+                    mutable=["batch_stats"])
+    return draws, keeps
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -164,16 +197,14 @@ def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, cfg: Train
         loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
         return loss, (logits, new_stats, ce)
 
-    def step_key(key, tag, epoch, i):
-        return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, tag), epoch), i)
-
     def step_grads(params, batch_stats, key, images, labels, idx, mask, epoch, i):
         batch_images, batch_labels = images[idx], labels[idx]
+        augment_key, dropout_key = step_keys(key, epoch, i)
         if augment.active:
-            batch_images = augment_batch(step_key(key, _AUGMENT, epoch, i), batch_images, augment)
+            batch_images = augment_batch(augment_key, batch_images, augment)
         grad_fn = jax.value_and_grad(loss_and_logits, has_aux=True)
         (_, (logits, new_stats, ce)), grads = grad_fn(params, batch_stats, batch_images, batch_labels, mask,
-                                                      step_key(key, _DROPOUT, epoch, i))
+                                                      dropout_key)
         w = mask.astype(jnp.float32)
         metrics = EpochMetrics(loss_sum=jnp.sum(ce * w),
                                correct=jnp.sum((jnp.argmax(logits, -1) == batch_labels) * w),

@@ -310,7 +310,7 @@ def _epochs(d: dict) -> str:
 
 def seeds_table(d: dict) -> list[str]:
     """With several seeds (`--seeds`): each seed's wall time to every target per framework, the medians over
-    seeds, and the wall-time ratio at the same step, which the two curves' own draws do not move."""
+    seeds, and the wall-time ratio at the same step, which the curves' accuracies do not move."""
     by_seed, targets = d.get("by_seed") or {}, list(d["targets"])
     if len(by_seed) < 2 or not all("jax" in r and "torch" in r for r in by_seed.values()):
         return []
@@ -374,9 +374,11 @@ def time_to_accuracy_section(d: dict) -> list[str]:
              f"{d['data']['train']} training and {d['data']['test']} TEST images; {spe} steps per epoch; TEST "
              f"evaluated every {d['eval_every_steps']} steps and at each epoch's end",
              f"- same start: the initial TEST logits of the two sides differ by at most "
-             f"{d['initial_logits_max_abs_diff']:.2e}; same batches, learning rates and optimizer; own RNG for "
-             "dropout and augmentation (module docstring of benchmarks/time_to_accuracy.py); frameworks alternate "
-             "by epoch, each on its own clock", "",
+             f"{d['initial_logits_max_abs_diff']:.2e}; same batches, learning rates and optimizer; "
+             + ("the same dropout masks and augmentation parameters (bccd_jax's draws, replayed by PyTorch)"
+                if d.get("draws") == "shared" else "own RNG for dropout and augmentation")
+             + " (module docstring of benchmarks/time_to_accuracy.py); frameworks alternate by epoch, each on its "
+             "own clock", "",
              "wall = training + evaluation, compilation included; 'training only' leaves the evaluations out.", "",
              "| framework | " + " | ".join(f"wall s to {x:.2f} (training only)" for x in targets)
              + " | final TEST acc | wall s | evaluation s | JAX compile s | first step s |",

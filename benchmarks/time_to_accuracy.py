@@ -14,10 +14,12 @@ more draws of the times to the targets). The JAX side trains with MultiSeedTrain
 evaluates with MultiSeedTrainer.evaluate. The PyTorch side (benchmarks/torch_cnn.py) starts from
 the same weights (the JAX init, copied), sees the same batches in the same order (the JAX batch
 plan of the seed, the padded last batch masked out of the loss), takes the same Adam(W) steps
-(eps 1e-7, the optax learning rate of every step, weight decay on kernels only) and applies the
-same input normalisation and the same kind of augmentation. What differs: dropout masks and
-augmentation parameters come from each framework's own RNG, and float arithmetic differs in
-summation order, so the two curves are two draws of one recipe, not one run twice.
+(eps 1e-7, the optax learning rate of every step, weight decay on kernels only), applies the
+same input normalisation, and replays bccd_jax's random draws: every step's augmentation
+parameters and dropout mask (bccd_jax.steps.step_draws, computed before either clock starts),
+applied with torch ops. So both sides run one training run, step for step; what differs is the
+float arithmetic (summation order, oneDNN against XLA), whose differences grow as training goes
+on, so the curves drift apart by the noise of the arithmetic, not by two different draws.
 
 The two frameworks alternate by epoch (JAX's epoch e, then PyTorch's epoch e), each with its own
 clock, so that other load on the machine hits both alike. Both evaluate the full TEST split every
@@ -154,9 +156,11 @@ class JaxSide:
 
 
 class TorchSide:
-    """The same run in PyTorch eager: same start, batches, optimizer steps and learning rates."""
+    """The same run in PyTorch eager: same start, batches, augmentation, dropout masks, optimizer steps and
+    learning rates."""
 
-    def __init__(self, model_cfg, cfg, hw, train_mean, params, plans, lrs, seed, train, test, eval_at, threads):
+    def __init__(self, model_cfg, cfg, hw, train_mean, params, plans, draws, lrs, seed, train, test, eval_at,
+                 threads):
         import torch
 
         from benchmarks.torch_cnn import TorchCNN, load_flax_params
@@ -164,11 +168,10 @@ class TorchSide:
         self.torch = torch
         if threads:
             torch.set_num_threads(threads)
-        self.cfg, self.plans, self.lrs, self.eval_at = cfg, plans, lrs, eval_at
+        self.cfg, self.plans, self.draws, self.lrs, self.eval_at = cfg, plans, draws, lrs, eval_at
         self.clock, self.curve, self.step, self.epochs, self.first_step_s = Clock(), [], 0, 0, None
         t0 = time.perf_counter()
         torch.manual_seed(seed)
-        self.gen = torch.Generator().manual_seed(seed)
         self.net = TorchCNN(model_cfg, hw, train_mean)
         load_flax_params(self.net, params)
         kernels = [p for p in self.net.parameters() if p.dim() >= 2]  # bccd_jax.optimizers.decays
@@ -201,6 +204,7 @@ class TorchSide:
 
         torch = self.torch
         idx, mask = self.plans[epoch]
+        aug, keep = self.draws[epoch]
         t0 = time.perf_counter()
         self.net.train()
         for i in range(idx.shape[0]):
@@ -208,8 +212,8 @@ class TorchSide:
             w = torch.from_numpy(mask[i]).float()
             xb = self.x[b].float()
             if self.cfg.augment.active:
-                xb = augment(xb, self.cfg.augment, self.gen)
-            ce = F.cross_entropy(self.net(xb), self.y[b], reduction="none")
+                xb = augment(xb, self.cfg.augment, {k: v[i] for k, v in aug.items()})
+            ce = F.cross_entropy(self.net(xb, dropout_keep=keep[i]), self.y[b], reduction="none")
             loss = (ce * w).sum() / w.sum().clamp_min(1.0)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -230,6 +234,29 @@ class TorchSide:
                 t0 = time.perf_counter()
         self.clock.train_s += time.perf_counter() - t0
         self.epochs += 1
+
+
+def replay_draws(model, cfg, params, seed: int, batch_shape, steps: int) -> list:
+    """Per epoch: bccd_jax's augmentation parameters ({name: (steps, B, ...)}) and dropout keep masks
+    ((steps, B, features)) of every step of `seed`, as torch tensors for TorchSide."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from bccd_jax.steps import seed_key, step_draws, variables
+
+    def one(epoch, i):
+        aug, keeps = step_draws(model, variables(params, {}), seed_key(seed), batch_shape, cfg, epoch, i)
+        if len(keeps) > 1:
+            raise UserError(f"the PyTorch side has one dropout layer; the model has {len(keeps)}")
+        return aug, (keeps[0] if keeps else jnp.ones((batch_shape[0], 1), bool))
+
+    epoch_draws = jax.jit(jax.vmap(one, in_axes=(None, 0)))
+    out = []
+    for e in range(cfg.epochs):
+        aug, keep = epoch_draws(jnp.int32(e), jnp.arange(steps, dtype=jnp.int32))
+        out.append(({k: torch.from_numpy(np.array(v)) for k, v in aug.items()}, torch.from_numpy(np.array(keep))))
+    return out
 
 
 def summary(side, targets) -> dict:
@@ -315,7 +342,7 @@ def main(argv=None) -> dict:
                data=dict(dataset="augmented", image_size=list(hw), train=n, test=len(test[1]),
                          train_limit=a.train_limit, test_limit=a.test_limit),
                seed=a.seeds[0], seeds=list(a.seeds), stop_at_targets=a.stop_at_targets, steps_per_epoch=spe,
-               eval_every_steps=k, targets=a.targets, order="alternating by epoch",
+               eval_every_steps=k, targets=a.targets, order="alternating by epoch", draws="shared",
                notes=[{"text": t, "command": command} for t in a.note], runs={}, by_seed={})
     a.out_dir.mkdir(parents=True, exist_ok=True)
     lr = learning_rate(cfg, spe)
@@ -336,8 +363,9 @@ def main(argv=None) -> dict:
         params0 = sides["jax"].initial_params() if "jax" in sides else \
             jax.tree.map(np.asarray, fns.init(seed_key(seed), train[0][:1]).params)
         if "torch" in a.frameworks:
-            sides["torch"] = TorchSide(mcfg, cfg, hw, train_mean, params0, plans, lrs, seed, train, test, eval_at,
-                                       a.torch_threads)
+            draws = replay_draws(model, cfg, params0, seed, (cfg.batch_size, *hw, 3), spe)
+            sides["torch"] = TorchSide(mcfg, cfg, hw, train_mean, params0, plans, draws, lrs, seed, train, test,
+                                       eval_at, a.torch_threads)
             out["torch_threads"] = sides["torch"].torch.get_num_threads()
             sides["torch"].net.eval()
             with sides["torch"].torch.no_grad():

@@ -8,7 +8,9 @@
   "he" / "lecun" = a truncated normal at +-2 sigma with variance 2 / fan_in or 1 / fan_in after
   truncation (the same distribution as jax.nn.initializers.variance_scaling "truncated_normal");
   biases zero. `load_flax_params` copies a Flax parameter tree instead (identical start).
-- `augment`: bccd_jax.augment.augment_batch's transforms with torch's own RNG (NCHW, 0..255).
+- `augment`: bccd_jax.augment.apply_augment in torch ops (NCHW, 0..255), replaying the parameters
+  that bccd_jax drew for the batch (bccd_jax.steps.step_draws); `forward(x, dropout_keep)` replays
+  its dropout mask the same way.
 
 Batch norm and VGG16 are not built here: the benchmarks compare the plain CNNs.
 """
@@ -85,9 +87,15 @@ class TorchCNN(tnn.Module):
             return (x - mean) / std.clamp_min(1.0)
         return (x - self.input_mean) / 255.0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(self.normalize(x))
-        return self.out(self.dropout(F.relu(self.dense(x.flatten(1)))))
+    def forward(self, x: torch.Tensor, dropout_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits; in training mode `dropout_keep` (N, dense_features) bool, when given, is the dropout
+        mask (flax's: kept units scaled by 1 / (1 - rate)) instead of one drawn by torch."""
+        h = F.relu(self.dense(self.features(self.normalize(x)).flatten(1)))
+        if dropout_keep is not None and self.training and self.cfg.dropout:
+            h = torch.where(dropout_keep, h / (1.0 - self.cfg.dropout), torch.zeros_like(h))
+        else:
+            h = self.dropout(h)
+        return self.out(h)
 
 
 def init_like_flax(net: tnn.Module, init: str) -> None:
@@ -145,17 +153,16 @@ _RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.5
 _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 
 
-def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """bccd_jax.augment.augment_batch on float NCHW 0..255 with torch's RNG `gen`: colour first
-    (0..1 inside), then one affine warp per image (bilinear, black outside), or exact flips
-    when flipping is the only geometry. Same transforms and ranges; different random draws."""
+def augment(x: torch.Tensor, cfg: AugmentConfig, d: Mapping[str, Any]) -> torch.Tensor:
+    """bccd_jax.augment.apply_augment on float NCHW 0..255: the parameters `d` that
+    bccd_jax.augment.draw_augment drew for this batch (numpy or torch, batch axis first), applied
+    with torch ops: colour first (0..1 inside), then one affine warp per image (bilinear, black
+    outside), or exact flips when flipping is the only geometry."""
     if cfg.degrading:
         raise UserError("augment.blur and augment.jpeg have no PyTorch counterpart in benchmarks/torch_cnn.py; "
                         "time a recipe variant without them")
-    b, _, h, w = x.shape
-
-    def uniform(bound, shape=(b,)):
-        return (torch.rand(shape, generator=gen) * 2 - 1) * bound
+    d = {k: torch.as_tensor(v) for k, v in d.items()}
+    b = x.shape[0]
 
     def per_image(v):
         return v.view(b, 1, 1, 1)
@@ -163,41 +170,31 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.
     if cfg.colour:
         x = x / 255.0
         if cfg.stain:
-            scale, bias = 1.0 + uniform(cfg.stain, (b, 3)), uniform(cfg.stain, (b, 3))
             hed = torch.einsum("bchw,cj->bjhw", -torch.log(x.clamp_min(1.0 / 255.0)), _HED_FROM_RGB)
-            hed = hed * scale[:, :, None, None] + bias[:, :, None, None]
+            hed = hed * d["stain_scale"][:, :, None, None] + d["stain_bias"][:, :, None, None]
             x = torch.exp(-torch.einsum("bjhw,jc->bchw", hed, _RGB_FROM_HED))
         if cfg.brightness:
-            x = x + per_image(uniform(cfg.brightness))
+            x = x + per_image(d["brightness"])
         if cfg.contrast:
             mean = x.mean((1, 2, 3), keepdim=True)
-            x = mean + per_image(1.0 + uniform(cfg.contrast)) * (x - mean)
+            x = mean + per_image(d["contrast"]) * (x - mean)
         if cfg.saturation:
             grey = torch.einsum("bchw,c->bhw", x, _LUMA)[:, None]
-            x = grey + per_image(1.0 + uniform(cfg.saturation)) * (x - grey)
+            x = grey + per_image(d["saturation"]) * (x - grey)
         if cfg.hue:
-            t = torch.deg2rad(uniform(cfg.hue))
+            t = torch.deg2rad(d["hue"])
             rot = torch.zeros(b, 3, 3)
             rot[:, 0, 0], rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = 1, t.cos(), -t.sin(), t.sin(), t.cos()
             x = torch.einsum("bdc,bchw->bdhw", _YIQ_TO_RGB @ rot @ _RGB_TO_YIQ, x)
         if cfg.gamma:
-            x = x.clamp(0.0, 1.0) ** per_image(torch.exp(uniform(cfg.gamma)))
+            x = x.clamp(0.0, 1.0) ** per_image(d["gamma"])
         x = x.clamp(0.0, 1.0) * 255.0
     if not cfg.geometric:
         return x
-    no = torch.zeros(b, dtype=torch.bool)
-    flip_y, flip_x = (torch.rand(b, generator=gen) < 0.5, torch.rand(b, generator=gen) < 0.5) if cfg.flip else (no, no)
-    if cfg.flip and not (cfg.rot90 or cfg.rotate or cfg.shift or cfg.scale):
-        x = torch.where(per_image(flip_y), x.flip(2), x)
-        return torch.where(per_image(flip_x), x.flip(3), x)
-    angle = torch.zeros(b)
-    if cfg.rot90:
-        angle = angle + torch.randint(0, 4, (b,), generator=gen).float() * (math.pi / 2)
-    if cfg.rotate:
-        angle = angle + torch.deg2rad(uniform(cfg.rotate))
-    scale = torch.exp(uniform(math.log1p(cfg.scale))) if cfg.scale else torch.ones(b)
-    shift = uniform(cfg.shift, (b, 2)) * torch.tensor([h, w], dtype=torch.float32) if cfg.shift else torch.zeros(b, 2)
-    return affine_warp(x, angle, scale, shift, flip_y, flip_x)
+    if "angle" not in d:  # flips only: exact
+        x = torch.where(per_image(d["flip_y"]), x.flip(2), x)
+        return torch.where(per_image(d["flip_x"]), x.flip(3), x)
+    return affine_warp(x, d["angle"], d["scale"], d["shift"], d["flip_y"], d["flip_x"])
 
 
 def affine_warp(x: torch.Tensor, angle, scale, shift, flip_y, flip_x) -> torch.Tensor:

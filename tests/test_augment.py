@@ -203,3 +203,43 @@ def test_augmentation_off_is_the_plain_train_step(data, monkeypatch):
     with pytest.raises(AssertionError, match="traced"):  # and with augmentation on it is traced
         on = dataclasses.replace(cfg, augment=AugmentConfig(flip=True))
         jax.jit(make_step_fns(model, tx, on, 48).train_step)(state, x, y, idx[0], mask[0], 0, 0)
+
+
+def test_step_draws_replay_the_train_step(data):
+    """The draws step_draws reports (augmentation parameters, dropout keep masks), applied by hand, give
+    the train step's own gradients: what a replay in another framework relies on."""
+    import flax.linen as nn
+
+    from bccd_jax.steps import step_draws
+
+    model = build_model(ModelConfig.preset("base", dropout=0.5, **SMALL))
+    aug = dataclasses.replace(ALL, blur=0.0, jpeg=0.0, scale=0.3, heavy_p=0.5)
+    cfg = TrainConfig(batch_size=16, augment=aug)
+    fns = make_step_fns(model, make_optimizer(cfg), cfg, int(data.train_labels.shape[0]))
+    x, y = data.train_images, data.train_labels
+    state = fns.init(seed_key(5), x)
+    idx, mask = fns.batch_plan(state.key, 1)
+    want, _, _ = jax.jit(fns.step_grads)(state.params, {}, state.key, x, y, idx[2], mask[2], 1, 2)
+
+    draws_of = jax.jit(lambda e, i: step_draws(model, {"params": state.params}, state.key, (16, 12, 16, 3), cfg, e, i))
+    draws, keeps = draws_of(1, 2)
+    assert set(draws) == {"stain_scale", "stain_bias", "brightness", "contrast", "saturation", "hue", "gamma",
+                          "flip_y", "flip_x", "angle", "scale", "shift"}
+    assert len(keeps) == 1 and keeps[0].shape == (16, 8) and 0 < float(keeps[0].mean()) < 1
+    assert not np.array_equal(keeps[0], draws_of(1, 3)[1][0])  # every step its own mask
+
+    def dropout_from(keep):
+        def replace(next_fun, args, kwargs, context):
+            if isinstance(context.module, nn.Dropout):
+                return jnp.where(keep, args[0] / (1 - context.module.rate), 0.0)
+            return next_fun(*args, **kwargs)
+        return replace
+
+    def loss(p):
+        with nn.intercept_methods(dropout_from(keeps[0])):
+            logits = model.apply({"params": p}, augment.apply_augment(x[idx[2]], draws, aug), train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y[idx[2]]).mean()
+
+    got = jax.jit(jax.grad(loss))(state.params)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-7)
