@@ -358,7 +358,7 @@ def time_to_accuracy_section(d: dict) -> list[str]:
     m, t = d["recipe"]["model"], d["recipe"]["train"]
     aug = ", ".join(k if v is True else f"{k} {v:g}" for k, v in t["augment"].items() if v) or "none"
     lines = ["", "## Time to TEST accuracy: the deep recipe in bccd_jax and in PyTorch eager", "",
-             f"- command: `{d['command']}`",
+             f"- command: `{d['command']}`" + "".join(f"; earlier seeds by `{c}`" for c in d.get("previous_commands", [])),
              f"- machine: {d['machine']}; CPU flags: {', '.join(d.get('cpu_flags') or []) or 'none of interest'}; "
              f"PyTorch threads {d.get('torch_threads')}",
              f"- date: {d['date']}; load average at start / end: {d.get('loadavg_start')} / {d.get('loadavg_end')}",

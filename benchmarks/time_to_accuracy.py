@@ -259,6 +259,39 @@ def replay_draws(model, cfg, params, seed: int, batch_shape, steps: int) -> list
     return out
 
 
+# what a resumed race must share with the file it adds to
+_SAME = ("recipe", "data", "steps_per_epoch", "eval_every_steps", "targets", "stop_at_targets", "draws", "machine",
+         "versions", "xla_flags")
+
+
+def finished_seeds(path: Path, out: dict, frameworks) -> dict:
+    """The file a resumed race adds to, its `by_seed` cut to the seeds it finished: every side ran all
+    epochs, or (a seed after the first, with --stop-at-targets) every side reached every target."""
+    if not path.exists():
+        raise UserError(f"--resume: there is no {path.name} in {path.parent}; drop --resume to start one")
+    try:
+        prev = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"--resume: {path} is not valid JSON ({e}); move it away or drop --resume") from None
+    differ = [k for k in _SAME if prev.get(k) != json.loads(json.dumps(out[k]))]  # tuples read back as lists
+    if prev.get("seeds", [None])[0] != out["seeds"][0]:
+        differ.append("first seed")
+    if differ:
+        raise UserError(f"--resume: {path} was raced with other {', '.join(differ)}; use the same settings on the "
+                        "same machine, or another --out-dir")
+    epochs, top = out["recipe"]["train"]["epochs"], f"{max(out['targets']):.2f}"
+
+    def finished(seed: str, runs: dict) -> bool:
+        if not all(fw in runs for fw in frameworks):
+            return False
+        if all(runs[fw]["epochs"] == epochs for fw in frameworks):
+            return True
+        return (out["stop_at_targets"] and int(seed) != out["seeds"][0]
+                and all(runs[fw]["reached"].get(top) is not None for fw in frameworks))
+
+    return dict(prev, by_seed={s: r for s, r in prev.get("by_seed", {}).items() if finished(s, r)})
+
+
 def summary(side, targets) -> dict:
     """Time (wall, and training only) and step at which the TEST accuracy first reaches each target."""
     out = dict(wall_s=side.clock.wall_s, train_s=side.clock.train_s, eval_s=side.clock.eval_s,
@@ -294,6 +327,9 @@ def main(argv=None) -> dict:
     p.add_argument("--frameworks", nargs="+", default=["jax", "torch"], choices=["jax", "torch"])
     p.add_argument("--torch-threads", type=int, help="torch.set_num_threads (default: PyTorch's own)")
     p.add_argument("--out-dir", type=Path, default=HERE)
+    p.add_argument("--resume", action="store_true",
+                   help="keep the seeds that time_to_accuracy.json in --out-dir has finished (same recipe, data, "
+                        "settings and machine) and race only the others")
     p.add_argument("--note", action="append", default=[], help="a hand-written line for the notes (shown with this command)")
     a = p.parse_args(argv)
     if not a.data_dir:
@@ -345,6 +381,13 @@ def main(argv=None) -> dict:
                eval_every_steps=k, targets=a.targets, order="alternating by epoch", draws="shared",
                notes=[{"text": t, "command": command} for t in a.note], runs={}, by_seed={})
     a.out_dir.mkdir(parents=True, exist_ok=True)
+    if a.resume:
+        kept = finished_seeds(a.out_dir / "time_to_accuracy.json", out, a.frameworks)
+        out["by_seed"] = {s: r for s, r in kept["by_seed"].items() if int(s) in a.seeds}
+        if str(a.seeds[0]) in out["by_seed"]:
+            out["runs"] = {fw: out["by_seed"][str(a.seeds[0])][fw] for fw in a.frameworks}
+            out["initial_logits_max_abs_diff"] = kept["initial_logits_max_abs_diff"]
+        out["previous_commands"] = kept.get("previous_commands", []) + [kept["command"]]
     lr = learning_rate(cfg, spe)
     lrs = np.asarray(jax.vmap(lr)(jnp.arange(max(total, 1)))) if callable(lr) else np.full(max(total, 1), lr)
 
@@ -400,6 +443,9 @@ def main(argv=None) -> dict:
         return runs
 
     for i, seed in enumerate(a.seeds):
+        if str(seed) in out["by_seed"]:
+            log(f"seed {seed}: finished in the file already (--resume)")
+            continue
         runs = race(seed, a.stop_at_targets and i > 0)
         for fw in a.frameworks:
             r = runs[fw]
