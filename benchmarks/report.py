@@ -14,6 +14,7 @@ that recorded them. Each benchmark rewrites the whole file, so no section is los
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -322,33 +323,50 @@ def seeds_table(d: dict) -> list[str]:
              "| seed | epochs | " + " | ".join(f"{name} to {x:.2f}" for x in targets for _, name in fws) + " |",
              "| ---: | ---: | " + " | ".join("---:" for _ in targets for _ in fws) + " |"]
     times = {(x, fw): [] for x in targets for fw, _ in fws}
-    ratios = []
+    ratios, gaps, first = [], [], {x: 0 for x in targets}
+    steps = {(x, fw): [] for x in targets for fw, _ in fws}
     for seed, r in by_seed.items():
         cells = []
         for x in targets:
             for fw, _ in fws:
                 h = r[fw]["reached"].get(f"{x:.2f}")
                 times[(x, fw)].append(None if h is None else h["time_s"])
+                steps[(x, fw)].append(math.inf if h is None else h["step"])
                 cells.append("never" if h is None else f"{h['time_s']:,.0f} ({h['step']})")
         lines.append(f"| {seed} | {r['jax'].get('epochs', '-')} | " + " | ".join(cells) + " |")
-        tj = {p["step"]: p["time_s"] for p in r["jax"]["curve"]}
-        ratios += [p["time_s"] / tj[p["step"]] for p in r["torch"]["curve"] if p["step"] in tj]
+        tj = {p["step"]: p for p in r["jax"]["curve"]}
+        ratios += [p["time_s"] / tj[p["step"]]["time_s"] for p in r["torch"]["curve"] if p["step"] in tj]
+        gaps += [tj[p["step"]]["test_acc"] - p["test_acc"] for p in r["torch"]["curve"] if p["step"] in tj]
+        for x in targets:
+            hj, hp = (r[fw]["reached"].get(f"{x:.2f}") for fw in ("jax", "torch"))
+            first[x] += hj is not None and (hp is None or hj["time_s"] < hp["time_s"])
     med = {}
-    for key, vals in times.items():
-        hit = [v for v in vals if v is not None]
-        med[key] = statistics.median(hit) if len(hit) == len(vals) else None
-    lines.append("| median | | " + " | ".join(_fmt(med[(x, fw)]) if med[(x, fw)] is not None else "not all seeds"
+    for key, vals in times.items():  # a seed that never got there counts as slower than every other
+        m = statistics.median([math.inf if v is None else v for v in vals])
+        med[key] = None if math.isinf(m) else m
+    lines.append("| median | | " + " | ".join(_fmt(med[(x, fw)]) if med[(x, fw)] is not None else "never"
                                                  for x in targets for fw, _ in fws) + " |")
     notes = []
     for x in targets:
         j, p = med[(x, "jax")], med[(x, "torch")]
         if j and p:
             notes.append(f"To TEST accuracy {x:.2f}, median over {len(by_seed)} seeds: bccd_jax {j:,.0f} s, PyTorch "
-                         f"eager {p:,.0f} s (PyTorch/bccd_jax {p / j:.2f}x).")
+                         f"eager {p:,.0f} s (PyTorch/bccd_jax {p / j:.2f}x); bccd_jax got there first in {first[x]} "
+                         f"of {len(by_seed)} seeds. The step of the first evaluation at or above it: median "
+                         f"{statistics.median(steps[(x, 'jax')]):,.0f} (bccd_jax) and "
+                         f"{statistics.median(steps[(x, 'torch')]):,.0f} (PyTorch), range "
+                         f"{min(steps[(x, 'jax')] + steps[(x, 'torch')]):,.0f}-{max(steps[(x, 'jax')] + steps[(x, 'torch')]):,.0f} "
+                         "over seeds and sides.")
     if ratios:
         notes.append(f"At the same step (every evaluation point of every seed), PyTorch's wall time over bccd_jax's: "
                      f"median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}, "
                      f"{len(ratios)} points).")
+    if gaps and d.get("draws") == "shared":
+        notes.append(f"With the same draws, the two sides' TEST accuracies at the same step differ by "
+                     f"{statistics.median(map(abs, gaps)):.3f} (median; at most {max(map(abs, gaps)):.3f}; mean of "
+                     f"bccd_jax's minus PyTorch's {statistics.mean(gaps):+.4f}; {len(gaps)} points): the same run in "
+                     "other float arithmetic drifts apart, so the step at which each side first reaches a target is not "
+                     "the same.")
     return lines + [""] + [f"- {n}" for n in notes]
 
 
@@ -361,7 +379,7 @@ def time_to_accuracy_section(d: dict) -> list[str]:
              f"- command: `{d['command']}`" + "".join(f"; earlier seeds by `{c}`" for c in d.get("previous_commands", [])),
              f"- machine: {d['machine']}; CPU flags: {', '.join(d.get('cpu_flags') or []) or 'none of interest'}; "
              f"PyTorch threads {d.get('torch_threads')}",
-             f"- date: {d['date']}; load average at start / end: {d.get('loadavg_start')} / {d.get('loadavg_end')}",
+             f"- date{' of the last command' if d.get('previous_commands') else ''}: {d['date']}; load average at start / end: {d.get('loadavg_start')} / {d.get('loadavg_end')}",
              f"- versions: {', '.join(f'{k} {v}' for k, v in d['versions'].items())}",
              f"- recipe: experiments.recipe variant `{d['recipe']['variant']}`, protocol `{d['recipe']['protocol']}`: "
              f"{m['arch']} CNN (init {m['init']}, dropout {m['dropout']}, input {m['input_norm']}), "

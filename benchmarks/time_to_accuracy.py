@@ -1,7 +1,8 @@
 """Wall time to a TEST accuracy: the deep CNN's recipe trained by bccd_jax and by PyTorch eager.
 
     python -m benchmarks.time_to_accuracy --data-dir DATA          # the CPU protocol's recipe, seed 0
-    python -m benchmarks.time_to_accuracy --data-dir DATA --seeds 0 1 2 --stop-at-targets
+    python -m benchmarks.time_to_accuracy --data-dir DATA --seeds 0 1 2 3 4 --stop-at-targets
+    python -m benchmarks.time_to_accuracy --data-dir DATA --seeds 0 1 2 3 4 --stop-at-targets --resume
     python -m benchmarks.time_to_accuracy --data-dir DATA --train-limit 256 --test-limit 256 --epochs 1 \\
         --image-size 24 32 --out-dir tta-smoke                    # a smoke test
 
@@ -26,7 +27,9 @@ clock, so that other load on the machine hits both alike. Both evaluate the full
 --eval-every-steps steps (default a quarter epoch) and at every epoch's end; evaluation counts in
 the wall time (and is reported apart), so does JAX's compilation (JAX's own compile timings,
 jax.monitoring, reported apart too). Writes time_to_accuracy.json to --out-dir after every epoch,
-and RESULTS.md there through benchmarks.report (which keeps the throughput section).
+and RESULTS.md there through benchmarks.report (which keeps the throughput section). `--resume`
+keeps the seeds that file has finished and races the rest: a killed race loses its unfinished seed
+only, and more seeds can be added to a finished one.
 """
 
 from __future__ import annotations
