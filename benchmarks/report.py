@@ -323,7 +323,7 @@ def seeds_table(d: dict) -> list[str]:
              "| seed | epochs | " + " | ".join(f"{name} to {x:.2f}" for x in targets for _, name in fws) + " |",
              "| ---: | ---: | " + " | ".join("---:" for _ in targets for _ in fws) + " |"]
     times = {(x, fw): [] for x in targets for fw, _ in fws}
-    ratios, gaps, first = [], [], {x: 0 for x in targets}
+    ratios, gaps = [], []
     steps = {(x, fw): [] for x in targets for fw, _ in fws}
     for seed, r in by_seed.items():
         cells = []
@@ -337,9 +337,8 @@ def seeds_table(d: dict) -> list[str]:
         tj = {p["step"]: p for p in r["jax"]["curve"]}
         ratios += [p["time_s"] / tj[p["step"]]["time_s"] for p in r["torch"]["curve"] if p["step"] in tj]
         gaps += [tj[p["step"]]["test_acc"] - p["test_acc"] for p in r["torch"]["curve"] if p["step"] in tj]
-        for x in targets:
-            hj, hp = (r[fw]["reached"].get(f"{x:.2f}") for fw in ("jax", "torch"))
-            first[x] += hj is not None and (hp is None or hj["time_s"] < hp["time_s"])
+    first = {x: sum(j is not None and (p is None or j < p) for j, p in zip(times[(x, "jax")], times[(x, "torch")]))
+             for x in targets}
     med = {}
     for key, vals in times.items():  # a seed that never got there counts as slower than every other
         m = statistics.median([math.inf if v is None else v for v in vals])

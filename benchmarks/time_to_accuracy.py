@@ -250,9 +250,9 @@ def replay_draws(model, cfg, params, seed: int, batch_shape, steps: int) -> list
 
     def one(epoch, i):
         aug, keeps = step_draws(model, variables(params, {}), seed_key(seed), batch_shape, cfg, epoch, i)
-        if len(keeps) > 1:
+        if len(keeps) != 1:
             raise UserError(f"the PyTorch side has one dropout layer; the model has {len(keeps)}")
-        return aug, (keeps[0] if keeps else jnp.ones((batch_shape[0], 1), bool))
+        return aug, keeps[0]
 
     epoch_draws = jax.jit(jax.vmap(one, in_axes=(None, 0)))
     out = []
