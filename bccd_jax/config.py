@@ -182,8 +182,9 @@ class TrainConfig:
     feature_cache: bool = True
     eval_batch_size: int = 256
     epoch_mode: str = "auto"  # "scan" (one compiled epoch), "loop" (jitted steps), "auto" (per backend)
-    # how S seeds share one program: "vmap" (batched: grouped convolutions), "map" (lax.map loop),
-    # "unroll" (S single-seed programs side by side), "auto" (fastest per backend, as measured)
+    # how S seeds are trained: "vmap" (batched: grouped convolutions), "map" (lax.map loop), "unroll" (S
+    # single-seed passes side by side in one program), "sequential" (the epoch loop runs seed after seed
+    # through single-seed programs), "auto" (fastest per backend, as measured; bccd_jax.seeds)
     seed_strategy: str = "auto"
     checkpoint_every: int = 10  # epochs between checkpoints (and always at the end)
     # fine-tuning: each seed starts from the final weights of the same seed of variant `init_variant` in the
@@ -207,8 +208,9 @@ class TrainConfig:
             raise UserError(f"epochs >= 0 and batch sizes >= 1 required, got {self}")
         if self.epoch_mode not in ("auto", "scan", "loop"):
             raise UserError(f"epoch_mode must be auto, scan or loop, got {self.epoch_mode!r}")
-        if self.seed_strategy not in ("vmap", "map", "unroll", "auto"):
-            raise UserError(f"seed_strategy must be vmap, map, unroll or auto, got {self.seed_strategy!r}")
+        if self.seed_strategy not in ("vmap", "map", "unroll", "sequential", "auto"):
+            raise UserError(f"seed_strategy must be vmap, map, unroll, sequential or auto, "
+                            f"got {self.seed_strategy!r}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.warmup_epochs < 0 or (self.warmup_epochs and self.schedule == "constant"):

@@ -33,30 +33,34 @@ def resolve_epoch_mode(mode: str, backend: str | None = None) -> str:
 
 
 def resolve_seed_strategy(strategy: str, num_seeds: int | None = None, backend: str | None = None) -> str:
-    """'auto' -> the fastest way to run several seeds in one program, as measured (benchmarks/RESULTS.md).
+    """'auto' -> the fastest way to train several seeds, as measured (benchmarks/RESULTS.md).
 
     - "vmap": per-seed weights turn every convolution into a grouped convolution
       (feature_group_count = S forward, batch_group_count = S for the weight gradient),
-      which XLA runs far below the speed of S plain convolutions: on this project's
-      2-core CPU 8 vmapped seeds ran at 0.60x (base) / 0.47x (deep) the per-seed speed of
-      one seed; on an H100 2.6x (base) / 5.2x (deep) slower than one seed alone.
+      which XLA runs far below the speed of S plain convolutions, on CPU and on GPU.
     - "map" (`lax.map`): the seeds' steps run in a while loop; on GPU each convolution
       stays a plain cuDNN call, but XLA:CPU runs convolutions inside a loop body about
       10x slower than the same convolution at the top level (the same cause makes
       scanned epochs lose on CPU).
     - "unroll": the S single-seed forward/backward passes written one after another in
       one program (plain top-level convolutions), the optimizer update vmapped over the
-      stacked state: 8 seeds at 1.14x (base) / 1.02x (deep) the per-seed speed of one
-      seed on the 2-core CPU. Compile time grows with S.
+      stacked state. Compile time grows with S. Each seed's parameters are sliced out of
+      the stacked state and its gradients stacked back in every step: copies of the base
+      CNN's 18.5 MB dense kernel that make a seed's step slower than one seed alone.
+    - "sequential" (epoch loop only, one device): each seed's epoch runs by itself, through
+      the single-seed gradient and update programs, and the seeds are stacked again after
+      the epoch: no per-step copies, one compilation for all seeds.
 
-    'auto' is "unroll" on CPU and "map" elsewhere; one seed always runs the plain program.
+    'auto' is "sequential" on CPU and "map" elsewhere; one seed always runs the plain program.
+    Init, batch plans and evaluation run in one program for all seeds ("sequential" writes
+    them unrolled).
     """
     if strategy != "auto":
         return strategy
-    if num_seeds == 1:
-        return "unroll"
     backend = backend or jax.default_backend()
-    return "unroll" if backend == "cpu" else "map"
+    if backend == "cpu":
+        return "sequential"
+    return "unroll" if num_seeds == 1 else "map"
 
 
 class MultiSeedTrainer:
@@ -92,6 +96,10 @@ class MultiSeedTrainer:
         self.batch_plan = jax.jit(per_seed(fns.batch_plan, (0, None)))
         self.train_step = jax.jit(self._shard(_lift_train_step(fns, cfg.seed_strategy), _STEP_IN_AXES),
                                   donate_argnums=0)
+        self._step_grads = jax.jit(self._shard(_lift_step_grads(fns, cfg.seed_strategy), _STEP_IN_AXES))
+        self._apply_grads = jax.jit(self._shard(jax.vmap(fns.apply_grads), (0, 0, 0)), donate_argnums=0)
+        self._seed_grads = jax.jit(_state_grads(fns))  # one seed, no seed axis ("sequential")
+        self._seed_apply = jax.jit(fns.apply_grads, donate_argnums=0)
         self.train_epoch = jax.jit(per_seed(fns.train_epoch, (0, None, None, None)), donate_argnums=0)
         self.evaluate = jax.jit(per_seed(fns.evaluate, (0, None, None)))
         if sharding is not None:  # same signature; the data are replicated on the mesh first
@@ -159,18 +167,45 @@ class MultiSeedTrainer:
         stats = jax.tree.map(take, state.batch_stats, start.batch_stats) if state.batch_stats else state.batch_stats
         return state.replace(params=params, batch_stats=stats, opt_state=jax.jit(jax.vmap(self.tx.init))(params))
 
-    def run_epoch(self, state: TrainState, images, labels, epoch: int) -> tuple[TrainState, EpochMetrics]:
-        """One epoch for every seed; returns summed metrics with shape [S]."""
+    def run_epoch(self, state: TrainState, images, labels, epoch: int,
+                  steps: int | None = None) -> tuple[TrainState, EpochMetrics]:
+        """One epoch for every seed; returns summed metrics with shape [S]. `steps`: only the epoch's
+        first steps (benchmarks; loop mode)."""
         images, labels = self._data(images), self._data(labels)
         if self.epoch_mode == "scan":
             return self.train_epoch(state, images, labels, jnp.int32(epoch))
         idx, mask = self.batch_plan(state.key, jnp.int32(epoch))
         mask = mask[0] if self.sharding is None else self._data(np.asarray(mask[0]))  # same for every seed
+        steps = self.steps_per_epoch if steps is None else min(steps, self.steps_per_epoch)
+        num_seeds = state.key.shape[0]
+        if self.sharding is None and resolve_seed_strategy(self.cfg.seed_strategy, num_seeds) == "sequential":
+            seeds = [self._seed_epoch(jax.tree.map(lambda v, s=s: v[s], state), images, labels, idx[s], mask,
+                                      epoch, steps) for s in range(num_seeds)]
+            return jax.tree.map(lambda *xs: jnp.stack(xs), *seeds)
         total = None
-        for i in range(self.steps_per_epoch):
-            state, m = self.train_step(state, images, labels, idx[:, i], mask[i], jnp.int32(epoch), jnp.int32(i))
+        for i in range(steps):
+            state, m = self.loop_step(state, images, labels, idx[:, i], mask[i], jnp.int32(epoch), jnp.int32(i))
             total = m if total is None else jax.tree.map(jnp.add, total, m)
         return state, total
+
+    def _seed_epoch(self, state: TrainState, images, labels, idx, mask, epoch: int, steps: int):
+        """One seed's (unstacked) state through `steps` steps of `epoch`: (state, summed metrics)."""
+        total = None
+        for i in range(steps):
+            grads, stats, m = self._seed_grads(state, images, labels, idx[i], mask[i], jnp.int32(epoch),
+                                               jnp.int32(i))
+            state = self._seed_apply(state, grads, stats)
+            total = m if total is None else jax.tree.map(jnp.add, total, m)
+        return state, total
+
+    def loop_step(self, state: TrainState, images, labels, idx, mask, epoch, i) -> tuple[TrainState, EpochMetrics]:
+        """`train_step` as two compiled calls, the gradients and then the optimizer update (state and
+        gradients donated): the same numbers. In one program XLA copies every donated parameter that
+        the backward pass still reads before updating it in place (the base CNN's 18.5 MB dense
+        kernel, each step); across two programs the update writes in place with no copy
+        (benchmarks/RESULTS.md). The epoch loop on CPU calls this."""
+        grads, stats, metrics = self._step_grads(state, images, labels, idx, mask, epoch, i)
+        return self._apply_grads(state, grads, stats), metrics
 
 
 _STEP_IN_AXES = (0, None, None, 0, None, None, None)
@@ -198,7 +233,7 @@ def _lift_train_step(fns: StepFns, strategy: str) -> Callable:
     CNN's 19M-parameter dense layer made those copies cost ~10 % of an 8-seed step on CPU)."""
     if strategy == "auto":
         return _auto(lambda s: _lift_train_step(fns, s), _STEP_IN_AXES)
-    if strategy != "unroll":
+    if strategy not in ("unroll", "sequential"):
         return lift_seeds(fns.train_step, _STEP_IN_AXES, strategy)
     grads_per_seed = lift_seeds(fns.step_grads, _GRADS_IN_AXES, "unroll")
     apply_per_seed = jax.vmap(fns.apply_grads)
@@ -211,6 +246,19 @@ def _lift_train_step(fns: StepFns, strategy: str) -> Callable:
     return step
 
 
+def _state_grads(fns: StepFns) -> Callable:
+    """One seed's (state, images, labels, idx, mask, epoch, i) -> (grads, batch_stats, metrics)."""
+    def grads(state, images, labels, idx, mask, epoch, i):
+        return fns.step_grads(state.params, state.batch_stats, state.key, images, labels, idx, mask, epoch, i)
+
+    return grads
+
+
+def _lift_step_grads(fns: StepFns, strategy: str) -> Callable:
+    """The gradient half of `_lift_train_step`, over a leading seed axis."""
+    return lift_seeds(_state_grads(fns), _STEP_IN_AXES, strategy)
+
+
 def lift_seeds(fn: Callable, in_axes: tuple, strategy: str) -> Callable:
     """`fn` over a leading seed axis of the arguments whose in_axes entry is 0: vmap, lax.map or unrolled.
     "auto" picks one at trace time from the (per-device) seed count and the backend."""
@@ -218,7 +266,7 @@ def lift_seeds(fn: Callable, in_axes: tuple, strategy: str) -> Callable:
         return _auto(lambda s: lift_seeds(fn, in_axes, s), in_axes)
     if strategy == "vmap":
         return jax.vmap(fn, in_axes=in_axes)
-    if strategy == "unroll":
+    if strategy in ("unroll", "sequential"):  # "sequential" runs the epoch loop seed by seed, the rest unrolled
         def unrolled(*args):
             batched = [a for a, ax in zip(args, in_axes) if ax == 0]
             outs = []

@@ -5,7 +5,7 @@
     python -m benchmarks.bench --only-compile-cache-check             # persistent compile cache, two processes
 
 Grid: models x image sizes x dtypes x batch sizes, on synthetic uint8 images of each size. JAX
-rows time the project's MultiSeedTrainer.train_step (epoch_mode loop, one dispatch per step);
+rows time the project's MultiSeedTrainer.run_epoch (epoch_mode loop, the steps asked for);
 PyTorch rows an eager step of benchmarks/torch_cnn.TorchCNN (the same architecture at the same
 size, the same init family, Adam eps=1e-7). bfloat16: ModelConfig(dtype="bfloat16") for JAX
 (float32 parameters, bfloat16 compute), torch.autocast(bfloat16) around forward and loss for
@@ -83,9 +83,8 @@ def cpu_name() -> str:
 
 
 def jax_runner(model, dtype, batch_size, seeds, strategy, images, labels):
-    """MultiSeedTrainer.train_step over a fixed batch plan, as run_epoch's loop mode calls it."""
+    """MultiSeedTrainer.run_epoch (epoch_mode loop) cut to the steps asked for: what training runs."""
     import jax
-    import jax.numpy as jnp
 
     from bccd_jax.config import TrainConfig
     from bccd_jax.models import build_model
@@ -101,14 +100,10 @@ def jax_runner(model, dtype, batch_size, seeds, strategy, images, labels):
     state = tr.init_state(list(range(seeds)), x)
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t0
-    idx, mask = tr.batch_plan(state.key, jnp.int32(0))
-    mask, spe, i = mask[0], tr.steps_per_epoch, 0
 
     def run(steps):
-        nonlocal state, i
-        for _ in range(steps):
-            state, m = tr.train_step(state, x, y, idx[:, i % spe], mask[i % spe], jnp.int32(0), jnp.int32(i))
-            i += 1
+        nonlocal state
+        state, m = tr.run_epoch(state, x, y, 0, steps=steps)
         jax.block_until_ready((state, m))
 
     return run, dict(strategy=resolve_seed_strategy(strategy, seeds), init_s=init_s)

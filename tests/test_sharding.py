@@ -45,7 +45,7 @@ CHILD = textwrap.dedent("""
     model = build_model(ModelConfig(conv_blocks=((4,),), dense_features=8, dropout=0.2))
     seeds = list(range(8))
     out = {"none_for_6": seed_sharding(6) is None}
-    # sharded: 2 seeds per device, seed_strategy auto (unrolled per device on CPU); reference: plain vmap
+    # sharded: 2 seeds per device, seed_strategy auto (unrolled per device on CPU: sequential needs one device); reference: plain vmap
     cfg = TrainConfig(epochs=2, batch_size=8, seed_strategy="auto", epoch_mode="loop")
     a = fit(model, make_optimizer(cfg), cfg, data, seeds, sharding=seed_sharding(len(seeds)))
     ref = TrainConfig(epochs=2, batch_size=8, seed_strategy="vmap", epoch_mode="loop")
@@ -77,7 +77,8 @@ def test_seed_sharding_single_device_is_none():
 
 
 def test_auto_resolution():
-    assert resolve_seed_strategy("auto", 8, "cpu") == "unroll"
+    assert resolve_seed_strategy("auto", 8, "cpu") == "sequential"
+    assert resolve_seed_strategy("auto", 1, "cpu") == "sequential"
     assert resolve_seed_strategy("auto", 1, "gpu") == "unroll"
     assert resolve_seed_strategy("auto", 8, "gpu") == "map"
     assert resolve_seed_strategy("vmap", 8, "cpu") == "vmap"
@@ -86,6 +87,7 @@ def test_auto_resolution():
     TrainConfig(seed_strategy="auto").validate()
     with pytest.raises(UserError):
         TrainConfig(seed_strategy="fold").validate()
+    TrainConfig(seed_strategy="sequential").validate()
 
 
 @pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 8, 10, 2)])

@@ -158,7 +158,8 @@ def test_pure_make_train_vmapped_matches_single_key(data):
     assert_accuracies_close(hist_many["test_acc"][2], hist_one["test_acc"], data.eval_sets["test"][1].shape[0])
 
 
-@pytest.mark.parametrize("variant", [dict(seed_strategy="map"), dict(seed_strategy="unroll"), dict(epoch_mode="scan")])
+@pytest.mark.parametrize("variant", [dict(seed_strategy="map"), dict(seed_strategy="unroll"),
+                                     dict(seed_strategy="sequential"), dict(epoch_mode="scan")])
 def test_formulations_agree(data, three_seeds, variant):
     other = _fit(data, [0, 1, 2], **{"seed_strategy": "vmap", "epoch_mode": "loop", **variant})
     np.testing.assert_allclose(three_seeds.history["test_loss"], other.history["test_loss"], rtol=1e-3, atol=1e-4)
