@@ -103,7 +103,9 @@ def jax_runner(model, dtype, batch_size, seeds, strategy, images, labels):
 
     def run(steps):
         nonlocal state
-        state, m = tr.run_epoch(state, x, y, 0, steps=steps)
+        for epoch in range(math.ceil(steps / tr.steps_per_epoch)):
+            state, m = tr.run_epoch(state, x, y, epoch, steps=min(steps, tr.steps_per_epoch))
+            steps -= tr.steps_per_epoch
         jax.block_until_ready((state, m))
 
     return run, dict(strategy=resolve_seed_strategy(strategy, seeds), init_s=init_s)
