@@ -6,15 +6,14 @@
 
 from __future__ import annotations
 
-from bccd_jax.experiment import Experiment, Variant, main_for, preset_variant
+from bccd_jax.experiment import Experiment, Variant, main_for
 from experiments.protocol import PROTOCOLS
 
 NAME = "optimizers"
 
 
 def variants(args) -> list[Variant]:
-    epochs = args.proto.epochs_for(NAME)
-    return [preset_variant(opt, "base", epochs, group="optimizers", optimizer=opt) for opt in ("sgd", "rmsprop", "adam")]
+    return [args.proto.variant(NAME, opt, "base", "optimizers", optimizer=opt) for opt in ("sgd", "rmsprop", "adam")]
 
 
 EXPECT = ("The study: ~60 % TEST after 50 epochs with RMSProp and Adam, less with SGD, on the augmented set, whose "

@@ -49,7 +49,7 @@ FINE_TUNING = (
 )
 
 STEPS: dict[str, tuple[Step, ...]] = {
-    # each step <= 90 min on 2 CPU cores; wall times of every run in results/REPORT.md
+    # wall times of every run in results/REPORT.md
     "cpu": (
         Step("recipe-best", "recipe", ("--variants", "best")),
         Step("recipe-best-noaug", "recipe", ("--variants", "best_noaug"), part="robustness"),
@@ -59,8 +59,11 @@ STEPS: dict[str, tuple[Step, ...]] = {
         *FINE_TUNING,
         Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
         Step("optimizers", "optimizers"),
+        Step("regularization-overfit", "regularization", ("--parts", "overfit")),
+        Step("regularization", "regularization", ("--parts", "dropout", "batchnorm", "centering")),
+        Step("architecture-centering", "architecture", ("--parts", "centering")),
+        Step("vgg-trainable", "vgg", ("--variants", "all_trainable", "scratch"), needs_weights=True),
         Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
-        Step("regularization", "regularization"),
         Step("architecture-kernels", "architecture", ("--parts", "kernels")),
     ),
     "gpu": (

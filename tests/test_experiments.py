@@ -209,11 +209,28 @@ def test_experiment_modules_expose_the_runner_interface():
 
     for m in (optimizers, regularization, architecture, vgg, recipe):
         assert isinstance(m.NAME, str) and m.EXPERIMENT.name == m.NAME and callable(m.variants)
-    args = parse("--parts", "depth", "kernels", "init", "--kernel-counts", "16", "--kernel-sizes", "5",
-                 module=architecture)
+    args = parse("--parts", "depth", "centering", "kernels", "init", "--kernel-counts", "16", "--kernel-sizes",
+                 "5", module=architecture)
     names = [v.name for v in architecture.variants(args)]
     assert names == ["base", "expanded", "expanded_centered", "deep", "deep_init_keras", "deep_init_lecun",
                      "filters_16", "kernel_5x5"]
+
+
+def test_cpu_protocol_gives_the_study_its_own_budgets():
+    """The study's claims are about training length: the cpu protocol trains them as long as the study did."""
+    from experiments import architecture, optimizers
+
+    def plan(module, *flags):
+        args = parse("--protocol", "cpu", *flags, module=module)
+        return {v.name: (v.train.epochs, v.num_seeds)
+                for v in module.variants(args)}
+
+    assert plan(optimizers) == {"sgd": (50, 3), "rmsprop": (50, 3), "adam": (50, 3)}
+    reg = plan(regularization)
+    assert reg.pop("overfit_200ep") == (200, 3)
+    assert reg.pop("dropout_0") == (30, 8) and reg.pop("centering_on") == (30, 8)
+    assert all(epochs == 30 and seeds == 3 for epochs, seeds in reg.values()), reg
+    assert plan(architecture, "--parts", "centering") == {"expanded": (30, 3), "expanded_centered": (30, 3)}
 
 
 @pytest.mark.parametrize("protocol", ["cpu", "gpu"])
