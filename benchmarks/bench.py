@@ -331,11 +331,11 @@ def main(argv=None):
     p.add_argument("--append", action="store_true", help="add to the rows of an existing results.json")
     a = p.parse_args(argv)
     sizes = [parse_size(s) for s in a.sizes]
-    from benchmarks.torch_cnn import check_size
+    from bccd_jax.models.cnn import feature_map_size
 
     for m in a.models:
         for hw in sizes:
-            check_size(model_config(m), hw)
+            feature_map_size(model_config(m), hw)
     if min(a.rounds, a.steps, a.repeats, min(a.batch_sizes), min(a.seeds)) < 1:
         raise UserError("--rounds, --steps, --repeats, --batch-sizes and --seeds must be >= 1")
     a.out_dir.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # `python benchmarks/layers.py`
 import numpy as np  # noqa: E402
 
 from bccd_jax.errors import ArgumentParser, UserError, run_cli  # noqa: E402  (imports bccd_jax first)
+from bccd_jax.models.cnn import feature_map_size  # noqa: E402
 
 OPS = ("fwd", "dx", "dk", "dk_xla")
 """dk is the kernel gradient bccd_jax's Conv layer computes (bccd_jax.models.conv: in batch chunks on CPU);
@@ -49,8 +50,7 @@ def conv_shapes(cfg, hw: tuple[int, int]) -> list[tuple[int, int, int, int]]:
             out.append((h, w, c, features))
             h, w, c = h - cfg.kernel_size + 1, w - cfg.kernel_size + 1, features
         h, w = h // 2, w // 2
-    if h < 1 or w < 1:
-        raise UserError(f"{hw[0]}x{hw[1]} images are too small for the {cfg.arch} CNN; use larger ones")
+    feature_map_size(cfg, hw)
     return out
 
 

@@ -343,7 +343,7 @@ def main(argv=None) -> dict:
 
     from benchmarks.bench import cpu_name, versions
     from benchmarks.report import write_report
-    from benchmarks.torch_cnn import check_size
+    from bccd_jax.models.cnn import feature_map_size
     from bccd_jax.config import to_dict
     from bccd_jax.data import load_dataset
     from bccd_jax.models import build_model
@@ -357,7 +357,7 @@ def main(argv=None) -> dict:
         raise UserError(f"--epochs must be >= 1, got {cfg.epochs}")
     if len(set(a.seeds)) != len(a.seeds):
         raise UserError(f"--seeds must differ from each other, got {a.seeds}")
-    check_size(mcfg, hw)
+    feature_map_size(mcfg, hw)
     ds = load_dataset("augmented", data_dir=a.data_dir, image_size=hw, cache_dir=a.cache_dir)
     tr_i, te_i = spread(len(ds.splits["train"].labels), a.train_limit), spread(len(ds.splits["test"].labels), a.test_limit)
     train = (np.ascontiguousarray(ds.splits["train"].images[tr_i]), ds.splits["train"].labels[tr_i].astype(np.int32))

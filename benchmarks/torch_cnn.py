@@ -26,24 +26,11 @@ import torch.nn as tnn
 import torch.nn.functional as F
 
 from bccd_jax.config import AugmentConfig, ModelConfig
+from bccd_jax.models.cnn import feature_map_size
 from bccd_jax.errors import UserError
 
 # jax.nn.initializers.variance_scaling: a unit normal truncated at +-2 has this standard deviation
 _TRUNC_STD = 0.87962566103423978
-
-
-def check_size(cfg: ModelConfig, hw: tuple[int, int]) -> tuple[int, int]:
-    """The last conv block's output (H, W) for input `hw`; a UserError when an image that small vanishes."""
-    h, w = hw
-    for block in cfg.conv_blocks:
-        for _ in block:
-            if cfg.padding == "VALID":
-                h, w = h - cfg.kernel_size + 1, w - cfg.kernel_size + 1
-        h, w = h // 2, w // 2
-    if h < 1 or w < 1:
-        raise UserError(f"{hw[0]}x{hw[1]} images are too small for the {cfg.arch} CNN (nothing is left after its "
-                        f"{len(cfg.conv_blocks)} conv blocks); use larger ones")
-    return h, w
 
 
 class TorchCNN(tnn.Module):
@@ -57,7 +44,7 @@ class TorchCNN(tnn.Module):
                             f"{' with batch norm' if cfg.batch_norm else ''}")
         if cfg.feature_centering and train_mean is None:
             raise UserError("feature_centering needs the training-set mean (train_mean)")
-        check_size(cfg, hw)
+        feature_map_size(cfg, hw)
         self.cfg = cfg
         mean = torch.as_tensor(np.asarray(train_mean if cfg.feature_centering else [0.0, 0.0, 0.0]), dtype=torch.float32)
         self.register_buffer("input_mean", mean.view(1, 3, 1, 1))

@@ -14,6 +14,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bccd_jax.errors import UserError
 from bccd_jax.models.conv import Conv
 
 KERNEL_INITS = {
@@ -58,6 +59,21 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     x = x[..., :h, :w, :]
     return jnp.maximum(jnp.maximum(x[..., 0::2, 0::2, :], x[..., 0::2, 1::2, :]),
                        jnp.maximum(x[..., 1::2, 0::2, :], x[..., 1::2, 1::2, :]))
+
+
+def feature_map_size(cfg, hw: tuple[int, int]) -> tuple[int, int]:
+    """The last conv block's output (H, W) for input `hw` of the CNN of ModelConfig `cfg`; a UserError when an
+    image that small vanishes."""
+    h, w = hw
+    for block in cfg.conv_blocks:
+        for _ in block:
+            if cfg.padding == "VALID":
+                h, w = h - cfg.kernel_size + 1, w - cfg.kernel_size + 1
+        h, w = h // 2, w // 2
+    if h < 1 or w < 1:
+        raise UserError(f"{hw[0]}x{hw[1]} images are too small for the {cfg.arch} CNN (nothing is left after its "
+                        f"{len(cfg.conv_blocks)} conv blocks); use larger ones")
+    return h, w
 
 
 class CNN(nn.Module):
