@@ -176,6 +176,9 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warmup from 0, in epochs (cosine schedule only)
     weight_decay: float = 0.0  # decoupled weight decay on kernels (AdamW for adam), not on biases
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # weight each example's loss by N / (4 n_class) over the training labels: every class counts equally,
+    # as the augmented set's per-class oversampling made it (for the unbalanced originals)
+    balance_classes: bool = False
     eval_tta: str = "none"  # "flips": evaluate on the mean probability over the 4 flips of each image
     # vgg16 with pretrained weights and a freeze policy that freezes its first blocks: compute their output
     # once per image (bccd_jax.features) and train the rest on it; exact when augment is off (it must be)

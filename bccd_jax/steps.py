@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bccd_jax import CLASS_NAMES
 from bccd_jax.augment import augment_batch, draw_augment, tta_flips
 from bccd_jax.config import TrainConfig
 from bccd_jax.errors import UserError
@@ -183,7 +184,7 @@ def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, cfg: Train
         mask = jnp.arange(padded) < num_examples
         return idx.reshape(n_steps, cfg.batch_size), mask.reshape(n_steps, cfg.batch_size)
 
-    def loss_and_logits(params, batch_stats, images, labels, mask, dropout_key):
+    def loss_and_logits(params, batch_stats, images, labels, mask, dropout_key, class_weights=None):
         if batch_stats:
             logits, updates = model.apply(variables(params, batch_stats), images, train=True, mask=mask,
                                           rngs={"dropout": dropout_key}, mutable=["batch_stats"])
@@ -194,8 +195,19 @@ def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, cfg: Train
             new_stats = batch_stats
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         weights = mask.astype(jnp.float32)
-        loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+        if class_weights is not None:
+            weights = weights * class_weights[labels]
+        loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1e-6)
         return loss, (logits, new_stats, ce)
+
+    def balanced_weights(labels):
+        """cfg.balance_classes: each class's examples weighted by N / (K n_class) over all training labels,
+        so that every class counts equally in the loss, as the augmented set's per-class oversampling made
+        it; None otherwise."""
+        if not cfg.balance_classes:
+            return None
+        counts = jnp.bincount(labels, length=len(CLASS_NAMES))
+        return labels.shape[0] / (len(CLASS_NAMES) * jnp.maximum(counts, 1).astype(jnp.float32))
 
     def step_grads(params, batch_stats, key, images, labels, idx, mask, epoch, i):
         batch_images, batch_labels = images[idx], labels[idx]
@@ -204,7 +216,7 @@ def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, cfg: Train
             batch_images = augment_batch(augment_key, batch_images, augment)
         grad_fn = jax.value_and_grad(loss_and_logits, has_aux=True)
         (_, (logits, new_stats, ce)), grads = grad_fn(params, batch_stats, batch_images, batch_labels, mask,
-                                                      dropout_key)
+                                                      dropout_key, balanced_weights(labels))
         w = mask.astype(jnp.float32)
         metrics = EpochMetrics(loss_sum=jnp.sum(ce * w),
                                correct=jnp.sum((jnp.argmax(logits, -1) == batch_labels) * w),

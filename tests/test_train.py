@@ -237,6 +237,40 @@ def test_batch_norm_statistics_ignore_padded_rows():
     assert not np.allclose(jax.tree.leaves(s1)[0], jax.tree.leaves(state.batch_stats)[0])
 
 
+def test_balance_classes_weights_every_class_equally():
+    """balance_classes: the loss is the mean cross-entropy with each example weighted by N / (4 n_class) over
+    all training labels; with balanced labels it is the plain step."""
+    from bccd_jax.steps import make_step_fns, seed_key
+
+    model = build_model(ModelConfig.preset("base", **SMALL))
+    x, _ = synthetic(40)
+    skewed = np.array([3] * 25 + [0] * 10 + [1] * 4 + [2] * 1, np.int32)
+    even = np.repeat(np.arange(4, dtype=np.int32), 10)
+    idx, mask = jnp.arange(40), jnp.ones(40, bool)
+
+    def grads(labels, balance):
+        cfg = TrainConfig(batch_size=40, balance_classes=balance)
+        fns = make_step_fns(model, make_optimizer(cfg), cfg, 40)
+        state = fns.init(seed_key(0), jnp.asarray(x))
+        g, _, _ = jax.jit(fns.step_grads)(state.params, {}, state.key, jnp.asarray(x), jnp.asarray(labels), idx,
+                                          mask, 0, 0)
+        return state.params, g
+
+    params, g = grads(skewed, True)
+    w = jnp.asarray(40 / (4 * np.bincount(skewed, minlength=4)))[skewed]
+
+    def weighted(p):
+        ce = optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, jnp.asarray(x)), skewed)
+        return jnp.sum(ce * w) / jnp.sum(w)
+
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(jax.grad(weighted)(params))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    _, plain = grads(skewed, False)
+    assert not np.allclose(jax.tree.leaves(plain)[0], jax.tree.leaves(g)[0], rtol=1e-3)
+    for a, b in zip(jax.tree.leaves(grads(even, True)[1]), jax.tree.leaves(grads(even, False)[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
 @pytest.mark.parametrize("init, std", [("keras", lambda fi, fo: np.sqrt(2 / (fi + fo))),
                                        ("lecun", lambda fi, fo: np.sqrt(1 / fi)),
                                        ("he", lambda fi, fo: np.sqrt(2 / fi))])
