@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from bccd_jax.metrics import ACC_BOUNDS, clip_interval, mean_ci, summarize_predictions
 from bccd_jax.run import RunFolder, VariantRecord, VariantResult
 
-if TYPE_CHECKING:
-    from bccd_jax.experiment import Variant
-
-
-def summarize_variant(v: "Variant", record: VariantRecord, result, ds, data) -> dict[str, Any]:
+def summarize_variant(record: VariantRecord, result, ds, data) -> dict[str, Any]:
     """Everything the report needs about one variant, from its history and final logits."""
     from bccd_jax.data.cells import split_cells
 
     hist = result.history
     out: dict[str, Any] = {
-        "group": v.group, "model": dataclasses.asdict(v.model), "train": dataclasses.asdict(v.train),
+        "group": record.group, "model": dataclasses.asdict(record.model), "train": dataclasses.asdict(record.train),
         "optimizer": record.optimizer, "seeds": result.seeds, "epochs": len(hist["epoch"]),
         "wall_s": result.wall_s, "wall_s_over_resumes": True, "compile_s_estimate": result.compile_s, "history": hist, "final": {},
     }

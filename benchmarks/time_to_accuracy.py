@@ -68,7 +68,7 @@ def spread(n: int, limit: int | None) -> np.ndarray:
 
 def recipe_variant(a, data_dir: str):
     """The recipe's variant `a.variant` under the `cpu` protocol, with --epochs / --image-size applied."""
-    from bccd_jax.experiment import parse_args, select_variants
+    from bccd_jax.runner import parse_args, select_variants
     from experiments import recipe
 
     argv = ["--protocol", a.protocol, "--data-dir", data_dir, "--seeds", "1", "--variants", a.variant]

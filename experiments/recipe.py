@@ -31,7 +31,8 @@ from __future__ import annotations
 import dataclasses
 
 from bccd_jax.config import AugmentConfig
-from bccd_jax.experiment import Experiment, Variant, main_for, preset_variant
+from bccd_jax.experiment import Experiment, Variant, preset_variant
+from bccd_jax.runner import main_for
 from experiments.protocol import PROTOCOLS
 
 NAME = "recipe"

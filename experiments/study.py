@@ -95,7 +95,7 @@ def finished(folder: RunFolder) -> bool:
 
 def run_step(step: Step, protocol: str, args) -> RunFolder:
     """Run (or resume, or skip) one step; its run folder."""
-    from bccd_jax.experiment import run_experiment
+    from bccd_jax.runner import run_experiment
 
     root = Path(args.out) / step.name
     module = importlib.import_module(f"experiments.{step.experiment}")
