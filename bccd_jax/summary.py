@@ -83,9 +83,9 @@ def write_figures(name: str, folder: RunFolder, results: Mapping[str, VariantRes
         if not r.incomplete:
             groups.setdefault(r.group or name, {})[vname] = r.history
     for group, hists in groups.items():
-        plot_curves(hists, folder.figures / f"curves_{group}.png", title=f"{name}: {group}")
+        plot_curves(hists, folder.curves_figure(group), title=f"{name}: {group}")
     for vname, r in results.items():
         if not r.incomplete:
             cm = np.asarray(r.final("test")["confusion_matrix_summed_over_seeds"])
-            plot_confusion(cm, folder.figures / f"confusion_{vname}.png",
+            plot_confusion(cm, folder.confusion_figure(vname),
                            title=f"{vname}: TEST, summed over {len(r.seeds)} seeds")

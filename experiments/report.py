@@ -23,8 +23,7 @@ import numpy as np
 from bccd_jax.errors import UserError, run_cli
 from bccd_jax.metrics import ACC_BOUNDS, clip_interval, mean_ci, paired_ci, welch_ci
 from bccd_jax.run import RunFolder, RunRecord, VariantResult, write_json
-from experiments.robustness import FIGURE_FILE, RESULT_FILE
-from experiments.study import PARTS, step_of
+from experiments.protocol import PARTS, step_of
 
 ABOUT_85 = 0.80
 """Lowest accuracy still read as the study's "about 85 %" for the deep CNN."""
@@ -270,7 +269,7 @@ def robustness_rows(runs) -> list[tuple[str, dict, VariantResult]]:
     """(label, robustness result, variant result) of every variant the robustness suite evaluated."""
     out = []
     for folder, record, results in runs:
-        rob = folder.read_extra(RESULT_FILE)
+        rob = folder.read_robustness()
         for name, res in (rob or {}).get("variants", {}).items():
             if name in results:
                 out.append((f"{record.experiment}/{name}", dict(res, stride=rob["stride"], n_images=rob["n_images"]),
@@ -393,13 +392,12 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         fig_names = []
         if folder.figures.is_dir():
             (out / "figures" / fig_key).mkdir(parents=True, exist_ok=True)
-            for f in (sorted(folder.figures.glob("curves_*.png")) + sorted(folder.figures.glob("confusion_*.png"))
-                      + sorted(folder.figures.glob(FIGURE_FILE))):
+            for f in folder.figure_files():
                 shutil.copy2(f, out / "figures" / fig_key / f.name)
                 fig_names.append(f.name)
                 written.add(out / "figures" / fig_key / f.name)
         sections += experiment_section(folder, record, results, f"figures/{fig_key}",
-                                       [f for f in fig_names if f != FIGURE_FILE])
+                                       [f for f in fig_names if f != folder.robustness_figure.name])
         # claims compare variants across the run folders of one experiment, data set and size (e.g. a
         # study step per variant), paired by seed where both ran the same seeds
         merged.setdefault((exp, dataset, size), {}).update({k: r for k, r in results.items() if not r.incomplete})
@@ -426,8 +424,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
                   "every step that has no finished run.", ""]
     rob = robustness_rows(runs)
     if rob:
-        lines += robustness_section(rob, [f"figures/{k}/{FIGURE_FILE}" for k, (folder, _, _) in
-                                          zip(fig_keys, runs) if (folder.figures / FIGURE_FILE).is_file()])
+        lines += robustness_section(rob, [f"figures/{k}/{folder.robustness_figure.name}" for k, (folder, _, _) in
+                                          zip(fig_keys, runs) if folder.robustness_figure.is_file()])
     lines += sections
     for stale in [f for f in (out / "figures").glob("*/*.png") if f not in written]:  # from an earlier report
         stale.unlink()

@@ -237,7 +237,7 @@ def test_cpu_protocol_gives_the_study_its_own_budgets():
 def test_study_steps_name_variants_their_experiments_have(protocol, tmp_path):
     import importlib
 
-    from experiments.study import ROBUSTNESS_OF, STEPS
+    from experiments.protocol import ROBUSTNESS_OF, STEPS
 
     weights = tmp_path / "weights.h5"
     weights.write_bytes(b"")  # the vgg variants only check that the file exists
