@@ -22,7 +22,7 @@ from bccd_jax.errors import ArgumentParser, UserError, run_cli
 from bccd_jax.experiment import Experiment, Variant
 from bccd_jax.run import (DataRecord, RunFolder, RunRecord, VariantRecord, VariantResult, build, command_line,
                           git_commit, hardware, resume_problems, start_weights, timestamp, versions)
-from bccd_jax.summary import format_table, majority_baseline, summarize_variant, write_figures
+from bccd_jax.summary import CHANCE_BALANCED, format_table, majority_baseline, summarize_variant, write_figures
 
 
 def make_parser(exp: Experiment) -> argparse.ArgumentParser:
@@ -264,13 +264,13 @@ def run_experiment(exp: Experiment, argv: Sequence[str] | None = None) -> int:
             write_figures(exp.name, folder, results)
 
     done = {k: r for k, r in results.items() if k in {v.name for v in variants}}
-    base, major = majority_baseline(ds)
+    base, major = majority_baseline(ds.class_counts("test"))
     print(f"\n{exp.name}: {ds.name} data, image {ds.image_shape[0]}x{ds.image_shape[1]}, protocol {args.protocol}; "
           f"accuracy = mean over seeds (95% t-interval); balanced = mean recall over the 4 classes; leak-free = "
           f"TEST without cells seen in training; by cell = each cell weighted equally; ensemble = seeds' "
           f"probabilities averaged")
     print(format_table(done))
-    print(f"majority-class baseline on TEST: accuracy {base:.3f} (always {major}), balanced accuracy 0.250")
+    print(f"majority-class baseline on TEST: accuracy {base:.3f} (always {major}), balanced accuracy {CHANCE_BALANCED:.3f}")
     if exp.expectation:
         print(exp.expectation)
     print(f"\nrun folder: {folder}  ({time.perf_counter() - t_start:.0f} s)")

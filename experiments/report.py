@@ -23,6 +23,7 @@ import numpy as np
 from bccd_jax.errors import UserError, run_cli
 from bccd_jax.metrics import ACC_BOUNDS, clip_interval, mean_ci, paired_ci, welch_ci
 from bccd_jax.run import RunFolder, RunRecord, VariantResult, write_json
+from bccd_jax.summary import format_ci, majority_baseline, markdown, table_columns
 from experiments.protocol import PARTS, step_of
 
 ABOUT_85 = 0.80
@@ -165,12 +166,6 @@ def _architecture_claims(res: dict[str, VariantResult]) -> list[tuple[str, str, 
 # ----------------------------------------------------------------------------- tables
 
 
-def _fmt_ci(m: float, ci: Sequence[float]) -> str:
-    """An accuracy and its interval, clipped to [0, 1] (runs made before intervals were clipped)."""
-    lo, hi = clip_interval(ci)
-    return f"{m:.3f} ({lo:.3f}-{hi:.3f})"
-
-
 def _acc_ci(ci: Sequence[float] | None) -> list[float] | None:
     return None if ci is None else list(clip_interval(ci))
 
@@ -191,30 +186,6 @@ def variant_summary(r: VariantResult, record: RunRecord) -> dict[str, Any]:
             "test_simple_acc_ci95": None if simple is None else _acc_ci(simple["acc_ci95"])}
 
 
-def results_table(results: dict[str, VariantResult]) -> list[str]:
-    has_simple = any(r.final("test_simple") for r in results.values() if not r.incomplete)
-    head = ("| variant | seeds | epochs | train acc | TEST (95% CI) | balanced | TEST leak-free (95% CI) | by cell (95% CI) | "
-            "cells | seed ensemble | TEST best epoch (optimistic) |" + (" TEST_SIMPLE |" if has_simple else ""))
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for name, r in results.items():
-        if r.incomplete:
-            lines.append(f"| {name} | interrupted, not reported |")
-            continue
-        t, lf = r.final("test"), r.final("test_leakfree")
-        g = t.get("grouped_acc_mean")
-        row = (f"| {name} | {len(r.seeds)} | {r.epochs} | {r.raw['train_acc_final_mean']:.3f} | "
-               f"{_fmt_ci(t['acc_mean'], t['acc_ci95'])} | {np.mean(t['balanced_acc_per_seed']):.3f} | "
-               f"{'-' if lf is None else _fmt_ci(lf['acc_mean'], lf['acc_ci95'])} | "
-               f"{'-' if g is None else _fmt_ci(g, t['grouped_acc_ci95_over_seeds'])} | "
-               f"{t.get('n_cells', '-')}{'' if lf is None else ' / ' + str(lf.get('n_cells', '-'))} | "
-               f"{t['ensemble_acc']:.3f} | {_fmt_ci(r.raw['test_acc_best_mean'], r.raw['test_acc_best_ci95'])} |")
-        if has_simple:
-            s = r.final("test_simple")
-            row += f" {'-' if s is None else _fmt_ci(s['acc_mean'], s['acc_ci95'])} |"
-        lines.append(row)
-    return lines
-
-
 def experiment_section(folder: RunFolder, record: RunRecord, results: dict[str, VariantResult], fig_rel: str,
                        fig_names: list[str]) -> list[str]:
     data = record.data
@@ -232,9 +203,8 @@ def experiment_section(folder: RunFolder, record: RunRecord, results: dict[str, 
     if done:
         n_seeds = len(done[0].seeds)  # the confusion matrix is summed over seeds
         support = {c: m["support"] // n_seeds for c, m in done[0].final("test")["per_class"].items()}
-        major = max(support, key=support.get)
-        lines += [f"- majority-class baseline on TEST: {support[major] / max(1, sum(support.values())):.3f} "
-                  f"(always {major}); class counts {support}"]
+        base, major = majority_baseline(support)
+        lines += [f"- majority-class baseline on TEST: {base:.3f} (always {major}); class counts {support}"]
         conflicts = done[0].final("test").get("cells_with_two_labels") or {}
         if conflicts:
             lines.append(f"- TEST cells carrying two labels (each image scored against its own): {conflicts}")
@@ -254,7 +224,7 @@ def experiment_section(folder: RunFolder, record: RunRecord, results: dict[str, 
                          f"applies; `python -m experiments.vgg --variants {' '.join(missing)}` runs them, the "
                          "gpu protocol includes them)")
         lines.append("")
-    lines += results_table(results)
+    lines += markdown(table_columns(results, report=True), results)
     claims = claims_for(record.experiment, {k: r for k, r in results.items() if not r.incomplete})
     if claims:
         lines += ["", "| claim of the study | verdict on this data | evidence |", "|---|---|---|"]
@@ -305,7 +275,7 @@ def robustness_section(rows, fig_paths: list[str]) -> list[str]:
         worst = min(((n, k, float(np.mean(a))) for n, r in rob["shifts"].items() for k, a in zip(r["strengths"], r["acc"])),
                     key=lambda x: x[2])
         lines.append(f"| {label} | {len(rob['seeds'])} | {rob['n_images']} (k={rob['stride']}) | "
-                     f"{_fmt_ci(*mean_ci(rob['clean']))} | {_fmt_ci(*mean_ci(rob['suite_mean']))} | "
+                     f"{format_ci(*mean_ci(rob['clean']))} | {format_ci(*mean_ci(rob['suite_mean']))} | "
                      f"{worst[0]} {worst[1]:g}: {worst[2]:.3f} |")
     head = "| shift | strength | " + " | ".join(label for label, _, _ in rows) + " |"
     lines += ["", head, "|---|---|" + "---|" * len(rows)]
