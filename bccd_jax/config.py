@@ -18,8 +18,12 @@ from typing import Any, Mapping
 from bccd_jax.errors import UserError
 from bccd_jax.files import plain
 
-INITS = ("keras", "lecun", "he")
-"""Kernel initialisers of the CNN family (bccd_jax.models.cnn.KERNEL_INITS)."""
+INITS = {
+    "keras": "glorot_uniform",  # Keras' Conv2D/Dense default: what the study used
+    "lecun": "lecun_normal",  # Flax's default
+    "he": "he_normal",  # variance 2/fan_in: keeps ReLU activations at scale through depth
+}
+"""Kernel initialisers of the CNN family: name -> flax.linen.initializers function (bccd_jax.models.cnn)."""
 
 INPUT_NORMS = ("scale", "image")
 """How pixels reach the first layer: x/255 (with optional feature centering), or per-image standardisation."""
