@@ -197,7 +197,7 @@ def train_variant(exp: Experiment, args, v: Variant, record: RunRecord, folder: 
     built = build(v.model, v.train, record.data, optimizer=v.optimizer)
     if built.cut:  # train the top on the cached output of the frozen prefix
         from bccd_jax.features import cached_features
-        from bccd_jax.train import TrainData
+        from bccd_jax.data.train_data import TrainData
 
         folder.write_frozen(v.name, built.prefix)
         features = cached_features(ds, built.prefix, built.cut, args.cache_dir,
@@ -231,7 +231,7 @@ def train_variant(exp: Experiment, args, v: Variant, record: RunRecord, folder: 
 def run_experiment(exp: Experiment, argv: Sequence[str] | None = None) -> int:
     """Parse flags, train every variant (all seeds at once), write the run folder, print the summary."""
     from bccd_jax.runtime import enable_compilation_cache
-    from bccd_jax.train import TrainData
+    from bccd_jax.data.train_data import TrainData
 
     args = parse_args(exp, argv)
     enable_compilation_cache()

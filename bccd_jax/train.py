@@ -1,8 +1,9 @@
 """The training runner: `fit` trains S seeds at once for a number of epochs, evaluating every epoch.
 
-It owns what the pure functions cannot: the epoch loop, evaluation sets and their subsets,
-Orbax checkpoints every k epochs, resume, and a clean stop on Ctrl-C / SIGTERM. The step
-functions are in `bccd_jax.steps` (one seed) and `bccd_jax.seeds` (many seeds at once).
+It owns what the pure functions cannot: the epoch loop, scoring the evaluation sets and their
+subsets (bccd_jax.data.train_data), Orbax checkpoints every k epochs, resume, and a clean stop on
+Ctrl-C / SIGTERM. The step functions are in `bccd_jax.steps` (one seed) and `bccd_jax.seeds`
+(many seeds at once).
 """
 
 from __future__ import annotations
@@ -15,44 +16,15 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
-import jax
 import numpy as np
 import optax
 from scipy.special import log_softmax
 
 from bccd_jax.config import TrainConfig
+from bccd_jax.data.train_data import TrainData
 from bccd_jax.errors import UserError
-from bccd_jax.seeds import MultiSeedTrainer, lift_seeds
-from bccd_jax.steps import TrainState, make_evaluate
-
-
-@dataclasses.dataclass
-class TrainData:
-    """Arrays for one run: the training set, named evaluation sets (on device once put), and named
-    subsets of those sets (`name -> (evaluation set, indices into it)`), scored from the same logits."""
-
-    train_images: Any
-    train_labels: Any
-    eval_sets: dict[str, tuple[Any, Any]]
-    eval_subsets: dict[str, tuple[str, np.ndarray]] = dataclasses.field(default_factory=dict)
-
-    @staticmethod
-    def from_dataset(ds, eval_splits: Sequence[str] | None = None,
-                     inputs: Mapping[str, Any] | None = None) -> "TrainData":
-        """From a bccd_jax.data.Dataset: 'train' for training, every other split (or `eval_splits`) for
-        evaluation, and for each of them `<split>_leakfree`: its images whose cell is not in 'train'.
-        `inputs` replaces the images of each split (e.g. cached features of a frozen prefix)."""
-        from bccd_jax.data.cells import leakfree_subsets
-
-        names = [s for s in ds.splits if s != "train"] if eval_splits is None else list(eval_splits)
-        x = {s: (inputs or {}).get(s, sp.images) for s, sp in ds.splits.items()}
-        return TrainData(
-            train_images=jax.device_put(np.asarray(x["train"])),
-            train_labels=jax.device_put(ds.splits["train"].labels.astype(np.int32)),
-            eval_sets={n: (jax.device_put(np.asarray(x[n])),
-                           jax.device_put(ds.splits[n].labels.astype(np.int32))) for n in names},
-            eval_subsets=leakfree_subsets(ds, names),
-        )
+from bccd_jax.seeds import MultiSeedTrainer
+from bccd_jax.steps import TrainState
 
 
 @dataclasses.dataclass
@@ -190,12 +162,3 @@ def fit(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig, da
         compile_s = max(0.0, epoch_times[0] - float(np.median(epoch_times[1:])))
     return FitResult(state=state, history=history, seeds=seeds, final_logits=final_logits,
                      interrupted=interrupted, wall_s=wall_before + time.perf_counter() - t_start, compile_s=compile_s)
-
-
-def predict_logits(model: nn.Module, state: TrainState, images, eval_batch_size: int = 256,
-                   tta: str = "none") -> np.ndarray:
-    """Logits [S, N, C] of every seed in `state` (leading seed axis) on `images` (0..255 NHWC)."""
-    images = jax.numpy.asarray(images)
-    labels = jax.numpy.zeros((images.shape[0],), jax.numpy.int32)
-    evaluate = make_evaluate(model, max(1, min(eval_batch_size, images.shape[0])), tta)
-    return np.asarray(jax.jit(lift_seeds(evaluate, (0, None, None), "auto"))(state, images, labels)[2])

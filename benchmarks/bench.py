@@ -256,7 +256,8 @@ import numpy as np, jax
 from bccd_jax.config import ModelConfig, TrainConfig
 from bccd_jax.models import build_model
 from bccd_jax.optimizers import make_optimizer
-from bccd_jax.train import TrainData, fit
+from bccd_jax.data.train_data import TrainData
+from bccd_jax.train import fit
 rng = np.random.default_rng(0)
 x = rng.integers(0, 256, (64, 120, 160, 3), dtype=np.uint8); y = rng.integers(0, 4, 64).astype(np.int32)
 data = TrainData(jax.device_put(x), jax.device_put(y), {"test": (jax.device_put(x[:32]), jax.device_put(y[:32]))})
