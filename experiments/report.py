@@ -12,7 +12,6 @@ initial weights); "supported" needs the interval to exclude zero in the claimed 
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bccd_jax.errors import UserError, run_cli
+from bccd_jax.errors import ArgumentParser, UserError, run_cli
 from bccd_jax.metrics import ACC_BOUNDS, clip_interval, mean_ci, paired_ci, welch_ci
 from bccd_jax.run import RunFolder, RunRecord, VariantResult, write_json
 from bccd_jax.summary import format_ci, majority_baseline, markdown, table_columns
@@ -318,12 +317,8 @@ def header(runs: list[tuple[RunFolder, RunRecord, dict[str, VariantResult]]], co
     return lines + [""]
 
 
-def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | None = None,
-                 notes: str | None = None, command: str | None = None) -> tuple[Path, Path]:
-    from bccd_jax.run import command_line
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def load_runs(run_dirs: Sequence[str | Path]) -> list[tuple[RunFolder, RunRecord, dict[str, VariantResult]]]:
+    """(folder, record, results) of every run folder; one without a finished variant is refused."""
     runs = []
     for rd in run_dirs:
         folder = RunFolder(rd).check()
@@ -331,13 +326,12 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         if not results:
             raise UserError(f"{folder} has no finished variant (metrics.json missing); finish or resume the run first")
         runs.append((folder, folder.record(), results))
+    return runs
+
+
+def summarize_runs(runs) -> dict[str, dict[str, Any]]:
+    """summary.json: experiment -> variant -> its line (variant_summary)."""
     summary: dict[str, dict[str, Any]] = {}
-    sections: list[str] = []
-    all_claims: list[tuple[str, str, str, str]] = []
-    merged: dict[tuple[str, str, str], dict[str, VariantResult]] = {}
-    used_fig_keys: set[str] = set()
-    fig_keys: list[str] = []
-    written: set[Path] = set()
     for folder, record, results in runs:
         exp, dataset = record.experiment, record.data.dataset
         size = "x".join(map(str, record.data.image_size))
@@ -352,41 +346,83 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
             if key in entries:
                 print(f"warning: {exp}/{key} appears twice; {folder} replaces the earlier run", file=sys.stderr)
             entries[key] = variant_summary(r, record)
-        fig_key = f"{exp}_{dataset}_{size}_{folder.path.name}"  # the run's stamp: stable when runs are added
+    return summary
+
+
+def figure_keys(runs) -> list[str]:
+    """The folder under figures/ of each run: experiment, data set, size and the run's stamp (stable when runs
+    are added)."""
+    used: set[str] = set()
+    keys = []
+    for folder, record, _ in runs:
+        exp, dataset = record.experiment, record.data.dataset
+        size = "x".join(map(str, record.data.image_size))
+        key = f"{exp}_{dataset}_{size}_{folder.path.name}"
         k = 1
-        while fig_key in used_fig_keys:
+        while key in used:
             k += 1
-            fig_key = f"{exp}_{dataset}_{size}_{k}"
-        used_fig_keys.add(fig_key)
-        fig_keys.append(fig_key)
-        fig_names = []
-        if folder.figures.is_dir():
-            (out / "figures" / fig_key).mkdir(parents=True, exist_ok=True)
-            for f in folder.figure_files():
-                shutil.copy2(f, out / "figures" / fig_key / f.name)
-                fig_names.append(f.name)
-                written.add(out / "figures" / fig_key / f.name)
-        sections += experiment_section(folder, record, results, f"figures/{fig_key}",
-                                       [f for f in fig_names if f != folder.robustness_figure.name])
-        # claims compare variants across the run folders of one experiment, data set and size (e.g. a
-        # study step per variant), paired by seed where both ran the same seeds
-        merged.setdefault((exp, dataset, size), {}).update({k: r for k, r in results.items() if not r.incomplete})
-    for (exp, dataset, size), done in merged.items():
-        all_claims += [(f"{exp} ({dataset}, {size})", c, v, e) for c, v, e in claims_for(exp, done)]
+            key = f"{exp}_{dataset}_{size}_{k}"
+        used.add(key)
+        keys.append(key)
+    return keys
+
+
+def copy_figures(folder: RunFolder, into: Path) -> list[Path]:
+    """The run's figures copied into `into`; the copies."""
+    if not folder.figures.is_dir():
+        return []
+    into.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for f in folder.figure_files():
+        shutil.copy2(f, into / f.name)
+        copies.append(into / f.name)
+    return copies
+
+
+def remove_stale_figures(figures: Path, written: set[Path]) -> None:
+    """Figures of an earlier report that this one did not write, and the folders they leave empty."""
+    for stale in [f for f in figures.glob("*/*.png") if f not in written]:
+        stale.unlink()
+    for folder in figures.glob("*/"):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def merged_claims(runs) -> tuple[list[tuple[str, str, str, str]], list[str]]:
+    """The claims over the run folders of one experiment, data set and size (e.g. a study step per variant),
+    paired by seed where both ran the same seeds; and the study's experiments no augmented run tested."""
+    merged: dict[tuple[str, str, str], dict[str, VariantResult]] = {}
+    for _, record, results in runs:
+        size = "x".join(map(str, record.data.image_size))
+        merged.setdefault((record.experiment, record.data.dataset, size), {}).update(
+            {k: r for k, r in results.items() if not r.incomplete})
+    claims = [(f"{exp} ({dataset}, {size})", c, v, e)
+              for (exp, dataset, size), done in merged.items() for c, v, e in claims_for(exp, done)]
     untested = [e for e in STUDY_EXPERIMENTS if not any(x == e and d == "augmented" for x, d, _ in merged)]
+    return claims, untested
+
+
+ABOUT_METRICS = (
+    "Accuracies are means over seeds with a 95 % Student-t interval over seeds. TEST holds augmentations "
+    "of 71 original photos of 68 cells (three pairs of photos show one cell); *leak-free* drops the TEST "
+    "images whose cell is also in TRAIN (three cells re-photographed across the split); *by cell* weights "
+    "each cell equally (photos of one cell merged) with its interval over seeds, *cells* counts them "
+    "(TEST / leak-free); *balanced* is the mean recall over the four classes; *seed ensemble* averages the seeds' "
+    "probabilities, as `bccd_jax.predict` does; *TEST best epoch* picks the epoch on TEST itself and is optimistic.")
+
+
+def report_lines(runs, keys: list[str], sections: list[str], title: str | None, notes: str | None,
+                 command: str) -> list[str]:
+    """REPORT.md: the header, the claims, the robustness comparison, then one section per run."""
+    claims, untested = merged_claims(runs)
     lines = [f"# {title or 'bccd_jax: reproduction of the BCCD white-cell CNN study'}", ""]
-    lines += header(runs, command or command_line())
+    lines += header(runs, command)
     if notes:
         lines += [notes.strip(), ""]
-    lines += ["Accuracies are means over seeds with a 95 % Student-t interval over seeds. TEST holds augmentations "
-              "of 71 original photos of 68 cells (three pairs of photos show one cell); *leak-free* drops the TEST "
-              "images whose cell is also in TRAIN (three cells re-photographed across the split); *by cell* weights "
-              "each cell equally (photos of one cell merged) with its interval over seeds, *cells* counts them "
-              "(TEST / leak-free); *balanced* is the mean recall over the four classes; *seed ensemble* averages the seeds' probabilities, as `bccd_jax.predict` does; "
-              "*TEST best epoch* picks the epoch on TEST itself and is optimistic.", ""]
-    if all_claims:
+    lines += [ABOUT_METRICS, ""]
+    if claims:
         lines += ["## Claims of the study", "", "| experiment | claim | verdict | evidence |", "|---|---|---|---|"]
-        lines += [f"| {x} | {c} | **{v}** | {e} |" for x, c, v, e in all_claims]
+        lines += [f"| {x} | {c} | **{v}** | {e} |" for x, c, v, e in claims]
         lines.append("")
     if untested:
         lines += [f"No run of the augmented set among these folders for: {', '.join(untested)}. Their claims are "
@@ -395,13 +431,29 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     rob = robustness_rows(runs)
     if rob:
         lines += robustness_section(rob, [f"figures/{k}/{folder.robustness_figure.name}" for k, (folder, _, _) in
-                                          zip(fig_keys, runs) if folder.robustness_figure.is_file()])
-    lines += sections
-    for stale in [f for f in (out / "figures").glob("*/*.png") if f not in written]:  # from an earlier report
-        stale.unlink()
-    for folder_ in (out / "figures").glob("*/"):
-        if not any(folder_.iterdir()):
-            folder_.rmdir()
+                                          zip(keys, runs) if folder.robustness_figure.is_file()])
+    return lines + sections
+
+
+def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | None = None,
+                 notes: str | None = None, command: str | None = None) -> tuple[Path, Path]:
+    """REPORT.md, summary.json and figures/ of the run folders, into `out`."""
+    from bccd_jax.run import command_line
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(run_dirs)
+    summary = summarize_runs(runs)
+    keys = figure_keys(runs)
+    sections: list[str] = []
+    written: set[Path] = set()
+    for key, (folder, record, results) in zip(keys, runs):
+        copies = copy_figures(folder, out / "figures" / key)
+        written.update(copies)
+        sections += experiment_section(folder, record, results, f"figures/{key}",
+                                       [f.name for f in copies if f.name != folder.robustness_figure.name])
+    lines = report_lines(runs, keys, sections, title, notes, command or command_line())
+    remove_stale_figures(out / "figures", written)
     report = out / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")
     summary_path = out / "summary.json"
@@ -410,7 +462,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m experiments.report", description=__doc__.splitlines()[0])
     p.add_argument("run_dirs", nargs="+", help="run folders written by the experiments")
     p.add_argument("--out", default="results", help="folder for REPORT.md, summary.json, figures/")
     p.add_argument("--title")
