@@ -13,7 +13,8 @@ from bccd_jax.runner import apply_overrides, parse_args, select_variants
 from bccd_jax.metrics import ACC_BOUNDS, mean_ci, summarize_predictions, welch_ci
 from bccd_jax.run import DataRecord, RunFolder, RunRecord, VariantRecord, VariantResult
 from experiments import regularization
-from experiments.report import claims_for, write_report
+from experiments.claims import claims_for
+from experiments.report import write_report
 
 
 def parse(*flags, module=regularization):
