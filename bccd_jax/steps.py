@@ -13,6 +13,7 @@ augmentations as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -158,11 +159,39 @@ def make_evaluate(model: nn.Module, eval_batch_size: int = 256, tta: str = "none
     return evaluate
 
 
+def shuffled_batches(key, epoch, num_examples: int, batch_size: int):
+    """The epoch's batches as indices [steps, batch_size] and a mask of the real rows: one permutation
+    per epoch; the last batch is filled by wrapping and masked out of the loss and out of batch norm's
+    statistics."""
+    n_steps = steps_per_epoch(num_examples, batch_size)
+    padded = n_steps * batch_size
+    perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, _SHUFFLE), epoch), num_examples)
+    idx = jnp.concatenate([perm, perm[: padded - num_examples]]) if padded > num_examples else perm
+    mask = jnp.arange(padded) < num_examples
+    return idx.reshape(n_steps, batch_size), mask.reshape(n_steps, batch_size)
+
+
+def masked_loss(model: nn.Module, params, batch_stats, images, labels, mask, dropout_key):
+    """Mean cross-entropy over the real rows of a padded training batch; (logits, updated batch
+    statistics, per-row cross-entropy) as aux."""
+    if batch_stats:
+        logits, updates = model.apply(variables(params, batch_stats), images, train=True, mask=mask,
+                                      rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+        new_stats = updates["batch_stats"]
+    else:
+        logits = model.apply(variables(params, batch_stats), images, train=True,
+                             rngs={"dropout": dropout_key})
+        new_stats = batch_stats
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    weights = mask.astype(jnp.float32)
+    loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    return loss, (logits, new_stats, ce)
+
+
 def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig,
                   num_examples: int) -> StepFns:
     """The pure single-seed functions for `model` trained by `tx` as `cfg` says on `num_examples` examples."""
     n_steps = steps_per_epoch(num_examples, cfg.batch_size)
-    padded = n_steps * cfg.batch_size
     augment = cfg.augment
 
     def init(key, sample_images, pretrained=None):
@@ -174,28 +203,8 @@ def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, cfg: Train
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                           opt_state=tx.init(params), key=key)
 
-    def batch_plan(key, epoch):
-        # one permutation per epoch; the last batch is filled by wrapping and masked out of the loss
-        # and out of batch norm's statistics
-        perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, _SHUFFLE), epoch),
-                                      num_examples)
-        idx = jnp.concatenate([perm, perm[: padded - num_examples]]) if padded > num_examples else perm
-        mask = jnp.arange(padded) < num_examples
-        return idx.reshape(n_steps, cfg.batch_size), mask.reshape(n_steps, cfg.batch_size)
-
-    def loss_and_logits(params, batch_stats, images, labels, mask, dropout_key):
-        if batch_stats:
-            logits, updates = model.apply(variables(params, batch_stats), images, train=True, mask=mask,
-                                          rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-            new_stats = updates["batch_stats"]
-        else:
-            logits = model.apply(variables(params, batch_stats), images, train=True,
-                                 rngs={"dropout": dropout_key})
-            new_stats = batch_stats
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        weights = mask.astype(jnp.float32)
-        loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-        return loss, (logits, new_stats, ce)
+    batch_plan = functools.partial(shuffled_batches, num_examples=num_examples, batch_size=cfg.batch_size)
+    loss_and_logits = functools.partial(masked_loss, model)
 
     def step_grads(params, batch_stats, key, images, labels, idx, mask, epoch, i):
         batch_images, batch_labels = images[idx], labels[idx]

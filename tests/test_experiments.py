@@ -9,9 +9,9 @@ import pytest
 
 from bccd_jax.config import ModelConfig, TrainConfig
 from bccd_jax.errors import UserError
-from bccd_jax.runner import apply_overrides, parse_args, select_variants
 from bccd_jax.metrics import ACC_BOUNDS, mean_ci, summarize_predictions, welch_ci
 from bccd_jax.run import DataRecord, RunFolder, RunRecord, VariantRecord, VariantResult
+from bccd_jax.runner import apply_overrides, parse_args, select_variants
 from experiments import regularization
 from experiments.claims import claims_for
 from experiments.report import write_report
