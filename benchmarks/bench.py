@@ -301,7 +301,7 @@ def versions() -> dict:
     return {**v, "torch": torch.__version__ if torch is not None else None}
 
 
-def main(argv=None):
+def make_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["60x80", "120x160"], help="image sizes HxW")
@@ -330,21 +330,14 @@ def main(argv=None):
     p.add_argument("--out-dir", type=Path, default=HERE)
     p.add_argument("--note", action="append", default=[], help="a hand-written line for the Notes (shown with this command)")
     p.add_argument("--append", action="store_true", help="add to the rows of an existing results.json")
-    a = p.parse_args(argv)
-    sizes = [parse_size(s) for s in a.sizes]
-    from benchmarks.torch_cnn import check_size
+    return p
 
-    for m in a.models:
-        for hw in sizes:
-            check_size(model_config(m), hw)
-    if min(a.rounds, a.steps, a.repeats, min(a.batch_sizes), min(a.seeds)) < 1:
-        raise UserError("--rounds, --steps, --repeats, --batch-sizes and --seeds must be >= 1")
-    a.out_dir.mkdir(parents=True, exist_ok=True)
 
+def start_results(a: argparse.Namespace, argv) -> dict:
+    """results.json before any row: machine, versions, command (and the rows of the file with --append)."""
     import jax
 
     from bccd_jax.run import command_line, cpu_flags
-    from benchmarks.report import summarize, write_report
 
     backend = jax.default_backend()
     dev = jax.devices()[0]
@@ -365,52 +358,81 @@ def main(argv=None):
                    date=old["date"] + " .. " + res["date"], loadavg_start=old.get("loadavg_start"))
         if "compile_cache" in old:
             res["compile_cache"] = old["compile_cache"]
+    return res
 
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
 
-    def save():
-        res["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-        res.update(summarize(res))
-        out_json.write_text(json.dumps(res, indent=1))
-        write_report(a.out_dir)
+def save_results(a: argparse.Namespace, res: dict) -> None:
+    """results.json with its summary, and RESULTS.md (benchmarks.report)."""
+    from benchmarks.report import summarize, write_report
 
+    res["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    res.update(summarize(res))
+    (a.out_dir / "results.json").write_text(json.dumps(res, indent=1))
+    write_report(a.out_dir)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def step_rows(a: argparse.Namespace, sizes, res: dict, base_row: dict) -> None:
+    """A step's time for every model, size, dtype and batch size, both frameworks (measure_cell)."""
+    torch_device = "cuda" if res["backend"] != "cpu" else "cpu"
+    for model in a.models:
+        for hw in sizes:
+            images, labels = synthetic(max(a.images, max(a.batch_sizes)), hw)
+            for dtype in a.dtypes:
+                last: dict = {}
+                for bs in a.batch_sizes:
+                    cell = dict(model=model, size=f"{hw[0]}x{hw[1]}", height=hw[0], width=hw[1], dtype=dtype,
+                                batch_size=bs)
+                    rows, skipped = measure_cell(a, cell, images, labels, last, torch_device, log)
+                    res["rows"] += [dict(base_row, **r) for r in rows]
+                    res["skipped"] += skipped
+                    save_results(a, res)
+
+
+def epoch_rows(a: argparse.Namespace, hw, res: dict, base_row: dict) -> None:
+    """An epoch's time as a Python loop of steps and as one scan, per model, seed count and strategy."""
+    images, labels = synthetic(a.epoch_images, hw, seed=1)
+    for model in a.epoch_models:
+        for seeds in a.epoch_seeds:
+            for strat in (a.epoch_strategies if seeds > 1 else ["vmap"]):
+                for mode in ("loop", "scan"):
+                    r = bench_jax_epochs(model, a.batch_sizes[0], seeds, strat, mode, images, labels, a.repeats)
+                    res["rows"].append(dict(base_row, kind="epoch", framework="jax", model=model,
+                                            size=f"{hw[0]}x{hw[1]}", batch_size=a.batch_sizes[0], seeds=seeds,
+                                            dtype="float32", images=a.epoch_images, **r))
+                    log(f"epoch {model} S={seeds} {strat} {mode}: {r['epoch_s']:.2f} s")
+                    save_results(a, res)
+
+
+def main(argv=None):
+    a = make_parser().parse_args(argv)
+    sizes = [parse_size(s) for s in a.sizes]
+    from benchmarks.torch_cnn import check_size
+
+    for m in a.models:
+        for hw in sizes:
+            check_size(model_config(m), hw)
+    if min(a.rounds, a.steps, a.repeats, min(a.batch_sizes), min(a.seeds)) < 1:
+        raise UserError("--rounds, --steps, --repeats, --batch-sizes and --seeds must be >= 1")
+    a.out_dir.mkdir(parents=True, exist_ok=True)
+    res = start_results(a, argv)
     if a.torch_threads and "torch" in a.frameworks:
         import torch
 
         torch.set_num_threads(a.torch_threads)
-    base_row = dict(backend="gpu" if backend in ("gpu", "cuda", "rocm") else backend, device=device)
-    torch_device = "cuda" if backend != "cpu" else "cpu"
+    backend = res["backend"]
+    base_row = dict(backend="gpu" if backend in ("gpu", "cuda", "rocm") else backend, device=res["device"])
     if not a.only_compile_cache_check and not a.skip_steps:
-        for model in a.models:
-            for hw in sizes:
-                images, labels = synthetic(max(a.images, max(a.batch_sizes)), hw)
-                for dtype in a.dtypes:
-                    last: dict = {}
-                    for bs in a.batch_sizes:
-                        cell = dict(model=model, size=f"{hw[0]}x{hw[1]}", height=hw[0], width=hw[1], dtype=dtype,
-                                    batch_size=bs)
-                        rows, skipped = measure_cell(a, cell, images, labels, last, torch_device, log)
-                        res["rows"] += [dict(base_row, **r) for r in rows]
-                        res["skipped"] += skipped
-                        save()
+        step_rows(a, sizes, res, base_row)
     if a.epochs and not a.only_compile_cache_check:
-        hw = sizes[0]
-        images, labels = synthetic(a.epoch_images, hw, seed=1)
-        for model in a.epoch_models:
-            for seeds in a.epoch_seeds:
-                for strat in (a.epoch_strategies if seeds > 1 else ["vmap"]):
-                    for mode in ("loop", "scan"):
-                        r = bench_jax_epochs(model, a.batch_sizes[0], seeds, strat, mode, images, labels, a.repeats)
-                        res["rows"].append(dict(base_row, kind="epoch", framework="jax", model=model,
-                                                size=f"{hw[0]}x{hw[1]}", batch_size=a.batch_sizes[0], seeds=seeds,
-                                                dtype="float32", images=a.epoch_images, **r))
-                        log(f"epoch {model} S={seeds} {strat} {mode}: {r['epoch_s']:.2f} s")
-                        save()
+        epoch_rows(a, sizes[0], res, base_row)
     if a.compile_cache_check or a.only_compile_cache_check:
         res["compile_cache"] = compile_cache_check()
         log(f"compile cache: second/first = {res['compile_cache']['compile_fraction']:.3f}")
-    save()
+    save_results(a, res)
     for c in res["ratios"]:
         if c["jax_over_torch_median"] is not None:
             print(f"{c['model']} {c['size']} {c['dtype']} b{c['batch_size']}: JAX/PyTorch "
