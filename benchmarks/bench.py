@@ -30,9 +30,7 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -179,6 +177,18 @@ def bench_jax_epochs(model, batch_size, seeds, strategy, epoch_mode, images, lab
 # ----------------------------------------------------------------------------- one cell, interleaved
 
 
+def _estimate(spec: tuple, last: dict, bs: int, one_seed: float | None) -> tuple[float | None, str]:
+    """A runner's step time before it is built, and why: from its step at the previous batch size, or S x this
+    cell's 1-seed step; None where neither is known."""
+    seeds = spec[1]
+    if spec in last:
+        b0, s0 = last[spec]
+        return s0 * bs / b0, f"from {s0:.2f} s at batch {b0}"
+    if seeds > 1 and one_seed is not None:
+        return one_seed * seeds, f"{seeds} x the 1-seed step {one_seed:.2f} s"
+    return None, ""
+
+
 def measure_cell(a, cell: dict, images, labels, last: dict, torch_device: str, log) -> tuple[list, list]:
     """Rows (one per runner and round) and skip reasons of one (model, size, dtype, batch) cell.
 
@@ -202,12 +212,7 @@ def measure_cell(a, cell: dict, images, labels, last: dict, torch_device: str, l
                              and r["seeds"] == 1), None)
             name = f"{fw} {label}" + (f" S={seeds} {strat}" if seeds > 1 else "")
             if spec not in runners:
-                est = None
-                if spec in last:
-                    b0, s0 = last[spec]
-                    est, why = s0 * bs / b0, f"from {s0:.2f} s at batch {b0}"
-                elif seeds > 1 and one_seed is not None:
-                    est, why = one_seed * seeds, f"{seeds} x the 1-seed step {one_seed:.2f} s"
+                est, why = _estimate(spec, last, bs, one_seed)
                 if est is not None and est > a.max_step_seconds:
                     dead.add(spec)
                     last[spec] = (bs, est)  # larger batches are skipped too
@@ -240,50 +245,6 @@ def measure_cell(a, cell: dict, images, labels, last: dict, torch_device: str, l
         last[spec] = (bs, _median([r["step_s"] for r in rows if (r["framework"], r["seeds"], r["strategy_requested"]
                                                                   or "eager") == spec]))
     return rows, skipped
-
-
-# ----------------------------------------------------------------------------- compile cache check
-
-_CACHE_CHILD = r"""
-import json, sys, time
-t0 = time.perf_counter()
-import collections, jax.monitoring
-events = collections.defaultdict(float)
-jax.monitoring.register_event_duration_secs_listener(lambda name, secs, **kw: events.__setitem__(name, events[name] + secs))
-from bccd_jax.runtime import enable_compilation_cache
-enable_compilation_cache(sys.argv[1])
-import numpy as np, jax
-from bccd_jax.config import ModelConfig, TrainConfig
-from bccd_jax.models import build_model
-from bccd_jax.optimizers import make_optimizer
-from bccd_jax.data.train_data import TrainData
-from bccd_jax.train import fit
-rng = np.random.default_rng(0)
-x = rng.integers(0, 256, (64, 120, 160, 3), dtype=np.uint8); y = rng.integers(0, 4, 64).astype(np.int32)
-data = TrainData(jax.device_put(x), jax.device_put(y), {"test": (jax.device_put(x[:32]), jax.device_put(y[:32]))})
-cfg = TrainConfig(epochs=3, batch_size=32, epoch_mode=sys.argv[2], seed_strategy="auto")
-res = fit(build_model(ModelConfig.preset("base", dropout=0.2)), make_optimizer(cfg), cfg, data, [0, 1])
-jit_s = sum(v for k, v in events.items() if k.startswith("/jax/core/compile/") or k.startswith("/jax/compilation_cache/cache_retrieval"))
-print("RESULT " + json.dumps({"compile_s": jit_s, "fit_compile_estimate_s": res.compile_s, "events": dict(events), "wall_s": res.wall_s,
-      "process_s": time.perf_counter() - t0, "test_acc": res.history["test_acc"][-1]}))
-"""
-
-
-def compile_cache_check(epoch_mode: str = "auto") -> dict:
-    """A small fit() twice, each in a fresh subprocess sharing one new cache directory."""
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="bccd_jax_cache_") as cache:
-        for _ in range(2):
-            out = subprocess.run([sys.executable, "-c", _CACHE_CHILD, cache, epoch_mode], capture_output=True,
-                                 text=True, cwd=str(HERE.parent), check=True)
-            line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
-            runs.append(json.loads(line[len("RESULT "):]))
-        entries = sum(len(f) for _, _, f in os.walk(cache))
-    first, second = runs
-    return dict(epoch_mode=epoch_mode, first=first, second=second, cache_entries=entries,
-                compile_fraction=second["compile_s"] / max(first["compile_s"], 1e-9),
-                process_fraction=second["process_s"] / max(first["process_s"], 1e-9),
-                same_numbers=first["test_acc"] == second["test_acc"])
 
 
 # ----------------------------------------------------------------------------- main
@@ -430,6 +391,8 @@ def main(argv=None):
     if a.epochs and not a.only_compile_cache_check:
         epoch_rows(a, sizes[0], res, base_row)
     if a.compile_cache_check or a.only_compile_cache_check:
+        from benchmarks.compile_cache import compile_cache_check
+
         res["compile_cache"] = compile_cache_check()
         log(f"compile cache: second/first = {res['compile_cache']['compile_fraction']:.3f}")
     save_results(a, res)

@@ -237,6 +237,18 @@ def write_report(out_dir: Path) -> Path:
     return path
 
 
+def _compile_cache_section(cc: dict) -> list[str]:
+    return ["", "### Persistent compilation cache", "",
+            f"A 3-epoch fit of `base` (2 seeds, epoch_mode {cc['epoch_mode']}) in two fresh processes sharing one "
+            "cache directory (bccd_jax.runtime.enable_compilation_cache); compile = JAX's own timings "
+            "(jax.monitoring: tracing, lowering, XLA compile or cache retrieval):", "",
+            f"- first process: compile {cc['first']['compile_s']:.2f} s, process {cc['first']['process_s']:.2f} s",
+            f"- second process: compile {cc['second']['compile_s']:.2f} s, process {cc['second']['process_s']:.2f} s",
+            f"- second/first compile time **{cc['compile_fraction'] * 100:.1f} %** (process "
+            f"{cc['process_fraction'] * 100:.1f} %); {cc['cache_entries']} cache entries; identical numbers: "
+            f"{cc['same_numbers']}"]
+
+
 def step_sections(res: dict) -> list[str]:
     s = summarize(res)
     commands = res["command"] if isinstance(res["command"], list) else [res["command"]]
@@ -282,16 +294,7 @@ def step_sections(res: dict) -> list[str]:
                   f"{r['epoch_mode']} | {r['images']} | {fmt(r['epoch_s'], 2)} | {fmt(r['img_per_s'])} | "
                   f"{fmt(r['compile_s'], 2)} |" for r in ep]
     if res.get("compile_cache"):
-        cc = res["compile_cache"]
-        lines += ["", "### Persistent compilation cache", "",
-                  f"A 3-epoch fit of `base` (2 seeds, epoch_mode {cc['epoch_mode']}) in two fresh processes sharing one "
-                  "cache directory (bccd_jax.runtime.enable_compilation_cache); compile = JAX's own timings "
-                  "(jax.monitoring: tracing, lowering, XLA compile or cache retrieval):", "",
-                  f"- first process: compile {cc['first']['compile_s']:.2f} s, process {cc['first']['process_s']:.2f} s",
-                  f"- second process: compile {cc['second']['compile_s']:.2f} s, process {cc['second']['process_s']:.2f} s",
-                  f"- second/first compile time **{cc['compile_fraction'] * 100:.1f} %** (process "
-                  f"{cc['process_fraction'] * 100:.1f} %); {cc['cache_entries']} cache entries; identical numbers: "
-                  f"{cc['same_numbers']}"]
+        lines += _compile_cache_section(res["compile_cache"])
     if res.get("skipped"):
         lines += ["", "### Skipped", ""] + [f"- {x}" for x in res["skipped"]]
     notes = [f"- {n}" for n in computed_notes(res, s)]
