@@ -1,4 +1,5 @@
-"""What a finished variant amounts to: its summary for the run folder, the printed table, its figures."""
+"""What a finished variant amounts to: its summary for the run folder, its row of the results table (one set
+of columns, printed fixed width after a run and as markdown in the report), the baselines beside it, its figures."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 from bccd_jax import CLASS_NAMES
 from bccd_jax.metrics import ACC_BOUNDS, clip_interval, mean_ci, summarize_predictions
 from bccd_jax.run import RunFolder, VariantRecord, VariantResult
+
 
 def summarize_variant(record: VariantRecord, result, ds, data) -> dict[str, Any]:
     """Everything the report needs about one variant, from its history and final logits."""
