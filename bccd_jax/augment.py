@@ -198,6 +198,30 @@ _TAGS = {name: i for i, name in enumerate(
 """One fold_in tag per random parameter: switching one transform on or off leaves the others' draws alone."""
 
 
+def _uniform(key: jax.Array, name: str, bound: float, shape: tuple[int, ...]) -> jnp.ndarray:
+    """U(-bound, bound) of `shape` from the stream tagged `name`."""
+    return jax.random.uniform(jax.random.fold_in(key, _TAGS[name]), shape, jnp.float32, -bound, bound)
+
+
+def _colour_draws(key: jax.Array, b: int, cfg: AugmentConfig) -> dict[str, jnp.ndarray]:
+    """The colour factors of `b` images as applied (see draw_augment)."""
+    d: dict[str, jnp.ndarray] = {}
+    if cfg.stain:
+        d["stain_scale"], d["stain_bias"] = 1.0 + _uniform(key, "stain_scale", cfg.stain, (b, 3)), \
+            _uniform(key, "stain_bias", cfg.stain, (b, 3))
+    if cfg.brightness:
+        d["brightness"] = _uniform(key, "brightness", cfg.brightness, (b,))
+    if cfg.contrast:
+        d["contrast"] = 1.0 + _uniform(key, "contrast", cfg.contrast, (b,))
+    if cfg.saturation:
+        d["saturation"] = 1.0 + _uniform(key, "saturation", cfg.saturation, (b,))
+    if cfg.hue:
+        d["hue"] = _uniform(key, "hue", cfg.hue, (b,))
+    if cfg.gamma:
+        d["gamma"] = jnp.exp(_uniform(key, "gamma", cfg.gamma, (b,)))
+    return d
+
+
 def draw_augment(key: jax.Array, shape: tuple[int, ...], cfg: AugmentConfig) -> dict[str, jnp.ndarray]:
     """Every random parameter of one augmented batch of `shape` (B, H, W, C), by name, each with the
     batch axis first: what `apply_augment` needs, and all a replay in another framework needs.
@@ -209,7 +233,7 @@ def draw_augment(key: jax.Array, shape: tuple[int, ...], cfg: AugmentConfig) -> 
     b, h, w = shape[:3]
 
     def uniform(name, bound, shape=(b,)):
-        return jax.random.uniform(jax.random.fold_in(key, _TAGS[name]), shape, jnp.float32, -bound, bound)
+        return _uniform(key, name, bound, shape)
 
     def coin(name):
         return jax.random.bernoulli(jax.random.fold_in(key, _TAGS[name]), 0.5, (b,))
@@ -222,21 +246,7 @@ def draw_augment(key: jax.Array, shape: tuple[int, ...], cfg: AugmentConfig) -> 
         """`value` for the heavy images, `off` for the others."""
         return value if heavy is None else jnp.where(heavy, value, off)
 
-    d: dict[str, jnp.ndarray] = {}
-    if cfg.colour:
-        if cfg.stain:
-            d["stain_scale"], d["stain_bias"] = 1.0 + uniform("stain_scale", cfg.stain, (b, 3)), \
-                uniform("stain_bias", cfg.stain, (b, 3))
-        if cfg.brightness:
-            d["brightness"] = uniform("brightness", cfg.brightness)
-        if cfg.contrast:
-            d["contrast"] = 1.0 + uniform("contrast", cfg.contrast)
-        if cfg.saturation:
-            d["saturation"] = 1.0 + uniform("saturation", cfg.saturation)
-        if cfg.hue:
-            d["hue"] = uniform("hue", cfg.hue)
-        if cfg.gamma:
-            d["gamma"] = jnp.exp(uniform("gamma", cfg.gamma))
+    d: dict[str, jnp.ndarray] = _colour_draws(key, b, cfg) if cfg.colour else {}
     if cfg.geometric:
         no = jnp.zeros((b,), bool)
         d["flip_y"], d["flip_x"] = (coin("flip_y"), coin("flip_x")) if cfg.flip else (no, no)

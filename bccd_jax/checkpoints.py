@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ import orbax.checkpoint as ocp
 
 from bccd_jax.config import resume_problems
 from bccd_jax.errors import UserError
+from bccd_jax.files import plain
 
 WEIGHTS_KIND = "weights"
 
@@ -59,14 +59,14 @@ class CheckpointStore:
 
     def save(self, epoch: int, state: Any, meta: Mapping[str, Any]) -> None:
         self.manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                         meta=ocp.args.JsonSave(_jsonable(meta))),
+                                                         meta=ocp.args.JsonSave(plain(meta))),
                           force=True)
 
     def save_weights(self, epoch: int, weights: InferenceState, meta: Mapping[str, Any]) -> None:
         """An inference checkpoint: params and batch statistics only."""
         self.manager.save(epoch, args=ocp.args.Composite(
             weights=ocp.args.StandardSave({"params": weights.params, "batch_stats": weights.batch_stats}),
-            meta=ocp.args.JsonSave(_jsonable({**meta, "kind": WEIGHTS_KIND}))), force=True)
+            meta=ocp.args.JsonSave(plain({**meta, "kind": WEIGHTS_KIND}))), force=True)
         self.manager.wait_until_finished()
 
     def wait(self) -> None:
@@ -187,8 +187,3 @@ def _quiet_logs():
         sys.unraisablehook = hook
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def _jsonable(value: Any) -> Any:
-    """Round-trip through JSON so tuples/lists and numpy scalars compare equal."""
-    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))

@@ -16,9 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from bccd_jax.errors import UserError
+from bccd_jax.files import plain
 
-INITS = ("keras", "lecun", "he")
-"""Kernel initialisers of the CNN family (bccd_jax.models.cnn.KERNEL_INITS)."""
+INITS = {
+    "keras": "glorot_uniform",  # Keras' Conv2D/Dense default: what the study used
+    "lecun": "lecun_normal",  # Flax's default
+    "he": "he_normal",  # variance 2/fan_in: keeps ReLU activations at scale through depth
+}
+"""Kernel initialisers of the CNN family: name -> flax.linen.initializers function (bccd_jax.models.cnn)."""
 
 INPUT_NORMS = ("scale", "image")
 """How pixels reach the first layer: x/255 (with optional feature centering), or per-image standardisation."""
@@ -296,7 +301,7 @@ def resume_problems(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[st
     Compared: data (dataset, image shape, fingerprint), and model, train, seeds and optimizer of
     each variant in `now`; TrainConfig fields in `config.resume_free_fields` may change.
     """
-    saved, now = _plain(saved), _plain(now)
+    saved, now = plain(saved), plain(now)
     out = []
     sd, nd = saved.get("data", {}), now.get("data", {})
     for key in ("dataset", "image_shape", "fingerprint"):
@@ -334,14 +339,9 @@ def _with_defaults(key: str, saved: dict[str, Any]) -> dict[str, Any]:
     if cls is None:
         return saved
     try:
-        return _plain(to_dict(from_dict(cls, saved)))
+        return plain(to_dict(from_dict(cls, saved)))
     except (UserError, TypeError, ValueError):  # not a config this version can read: compare as saved
         return saved
-
-
-def _plain(value: Any) -> Any:
-    """Round-trip through JSON so tuples/lists and numpy scalars compare equal."""
-    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def _show(value: Any) -> str:

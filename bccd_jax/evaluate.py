@@ -26,8 +26,9 @@ import numpy as np
 
 from bccd_jax import CLASS_NAMES
 from bccd_jax.config import EVAL_TTA
+from bccd_jax.data.sources import IMAGE_SUFFIXES
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
-from bccd_jax.images import CROPS, IMAGE_SUFFIXES, prepare
+from bccd_jax.images import CROPS, prepare
 from bccd_jax.metrics import balanced_accuracy, confusion_matrix, per_class_report, softmax
 
 CHUNK = 512  # images prepared and classified at a time

@@ -1,4 +1,5 @@
-"""Writing files so that a killed process never leaves half of one: a temporary sibling, then a rename."""
+"""Writing files so that a killed process never leaves half of one: a temporary sibling, then a rename;
+and the one rule by which values become JSON."""
 
 from __future__ import annotations
 
@@ -28,10 +29,16 @@ def write_atomic(path: str | os.PathLike, content: str | bytes | Callable[[Binar
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """`obj` as indented JSON (numpy arrays and scalars as lists and numbers), atomically."""
-    return write_atomic(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    return write_atomic(path, json.dumps(obj, indent=2, default=_numpy) + "\n")
 
 
-def _jsonable(o: Any):
+def plain(value: Any) -> Any:
+    """`value` as JSON reads it back (tuples as lists, numpy values as numbers, anything else as its str), so
+    a saved and a current setting compare equal."""
+    return json.loads(json.dumps(value, default=lambda o: _numpy(o) if hasattr(o, "tolist") else str(o)))
+
+
+def _numpy(o: Any):
     if hasattr(o, "tolist"):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -22,7 +22,6 @@ from bccd_jax.errors import UserError
 ORIGINAL_SIZE = (640, 480)   # (W, H) of a BCCD original
 AUGMENTED_SIZE = (320, 240)  # (W, H) of an image of the Kaggle augmented set
 MIN_SIDE = 32
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 CROPS = ("none", "center")
 
 _BOX_PROBLEMS = {

@@ -24,8 +24,8 @@ from bccd_jax.steps import EpochMetrics, StepFns, TrainState, make_step_fns, see
 def resolve_epoch_mode(mode: str, backend: str | None = None) -> str:
     """'auto' -> the faster formulation per backend, as measured (benchmarks/RESULTS.md):
     on XLA:CPU a Python loop of jitted steps beats a scanned epoch by far (XLA:CPU runs a
-    convolution inside a loop body about 10x slower than the same convolution at the top
-    level); on GPU one scanned epoch avoids per-step dispatch."""
+    convolution inside a loop body far slower than the same convolution at the top level);
+    on GPU one scanned epoch avoids per-step dispatch."""
     if mode != "auto":
         return mode
     backend = backend or jax.default_backend()
@@ -39,14 +39,14 @@ def resolve_seed_strategy(strategy: str, num_seeds: int | None = None, backend: 
       (feature_group_count = S forward, batch_group_count = S for the weight gradient),
       which XLA runs far below the speed of S plain convolutions, on CPU and on GPU.
     - "map" (`lax.map`): the seeds' steps run in a while loop; on GPU each convolution
-      stays a plain cuDNN call, but XLA:CPU runs convolutions inside a loop body about
-      10x slower than the same convolution at the top level (the same cause makes
-      scanned epochs lose on CPU).
+      stays a plain cuDNN call, but XLA:CPU runs convolutions inside a loop body far
+      slower than the same convolution at the top level (the same cause makes scanned
+      epochs lose on CPU).
     - "unroll": the S single-seed forward/backward passes written one after another in
       one program (plain top-level convolutions), the optimizer update vmapped over the
       stacked state. Compile time grows with S. Each seed's parameters are sliced out of
       the stacked state and its gradients stacked back in every step: copies of the base
-      CNN's 18.5 MB dense kernel that make a seed's step slower than one seed alone.
+      CNN's large dense kernel that make a seed's step slower than one seed alone.
     - "sequential" (epoch loop only, one device): each seed's epoch runs by itself, through
       the single-seed gradient and update programs, and the seeds are stacked again after
       the epoch: no per-step copies, one compilation for all seeds.
@@ -201,7 +201,7 @@ class MultiSeedTrainer:
     def loop_step(self, state: TrainState, images, labels, idx, mask, epoch, i) -> tuple[TrainState, EpochMetrics]:
         """`train_step` as two compiled calls, the gradients and then the optimizer update (state and
         gradients donated): the same numbers. In one program XLA copies every donated parameter that
-        the backward pass still reads before updating it in place (the base CNN's 18.5 MB dense
+        the backward pass still reads before updating it in place (the base CNN's large dense
         kernel, each step); across two programs the update writes in place with no copy
         (benchmarks/RESULTS.md). The epoch loop on CPU calls this."""
         grads, stats, metrics = self._step_grads(state, images, labels, idx, mask, epoch, i)
@@ -229,8 +229,8 @@ def _lift_train_step(fns: StepFns, strategy: str) -> Callable:
     """train_step over a leading seed axis. As `lift_seeds`, except that "unroll" unrolls only
     the forward/backward pass (plain convolutions per seed) and vmaps the optimizer update:
     updating the stacked state in place instead of slicing every seed's params and optimizer
-    moments out and stacking them back saves several copies of the state per step (the base
-    CNN's 19M-parameter dense layer made those copies cost ~10 % of an 8-seed step on CPU)."""
+    moments out and stacking them back saves several copies of the state per step, which the
+    base CNN's large dense layer makes costly on CPU (benchmarks/RESULTS.md)."""
     if strategy == "auto":
         return _auto(lambda s: _lift_train_step(fns, s), _STEP_IN_AXES)
     if strategy not in ("unroll", "sequential"):

@@ -13,6 +13,7 @@ augmentations as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -159,11 +160,48 @@ def make_evaluate(model: nn.Module, eval_batch_size: int = 256, tta: str = "none
     return evaluate
 
 
+def shuffled_batches(key, epoch, num_examples: int, batch_size: int):
+    """The epoch's batches as indices [steps, batch_size] and a mask of the real rows: one permutation
+    per epoch; the last batch is filled by wrapping and masked out of the loss and out of batch norm's
+    statistics."""
+    n_steps = steps_per_epoch(num_examples, batch_size)
+    padded = n_steps * batch_size
+    perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, _SHUFFLE), epoch), num_examples)
+    idx = jnp.concatenate([perm, perm[: padded - num_examples]]) if padded > num_examples else perm
+    mask = jnp.arange(padded) < num_examples
+    return idx.reshape(n_steps, batch_size), mask.reshape(n_steps, batch_size)
+
+
+def balanced_class_weights(labels: jnp.ndarray) -> jnp.ndarray:
+    """Per class, N / (K n_class) over all training labels `labels`: with these weights every class counts
+    equally in the loss, as the augmented set's per-class oversampling made it (TrainConfig.balance_classes)."""
+    counts = jnp.bincount(labels, length=len(CLASS_NAMES))
+    return labels.shape[0] / (len(CLASS_NAMES) * jnp.maximum(counts, 1).astype(jnp.float32))
+
+
+def masked_loss(model: nn.Module, params, batch_stats, images, labels, mask, dropout_key, class_weights=None):
+    """Mean cross-entropy over the real rows of a padded training batch, each row weighted by its class's
+    entry of `class_weights` when given; (logits, updated batch statistics, per-row cross-entropy) as aux."""
+    if batch_stats:
+        logits, updates = model.apply(variables(params, batch_stats), images, train=True, mask=mask,
+                                      rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+        new_stats = updates["batch_stats"]
+    else:
+        logits = model.apply(variables(params, batch_stats), images, train=True,
+                             rngs={"dropout": dropout_key})
+        new_stats = batch_stats
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    weights = mask.astype(jnp.float32)
+    if class_weights is not None:
+        weights = weights * class_weights[labels]
+    loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1e-6)
+    return loss, (logits, new_stats, ce)
+
+
 def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig,
                   num_examples: int) -> StepFns:
     """The pure single-seed functions for `model` trained by `tx` as `cfg` says on `num_examples` examples."""
     n_steps = steps_per_epoch(num_examples, cfg.batch_size)
-    padded = n_steps * cfg.batch_size
     augment = cfg.augment
 
     def init(key, sample_images, pretrained=None):
@@ -175,48 +213,19 @@ def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, cfg: Train
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                           opt_state=tx.init(params), key=key)
 
-    def batch_plan(key, epoch):
-        # one permutation per epoch; the last batch is filled by wrapping and masked out of the loss
-        # and out of batch norm's statistics
-        perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, _SHUFFLE), epoch),
-                                      num_examples)
-        idx = jnp.concatenate([perm, perm[: padded - num_examples]]) if padded > num_examples else perm
-        mask = jnp.arange(padded) < num_examples
-        return idx.reshape(n_steps, cfg.batch_size), mask.reshape(n_steps, cfg.batch_size)
+    batch_plan = functools.partial(shuffled_batches, num_examples=num_examples, batch_size=cfg.batch_size)
+    loss_and_logits = functools.partial(masked_loss, model)
 
-    def loss_and_logits(params, batch_stats, images, labels, mask, dropout_key, class_weights=None):
-        if batch_stats:
-            logits, updates = model.apply(variables(params, batch_stats), images, train=True, mask=mask,
-                                          rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-            new_stats = updates["batch_stats"]
-        else:
-            logits = model.apply(variables(params, batch_stats), images, train=True,
-                                 rngs={"dropout": dropout_key})
-            new_stats = batch_stats
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        weights = mask.astype(jnp.float32)
-        if class_weights is not None:
-            weights = weights * class_weights[labels]
-        loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1e-6)
-        return loss, (logits, new_stats, ce)
-
-    def balanced_weights(labels):
-        """cfg.balance_classes: each class's examples weighted by N / (K n_class) over all training labels,
-        so that every class counts equally in the loss, as the augmented set's per-class oversampling made
-        it; None otherwise."""
-        if not cfg.balance_classes:
-            return None
-        counts = jnp.bincount(labels, length=len(CLASS_NAMES))
-        return labels.shape[0] / (len(CLASS_NAMES) * jnp.maximum(counts, 1).astype(jnp.float32))
 
     def step_grads(params, batch_stats, key, images, labels, idx, mask, epoch, i):
         batch_images, batch_labels = images[idx], labels[idx]
         augment_key, dropout_key = step_keys(key, epoch, i)
         if augment.active:
             batch_images = augment_batch(augment_key, batch_images, augment)
+        class_weights = balanced_class_weights(labels) if cfg.balance_classes else None
         grad_fn = jax.value_and_grad(loss_and_logits, has_aux=True)
         (_, (logits, new_stats, ce)), grads = grad_fn(params, batch_stats, batch_images, batch_labels, mask,
-                                                      dropout_key, balanced_weights(labels))
+                                                      dropout_key, class_weights)
         w = mask.astype(jnp.float32)
         metrics = EpochMetrics(loss_sum=jnp.sum(ce * w),
                                correct=jnp.sum((jnp.argmax(logits, -1) == batch_labels) * w),

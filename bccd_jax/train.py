@@ -1,8 +1,9 @@
 """The training runner: `fit` trains S seeds at once for a number of epochs, evaluating every epoch.
 
-It owns what the pure functions cannot: the epoch loop, evaluation sets and their subsets,
-Orbax checkpoints every k epochs, resume, and a clean stop on Ctrl-C / SIGTERM. The step
-functions are in `bccd_jax.steps` (one seed) and `bccd_jax.seeds` (many seeds at once).
+It owns what the pure functions cannot: the epoch loop, scoring the evaluation sets and their
+subsets (bccd_jax.data.train_data), Orbax checkpoints every k epochs, resume, and a clean stop on
+Ctrl-C / SIGTERM. The step functions are in `bccd_jax.steps` (one seed) and `bccd_jax.seeds`
+(many seeds at once).
 """
 
 from __future__ import annotations
@@ -15,44 +16,15 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
-import jax
 import numpy as np
 import optax
 from scipy.special import log_softmax
 
 from bccd_jax.config import TrainConfig
+from bccd_jax.data.train_data import TrainData
 from bccd_jax.errors import UserError
-from bccd_jax.seeds import MultiSeedTrainer, lift_seeds
-from bccd_jax.steps import TrainState, make_evaluate
-
-
-@dataclasses.dataclass
-class TrainData:
-    """Arrays for one run: the training set, named evaluation sets (on device once put), and named
-    subsets of those sets (`name -> (evaluation set, indices into it)`), scored from the same logits."""
-
-    train_images: Any
-    train_labels: Any
-    eval_sets: dict[str, tuple[Any, Any]]
-    eval_subsets: dict[str, tuple[str, np.ndarray]] = dataclasses.field(default_factory=dict)
-
-    @staticmethod
-    def from_dataset(ds, eval_splits: Sequence[str] | None = None,
-                     inputs: Mapping[str, Any] | None = None) -> "TrainData":
-        """From a bccd_jax.data.Dataset: 'train' for training, every other split (or `eval_splits`) for
-        evaluation, and for each of them `<split>_leakfree`: its images whose cell is not in 'train'.
-        `inputs` replaces the images of each split (e.g. cached features of a frozen prefix)."""
-        from bccd_jax.data.cells import leakfree_subsets
-
-        names = [s for s in ds.splits if s != "train"] if eval_splits is None else list(eval_splits)
-        x = {s: (inputs or {}).get(s, sp.images) for s, sp in ds.splits.items()}
-        return TrainData(
-            train_images=jax.device_put(np.asarray(x["train"])),
-            train_labels=jax.device_put(ds.splits["train"].labels.astype(np.int32)),
-            eval_sets={n: (jax.device_put(np.asarray(x[n])),
-                           jax.device_put(ds.splits[n].labels.astype(np.int32))) for n in names},
-            eval_subsets=leakfree_subsets(ds, names),
-        )
+from bccd_jax.seeds import MultiSeedTrainer
+from bccd_jax.steps import TrainState
 
 
 @dataclasses.dataclass
@@ -104,6 +76,46 @@ def subset_scores(logits: np.ndarray, labels: np.ndarray) -> tuple[list[float], 
     return ce.mean(axis=1).tolist(), (logp.argmax(-1) == labels[None]).mean(axis=1).tolist()
 
 
+def evaluate_sets(trainer: MultiSeedTrainer, state: TrainState,
+                  data: TrainData) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
+    """Every evaluation set's logits [S, N, C], and the per-seed loss and accuracy of each set and subset."""
+    logits, scores = {}, {}
+    for name, (images, labels) in data.eval_sets.items():
+        loss, acc, out = trainer.evaluate(state, images, labels)
+        logits[name] = np.asarray(out)
+        scores[f"{name}_loss"], scores[f"{name}_acc"] = np.asarray(loss).tolist(), np.asarray(acc).tolist()
+    for name, (parent, idx) in data.eval_subsets.items():
+        labels = np.asarray(data.eval_sets[parent][1])[idx]
+        scores[f"{name}_loss"], scores[f"{name}_acc"] = subset_scores(logits[parent][:, idx], labels)
+    return logits, scores
+
+
+def record_epoch(history: dict[str, list], epoch: int, metrics, scores: Mapping[str, list[float]]) -> None:
+    """Append one epoch's training metrics (summed over its steps) and evaluation scores to `history`."""
+    count = np.asarray(metrics.count)
+    history["epoch"].append(epoch)
+    history["train_loss"].append((np.asarray(metrics.loss_sum) / count).tolist())
+    history["train_acc"].append((np.asarray(metrics.correct) / count).tolist())
+    for key, value in scores.items():
+        history[key].append(value)
+
+
+def resume_from(checkpoints, state: TrainState, expected_meta: Mapping[str, Any],
+                force: bool) -> tuple[TrainState, dict[str, list], int, float]:
+    """The latest checkpoint's state, history, epoch and the training time of the processes before it."""
+    state, meta = checkpoints.restore(state, expected_meta=expected_meta, force=force)
+    start_epoch = int(meta["epoch"])
+    print(f"[bccd_jax] resumed from {checkpoints.directory} at epoch {start_epoch}", file=sys.stderr)
+    return state, meta["history"], start_epoch, float(meta.get("wall_s", 0.0))
+
+
+def compile_estimate(epoch_times: Sequence[float]) -> float:
+    """Time of the first epoch beyond the median of the others: roughly what compiling took."""
+    if len(epoch_times) < 2:
+        return 0.0
+    return max(0.0, epoch_times[0] - float(np.median(epoch_times[1:])))
+
+
 def fit(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig, data: TrainData,
         seeds: Sequence[int], *, checkpoints=None, run_meta: Mapping[str, Any] | None = None,
         resume: bool = False, force: bool = False, pretrained=None, start=None,
@@ -125,52 +137,28 @@ def fit(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig, da
     if n == 0:
         raise UserError("the training split is empty")
     trainer = MultiSeedTrainer(model, tx, cfg, n, sharding=sharding)
-    eval_names = list(data.eval_sets) + list(data.eval_subsets)
-    history = empty_history(eval_names)
+    history = empty_history(list(data.eval_sets) + list(data.eval_subsets))
     state = trainer.init_state(seeds, data.train_images, pretrained, start)
-    start_epoch = 0
-    wall_before = 0.0  # training time of the processes before a resume
+    start_epoch, wall_before = 0, 0.0  # wall_before: training time of the processes before a resume
     if checkpoints is not None and resume and checkpoints.latest_epoch() is not None:
-        state, meta = checkpoints.restore(state, expected_meta=dict(run_meta or {}, seeds=seeds), force=force)
-        history = meta["history"]
-        start_epoch = int(meta["epoch"])
-        wall_before = float(meta.get("wall_s", 0.0))
-        print(f"[bccd_jax] resumed from {checkpoints.directory} at epoch {start_epoch}", file=sys.stderr)
+        state, history, start_epoch, wall_before = resume_from(checkpoints, state, dict(run_meta or {}, seeds=seeds),
+                                                               force)
 
     def save(epoch: int):
         if checkpoints is not None:
             checkpoints.save(epoch, state, dict(run_meta or {}, seeds=seeds, epoch=epoch, history=history,
                                                 wall_s=wall_before + time.perf_counter() - t_start))
 
-    def evaluate_all() -> dict[str, np.ndarray]:
-        """Every evaluation set's logits [S, N, C], and its (and its subsets') loss and accuracy into `scores`."""
-        logits = {}
-        for name, (images, labels) in data.eval_sets.items():
-            loss, acc, out = trainer.evaluate(state, images, labels)
-            logits[name] = np.asarray(out)
-            scores[f"{name}_loss"], scores[f"{name}_acc"] = np.asarray(loss).tolist(), np.asarray(acc).tolist()
-        for name, (parent, idx) in data.eval_subsets.items():
-            labels = np.asarray(data.eval_sets[parent][1])[idx]
-            scores[f"{name}_loss"], scores[f"{name}_acc"] = subset_scores(logits[parent][:, idx], labels)
-        return logits
-
     epoch_times: list[float] = []
     interrupted = False
     final_logits: dict[str, np.ndarray] | None = None
-    scores: dict[str, list[float]] = {}
     t_start = time.perf_counter()
     with _StopFlag() as stop:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             state, m = trainer.run_epoch(state, data.train_images, data.train_labels, epoch)
-            count = np.asarray(m.count)
-            history["epoch"].append(epoch + 1)
-            history["train_loss"].append((np.asarray(m.loss_sum) / count).tolist())
-            history["train_acc"].append((np.asarray(m.correct) / count).tolist())
-            final_logits = evaluate_all()
-            for name in eval_names:
-                for metric in ("loss", "acc"):
-                    history[f"{name}_{metric}"].append(scores[f"{name}_{metric}"])
+            final_logits, scores = evaluate_sets(trainer, state, data)
+            record_epoch(history, epoch + 1, m, scores)
             epoch_times.append(time.perf_counter() - t0)
             if on_epoch is not None:
                 on_epoch(epoch + 1, history)
@@ -184,18 +172,6 @@ def fit(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig, da
     if checkpoints is not None:
         checkpoints.wait()
     if final_logits is None:  # resumed at the end: nothing trained, evaluate the restored state once
-        final_logits = evaluate_all()
-    compile_s = 0.0
-    if len(epoch_times) >= 2:
-        compile_s = max(0.0, epoch_times[0] - float(np.median(epoch_times[1:])))
-    return FitResult(state=state, history=history, seeds=seeds, final_logits=final_logits,
-                     interrupted=interrupted, wall_s=wall_before + time.perf_counter() - t_start, compile_s=compile_s)
-
-
-def predict_logits(model: nn.Module, state: TrainState, images, eval_batch_size: int = 256,
-                   tta: str = "none") -> np.ndarray:
-    """Logits [S, N, C] of every seed in `state` (leading seed axis) on `images` (0..255 NHWC)."""
-    images = jax.numpy.asarray(images)
-    labels = jax.numpy.zeros((images.shape[0],), jax.numpy.int32)
-    evaluate = make_evaluate(model, max(1, min(eval_batch_size, images.shape[0])), tta)
-    return np.asarray(jax.jit(lift_seeds(evaluate, (0, None, None), "auto"))(state, images, labels)[2])
+        final_logits, _ = evaluate_sets(trainer, state, data)
+    return FitResult(state=state, history=history, seeds=seeds, final_logits=final_logits, interrupted=interrupted,
+                     wall_s=wall_before + time.perf_counter() - t_start, compile_s=compile_estimate(epoch_times))

@@ -30,9 +30,7 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -179,6 +177,18 @@ def bench_jax_epochs(model, batch_size, seeds, strategy, epoch_mode, images, lab
 # ----------------------------------------------------------------------------- one cell, interleaved
 
 
+def _estimate(spec: tuple, last: dict, bs: int, one_seed: float | None) -> tuple[float | None, str]:
+    """A runner's step time before it is built, and why: from its step at the previous batch size, or S x this
+    cell's 1-seed step; None where neither is known."""
+    seeds = spec[1]
+    if spec in last:
+        b0, s0 = last[spec]
+        return s0 * bs / b0, f"from {s0:.2f} s at batch {b0}"
+    if seeds > 1 and one_seed is not None:
+        return one_seed * seeds, f"{seeds} x the 1-seed step {one_seed:.2f} s"
+    return None, ""
+
+
 def measure_cell(a, cell: dict, images, labels, last: dict, torch_device: str, log) -> tuple[list, list]:
     """Rows (one per runner and round) and skip reasons of one (model, size, dtype, batch) cell.
 
@@ -202,12 +212,7 @@ def measure_cell(a, cell: dict, images, labels, last: dict, torch_device: str, l
                              and r["seeds"] == 1), None)
             name = f"{fw} {label}" + (f" S={seeds} {strat}" if seeds > 1 else "")
             if spec not in runners:
-                est = None
-                if spec in last:
-                    b0, s0 = last[spec]
-                    est, why = s0 * bs / b0, f"from {s0:.2f} s at batch {b0}"
-                elif seeds > 1 and one_seed is not None:
-                    est, why = one_seed * seeds, f"{seeds} x the 1-seed step {one_seed:.2f} s"
+                est, why = _estimate(spec, last, bs, one_seed)
                 if est is not None and est > a.max_step_seconds:
                     dead.add(spec)
                     last[spec] = (bs, est)  # larger batches are skipped too
@@ -242,49 +247,6 @@ def measure_cell(a, cell: dict, images, labels, last: dict, torch_device: str, l
     return rows, skipped
 
 
-# ----------------------------------------------------------------------------- compile cache check
-
-_CACHE_CHILD = r"""
-import json, sys, time
-t0 = time.perf_counter()
-import collections, jax.monitoring
-events = collections.defaultdict(float)
-jax.monitoring.register_event_duration_secs_listener(lambda name, secs, **kw: events.__setitem__(name, events[name] + secs))
-from bccd_jax.runtime import enable_compilation_cache
-enable_compilation_cache(sys.argv[1])
-import numpy as np, jax
-from bccd_jax.config import ModelConfig, TrainConfig
-from bccd_jax.models import build_model
-from bccd_jax.optimizers import make_optimizer
-from bccd_jax.train import TrainData, fit
-rng = np.random.default_rng(0)
-x = rng.integers(0, 256, (64, 120, 160, 3), dtype=np.uint8); y = rng.integers(0, 4, 64).astype(np.int32)
-data = TrainData(jax.device_put(x), jax.device_put(y), {"test": (jax.device_put(x[:32]), jax.device_put(y[:32]))})
-cfg = TrainConfig(epochs=3, batch_size=32, epoch_mode=sys.argv[2], seed_strategy="auto")
-res = fit(build_model(ModelConfig.preset("base", dropout=0.2)), make_optimizer(cfg), cfg, data, [0, 1])
-jit_s = sum(v for k, v in events.items() if k.startswith("/jax/core/compile/") or k.startswith("/jax/compilation_cache/cache_retrieval"))
-print("RESULT " + json.dumps({"compile_s": jit_s, "fit_compile_estimate_s": res.compile_s, "events": dict(events), "wall_s": res.wall_s,
-      "process_s": time.perf_counter() - t0, "test_acc": res.history["test_acc"][-1]}))
-"""
-
-
-def compile_cache_check(epoch_mode: str = "auto") -> dict:
-    """A small fit() twice, each in a fresh subprocess sharing one new cache directory."""
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="bccd_jax_cache_") as cache:
-        for _ in range(2):
-            out = subprocess.run([sys.executable, "-c", _CACHE_CHILD, cache, epoch_mode], capture_output=True,
-                                 text=True, cwd=str(HERE.parent), check=True)
-            line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
-            runs.append(json.loads(line[len("RESULT "):]))
-        entries = sum(len(f) for _, _, f in os.walk(cache))
-    first, second = runs
-    return dict(epoch_mode=epoch_mode, first=first, second=second, cache_entries=entries,
-                compile_fraction=second["compile_s"] / max(first["compile_s"], 1e-9),
-                process_fraction=second["process_s"] / max(first["process_s"], 1e-9),
-                same_numbers=first["test_acc"] == second["test_acc"])
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -300,7 +262,7 @@ def versions() -> dict:
     return {**v, "torch": torch.__version__ if torch is not None else None}
 
 
-def main(argv=None):
+def make_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["60x80", "120x160"], help="image sizes HxW")
@@ -329,21 +291,14 @@ def main(argv=None):
     p.add_argument("--out-dir", type=Path, default=HERE)
     p.add_argument("--note", action="append", default=[], help="a hand-written line for the Notes (shown with this command)")
     p.add_argument("--append", action="store_true", help="add to the rows of an existing results.json")
-    a = p.parse_args(argv)
-    sizes = [parse_size(s) for s in a.sizes]
-    from bccd_jax.models.cnn import feature_map_size
+    return p
 
-    for m in a.models:
-        for hw in sizes:
-            feature_map_size(model_config(m), hw)
-    if min(a.rounds, a.steps, a.repeats, min(a.batch_sizes), min(a.seeds)) < 1:
-        raise UserError("--rounds, --steps, --repeats, --batch-sizes and --seeds must be >= 1")
-    a.out_dir.mkdir(parents=True, exist_ok=True)
 
+def start_results(a: argparse.Namespace, argv) -> dict:
+    """results.json before any row: machine, versions, command (and the rows of the file with --append)."""
     import jax
 
     from bccd_jax.run import command_line, cpu_flags
-    from benchmarks.report import summarize, write_report
 
     backend = jax.default_backend()
     dev = jax.devices()[0]
@@ -364,52 +319,83 @@ def main(argv=None):
                    date=old["date"] + " .. " + res["date"], loadavg_start=old.get("loadavg_start"))
         if "compile_cache" in old:
             res["compile_cache"] = old["compile_cache"]
+    return res
 
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
 
-    def save():
-        res["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-        res.update(summarize(res))
-        out_json.write_text(json.dumps(res, indent=1))
-        write_report(a.out_dir)
+def save_results(a: argparse.Namespace, res: dict) -> None:
+    """results.json with its summary, and RESULTS.md (benchmarks.report)."""
+    from benchmarks.report import summarize, write_report
 
+    res["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    res.update(summarize(res))
+    (a.out_dir / "results.json").write_text(json.dumps(res, indent=1))
+    write_report(a.out_dir)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def step_rows(a: argparse.Namespace, sizes, res: dict, base_row: dict) -> None:
+    """A step's time for every model, size, dtype and batch size, both frameworks (measure_cell)."""
+    torch_device = "cuda" if res["backend"] != "cpu" else "cpu"
+    for model in a.models:
+        for hw in sizes:
+            images, labels = synthetic(max(a.images, max(a.batch_sizes)), hw)
+            for dtype in a.dtypes:
+                last: dict = {}
+                for bs in a.batch_sizes:
+                    cell = dict(model=model, size=f"{hw[0]}x{hw[1]}", height=hw[0], width=hw[1], dtype=dtype,
+                                batch_size=bs)
+                    rows, skipped = measure_cell(a, cell, images, labels, last, torch_device, log)
+                    res["rows"] += [dict(base_row, **r) for r in rows]
+                    res["skipped"] += skipped
+                    save_results(a, res)
+
+
+def epoch_rows(a: argparse.Namespace, hw, res: dict, base_row: dict) -> None:
+    """An epoch's time as a Python loop of steps and as one scan, per model, seed count and strategy."""
+    images, labels = synthetic(a.epoch_images, hw, seed=1)
+    for model in a.epoch_models:
+        for seeds in a.epoch_seeds:
+            for strat in (a.epoch_strategies if seeds > 1 else ["vmap"]):
+                for mode in ("loop", "scan"):
+                    r = bench_jax_epochs(model, a.batch_sizes[0], seeds, strat, mode, images, labels, a.repeats)
+                    res["rows"].append(dict(base_row, kind="epoch", framework="jax", model=model,
+                                            size=f"{hw[0]}x{hw[1]}", batch_size=a.batch_sizes[0], seeds=seeds,
+                                            dtype="float32", images=a.epoch_images, **r))
+                    log(f"epoch {model} S={seeds} {strat} {mode}: {r['epoch_s']:.2f} s")
+                    save_results(a, res)
+
+
+def main(argv=None):
+    a = make_parser().parse_args(argv)
+    sizes = [parse_size(s) for s in a.sizes]
+    from bccd_jax.models.cnn import feature_map_size
+
+    for m in a.models:
+        for hw in sizes:
+            feature_map_size(model_config(m), hw)
+    if min(a.rounds, a.steps, a.repeats, min(a.batch_sizes), min(a.seeds)) < 1:
+        raise UserError("--rounds, --steps, --repeats, --batch-sizes and --seeds must be >= 1")
+    a.out_dir.mkdir(parents=True, exist_ok=True)
+    res = start_results(a, argv)
     if a.torch_threads and "torch" in a.frameworks:
         import torch
 
         torch.set_num_threads(a.torch_threads)
-    base_row = dict(backend="gpu" if backend in ("gpu", "cuda", "rocm") else backend, device=device)
-    torch_device = "cuda" if backend != "cpu" else "cpu"
+    backend = res["backend"]
+    base_row = dict(backend="gpu" if backend in ("gpu", "cuda", "rocm") else backend, device=res["device"])
     if not a.only_compile_cache_check and not a.skip_steps:
-        for model in a.models:
-            for hw in sizes:
-                images, labels = synthetic(max(a.images, max(a.batch_sizes)), hw)
-                for dtype in a.dtypes:
-                    last: dict = {}
-                    for bs in a.batch_sizes:
-                        cell = dict(model=model, size=f"{hw[0]}x{hw[1]}", height=hw[0], width=hw[1], dtype=dtype,
-                                    batch_size=bs)
-                        rows, skipped = measure_cell(a, cell, images, labels, last, torch_device, log)
-                        res["rows"] += [dict(base_row, **r) for r in rows]
-                        res["skipped"] += skipped
-                        save()
+        step_rows(a, sizes, res, base_row)
     if a.epochs and not a.only_compile_cache_check:
-        hw = sizes[0]
-        images, labels = synthetic(a.epoch_images, hw, seed=1)
-        for model in a.epoch_models:
-            for seeds in a.epoch_seeds:
-                for strat in (a.epoch_strategies if seeds > 1 else ["vmap"]):
-                    for mode in ("loop", "scan"):
-                        r = bench_jax_epochs(model, a.batch_sizes[0], seeds, strat, mode, images, labels, a.repeats)
-                        res["rows"].append(dict(base_row, kind="epoch", framework="jax", model=model,
-                                                size=f"{hw[0]}x{hw[1]}", batch_size=a.batch_sizes[0], seeds=seeds,
-                                                dtype="float32", images=a.epoch_images, **r))
-                        log(f"epoch {model} S={seeds} {strat} {mode}: {r['epoch_s']:.2f} s")
-                        save()
+        epoch_rows(a, sizes[0], res, base_row)
     if a.compile_cache_check or a.only_compile_cache_check:
+        from benchmarks.compile_cache import compile_cache_check
+
         res["compile_cache"] = compile_cache_check()
         log(f"compile cache: second/first = {res['compile_cache']['compile_fraction']:.3f}")
-    save()
+    save_results(a, res)
     for c in res["ratios"]:
         if c["jax_over_torch_median"] is not None:
             print(f"{c['model']} {c['size']} {c['dtype']} b{c['batch_size']}: JAX/PyTorch "

@@ -14,7 +14,6 @@ that recorded them. Each benchmark rewrites the whole file, so no section is los
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -22,6 +21,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 if __package__ in (None, ""):  # `python benchmarks/report.py`
     sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.tta_section import fmt, time_to_accuracy_section  # noqa: E402
 
 
 def _median(xs):
@@ -33,10 +34,6 @@ def _size_key(size: str) -> tuple[int, ...]:
 
 
 _SHORT = {"float32": "f32", "bfloat16": "bf16"}
-
-
-def _fmt(x, nd=1):
-    return "-" if x is None else f"{x:,.{nd}f}"
 
 
 def summarize(res: dict) -> dict:
@@ -240,6 +237,18 @@ def write_report(out_dir: Path) -> Path:
     return path
 
 
+def _compile_cache_section(cc: dict) -> list[str]:
+    return ["", "### Persistent compilation cache", "",
+            f"A 3-epoch fit of `base` (2 seeds, epoch_mode {cc['epoch_mode']}) in two fresh processes sharing one "
+            "cache directory (bccd_jax.runtime.enable_compilation_cache); compile = JAX's own timings "
+            "(jax.monitoring: tracing, lowering, XLA compile or cache retrieval):", "",
+            f"- first process: compile {cc['first']['compile_s']:.2f} s, process {cc['first']['process_s']:.2f} s",
+            f"- second process: compile {cc['second']['compile_s']:.2f} s, process {cc['second']['process_s']:.2f} s",
+            f"- second/first compile time **{cc['compile_fraction'] * 100:.1f} %** (process "
+            f"{cc['process_fraction'] * 100:.1f} %); {cc['cache_entries']} cache entries; identical numbers: "
+            f"{cc['same_numbers']}"]
+
+
 def step_sections(res: dict) -> list[str]:
     s = summarize(res)
     commands = res["command"] if isinstance(res["command"], list) else [res["command"]]
@@ -258,15 +267,15 @@ def step_sections(res: dict) -> list[str]:
              "JAX step ms | PyTorch step ms | JAX compile s |",
              "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     for c in s["ratios"]:
-        lines.append(f"| {c['model']} | {c['size']} | {c['dtype']} | {c['batch_size']} | {_fmt(c['jax_img_per_s'])} | "
-                     f"{_fmt(c['torch_img_per_s'])} | {' '.join(f'{r:.2f}' for r in c['jax_over_torch']) or '-'} | "
-                     f"**{_fmt(c['jax_over_torch_median'], 2)}** | "
-                     f"{_fmt(c['jax_step_s'] and c['jax_step_s'] * 1e3)} | "
-                     f"{_fmt(c['torch_step_s'] and c['torch_step_s'] * 1e3)} | {_fmt(c['jax_compile_s'], 2)} |")
+        lines.append(f"| {c['model']} | {c['size']} | {c['dtype']} | {c['batch_size']} | {fmt(c['jax_img_per_s'])} | "
+                     f"{fmt(c['torch_img_per_s'])} | {' '.join(f'{r:.2f}' for r in c['jax_over_torch']) or '-'} | "
+                     f"**{fmt(c['jax_over_torch_median'], 2)}** | "
+                     f"{fmt(c['jax_step_s'] and c['jax_step_s'] * 1e3)} | "
+                     f"{fmt(c['torch_step_s'] and c['torch_step_s'] * 1e3)} | {fmt(c['jax_compile_s'], 2)} |")
     if s["bf16_over_f32"]:
         lines += ["", "### bfloat16 / float32 (img/s)", "", "| model | size | batch | JAX | PyTorch |",
                   "| --- | --- | ---: | ---: | ---: |"]
-        lines += [f"| {d['model']} | {d['size']} | {d['batch_size']} | {_fmt(d['jax'], 2)} | {_fmt(d['torch'], 2)} |"
+        lines += [f"| {d['model']} | {d['size']} | {d['batch_size']} | {fmt(d['jax'], 2)} | {fmt(d['torch'], 2)} |"
                   for d in s["bf16_over_f32"]]
     if s["multi_seed"]:
         lines += ["", "### Several seeds in one program (JAX)", "",
@@ -274,27 +283,18 @@ def step_sections(res: dict) -> list[str]:
                   "", "| model | size | dtype | batch | seeds | strategy | img*seed/s | vs 1 seed | step ms | compile s |",
                   "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
         lines += [f"| {m['model']} | {m['size']} | {m['dtype']} | {m['batch_size']} | {m['seeds']} | "
-                  f"{m['strategy']}{'' if m['resolved'] == m['strategy'] else ' -> ' + m['resolved']} | {_fmt(m['img_per_s'])} | {_fmt(m['per_seed_vs_1'], 2)} | "
-                  f"{_fmt(m['step_s'] * 1e3)} | {_fmt(m['compile_s'], 2)} |" for m in s["multi_seed"]]
+                  f"{m['strategy']}{'' if m['resolved'] == m['strategy'] else ' -> ' + m['resolved']} | {fmt(m['img_per_s'])} | {fmt(m['per_seed_vs_1'], 2)} | "
+                  f"{fmt(m['step_s'] * 1e3)} | {fmt(m['compile_s'], 2)} |" for m in s["multi_seed"]]
     ep = [r for r in res["rows"] if r["kind"] == "epoch"]
     if ep:
         lines += ["", "### Epochs: scan vs loop (MultiSeedTrainer.run_epoch)", "",
                   "| model | size | batch | seeds | strategy | epoch_mode | images | epoch s | img/s | compile s |",
                   "| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
         lines += [f"| {r['model']} | {r.get('size', '120x160')} | {r['batch_size']} | {r['seeds']} | {r['strategy']} | "
-                  f"{r['epoch_mode']} | {r['images']} | {_fmt(r['epoch_s'], 2)} | {_fmt(r['img_per_s'])} | "
-                  f"{_fmt(r['compile_s'], 2)} |" for r in ep]
+                  f"{r['epoch_mode']} | {r['images']} | {fmt(r['epoch_s'], 2)} | {fmt(r['img_per_s'])} | "
+                  f"{fmt(r['compile_s'], 2)} |" for r in ep]
     if res.get("compile_cache"):
-        cc = res["compile_cache"]
-        lines += ["", "### Persistent compilation cache", "",
-                  f"A 3-epoch fit of `base` (2 seeds, epoch_mode {cc['epoch_mode']}) in two fresh processes sharing one "
-                  "cache directory (bccd_jax.runtime.enable_compilation_cache); compile = JAX's own timings "
-                  "(jax.monitoring: tracing, lowering, XLA compile or cache retrieval):", "",
-                  f"- first process: compile {cc['first']['compile_s']:.2f} s, process {cc['first']['process_s']:.2f} s",
-                  f"- second process: compile {cc['second']['compile_s']:.2f} s, process {cc['second']['process_s']:.2f} s",
-                  f"- second/first compile time **{cc['compile_fraction'] * 100:.1f} %** (process "
-                  f"{cc['process_fraction'] * 100:.1f} %); {cc['cache_entries']} cache entries; identical numbers: "
-                  f"{cc['same_numbers']}"]
+        lines += _compile_cache_section(res["compile_cache"])
     if res.get("skipped"):
         lines += ["", "### Skipped", ""] + [f"- {x}" for x in res["skipped"]]
     notes = [f"- {n}" for n in computed_notes(res, s)]
@@ -302,144 +302,6 @@ def step_sections(res: dict) -> list[str]:
     # their results.json)
     notes += [f"- {n['text']} (note given to `{n['command']}`)" for n in res.get("notes", []) if isinstance(n, dict)]
     return lines + (["", "### Notes", ""] + notes if notes else [])
-
-
-def _epochs(d: dict) -> str:
-    n = d["recipe"]["train"]["epochs"]
-    return f"{n} epoch{'s' if n != 1 else ''}"
-
-
-def seeds_table(d: dict) -> list[str]:
-    """With several seeds (`--seeds`): each seed's wall time to every target per framework, the medians over
-    seeds, and the wall-time ratio at the same step, which the curves' accuracies do not move."""
-    by_seed, targets = d.get("by_seed") or {}, list(d["targets"])
-    if len(by_seed) < 2 or not all("jax" in r and "torch" in r for r in by_seed.values()):
-        return []
-    fws = (("jax", "bccd_jax"), ("torch", "PyTorch"))
-    lines = ["", f"### Every seed ({len(by_seed)}: {', '.join(by_seed)})", "",
-             "Wall s (step) to each TEST accuracy. " + ("Seeds after the first stopped after the epoch in which both "
-                                                      "sides had reached every target (`--stop-at-targets`)."
-                                                      if d.get("stop_at_targets") else ""), "",
-             "| seed | epochs | " + " | ".join(f"{name} to {x:.2f}" for x in targets for _, name in fws) + " |",
-             "| ---: | ---: | " + " | ".join("---:" for _ in targets for _ in fws) + " |"]
-    times = {(x, fw): [] for x in targets for fw, _ in fws}
-    ratios, gaps = [], []
-    steps = {(x, fw): [] for x in targets for fw, _ in fws}
-    for seed, r in by_seed.items():
-        cells = []
-        for x in targets:
-            for fw, _ in fws:
-                h = r[fw]["reached"].get(f"{x:.2f}")
-                times[(x, fw)].append(None if h is None else h["time_s"])
-                steps[(x, fw)].append(math.inf if h is None else h["step"])
-                cells.append("never" if h is None else f"{h['time_s']:,.0f} ({h['step']})")
-        lines.append(f"| {seed} | {r['jax'].get('epochs', '-')} | " + " | ".join(cells) + " |")
-        tj = {p["step"]: p for p in r["jax"]["curve"]}
-        ratios += [p["time_s"] / tj[p["step"]]["time_s"] for p in r["torch"]["curve"] if p["step"] in tj]
-        gaps += [tj[p["step"]]["test_acc"] - p["test_acc"] for p in r["torch"]["curve"] if p["step"] in tj]
-    first = {x: sum(j is not None and (p is None or j < p) for j, p in zip(times[(x, "jax")], times[(x, "torch")]))
-             for x in targets}
-    med = {}
-    for key, vals in times.items():  # a seed that never got there counts as slower than every other
-        m = statistics.median([math.inf if v is None else v for v in vals])
-        med[key] = None if math.isinf(m) else m
-    lines.append("| median | | " + " | ".join(_fmt(med[(x, fw)]) if med[(x, fw)] is not None else "never"
-                                                 for x in targets for fw, _ in fws) + " |")
-    notes = []
-    for x in targets:
-        j, p = med[(x, "jax")], med[(x, "torch")]
-        if j and p:
-            notes.append(f"To TEST accuracy {x:.2f}, median over {len(by_seed)} seeds: bccd_jax {j:,.0f} s, PyTorch "
-                         f"eager {p:,.0f} s (PyTorch/bccd_jax {p / j:.2f}x); bccd_jax got there first in {first[x]} "
-                         f"of {len(by_seed)} seeds. The step of the first evaluation at or above it: median "
-                         f"{statistics.median(steps[(x, 'jax')]):,.0f} (bccd_jax) and "
-                         f"{statistics.median(steps[(x, 'torch')]):,.0f} (PyTorch), range "
-                         f"{min(steps[(x, 'jax')] + steps[(x, 'torch')]):,.0f}-{max(steps[(x, 'jax')] + steps[(x, 'torch')]):,.0f} "
-                         "over seeds and sides.")
-    if ratios:
-        notes.append(f"At the same step (every evaluation point of every seed), PyTorch's wall time over bccd_jax's: "
-                     f"median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}, "
-                     f"{len(ratios)} points).")
-    if gaps and d.get("draws") == "shared":
-        notes.append(f"With the same draws, the two sides' TEST accuracies at the same step differ by "
-                     f"{statistics.median(map(abs, gaps)):.3f} (median; at most {max(map(abs, gaps)):.3f}; mean of "
-                     f"bccd_jax's minus PyTorch's {statistics.mean(gaps):+.4f}; {len(gaps)} points): the same run in "
-                     "other float arithmetic drifts apart, so the step at which each side first reaches a target is not "
-                     "the same.")
-    return lines + [""] + [f"- {n}" for n in notes]
-
-
-def time_to_accuracy_section(d: dict) -> list[str]:
-    """The section of time_to_accuracy.json."""
-    runs, spe, targets = d["runs"], d["steps_per_epoch"], list(d["targets"])
-    m, t = d["recipe"]["model"], d["recipe"]["train"]
-    aug = ", ".join(k if v is True else f"{k} {v:g}" for k, v in t["augment"].items() if v) or "none"
-    lines = ["", "## Time to TEST accuracy: the deep recipe in bccd_jax and in PyTorch eager", "",
-             f"- command: `{d['command']}`" + "".join(f"; earlier seeds by `{c}`" for c in d.get("previous_commands", [])),
-             f"- machine: {d['machine']}; CPU flags: {', '.join(d.get('cpu_flags') or []) or 'none of interest'}; "
-             f"PyTorch threads {d.get('torch_threads')}",
-             f"- date{' of the last command' if d.get('previous_commands') else ''}: {d['date']}; load average at start / end: {d.get('loadavg_start')} / {d.get('loadavg_end')}",
-             f"- versions: {', '.join(f'{k} {v}' for k, v in d['versions'].items())}",
-             f"- recipe: experiments.recipe variant `{d['recipe']['variant']}`, protocol `{d['recipe']['protocol']}`: "
-             f"{m['arch']} CNN (init {m['init']}, dropout {m['dropout']}, input {m['input_norm']}), "
-             f"{t['optimizer']} (eps 1e-7) peak learning rate {d['recipe']['peak_learning_rate']:g}, schedule "
-             f"{t['schedule']} (warmup {t['warmup_epochs']:g} epochs), weight decay "
-             f"{t['weight_decay']}, augmentation: {aug}; batch {t['batch_size']}, {t['epochs']} epochs, seed {d['seed']}"
-             + (f" (the first of seeds {', '.join(map(str, d['seeds']))}: the table and the curve are its; every "
-                "seed under 'Every seed')" if len(d.get("seeds") or []) > 1 else ""),
-             f"- data: {d['data']['dataset']} at {d['data']['image_size'][0]}x{d['data']['image_size'][1]}, "
-             f"{d['data']['train']} training and {d['data']['test']} TEST images; {spe} steps per epoch; TEST "
-             f"evaluated every {d['eval_every_steps']} steps and at each epoch's end",
-             f"- same start: the initial TEST logits of the two sides differ by at most "
-             f"{d['initial_logits_max_abs_diff']:.2e}; same batches, learning rates and optimizer; "
-             + ("the same dropout masks and augmentation parameters (bccd_jax's draws, replayed by PyTorch)"
-                if d.get("draws") == "shared" else "own RNG for dropout and augmentation")
-             + " (module docstring of benchmarks/time_to_accuracy.py); frameworks alternate by epoch, each on its "
-             "own clock", "",
-             "wall = training + evaluation, compilation included; 'training only' leaves the evaluations out.", "",
-             "| framework | " + " | ".join(f"wall s to {x:.2f} (training only)" for x in targets)
-             + " | final TEST acc | wall s | evaluation s | JAX compile s | first step s |",
-             "| --- | " + " | ".join("---:" for _ in targets) + " | ---: | ---: | ---: | ---: | ---: |"]
-    for fw, name in (("jax", "bccd_jax"), ("torch", "PyTorch eager")):
-        r = runs.get(fw)
-        if not r:
-            continue
-        hits = [r["reached"].get(f"{x:.2f}") for x in targets]
-        lines.append(f"| {name} | " + " | ".join("never" if h is None else f"{h['time_s']:,.0f} ({h['train_time_s']:,.0f})"
-                                                for h in hits)
-                     + f" | {_fmt(r['final_test_acc'], 3)} | {r['wall_s']:,.0f} | {r['eval_s']:,.0f} | "
-                       f"{_fmt(r.get('compile_s'), 1)} | {_fmt(r['first_step_s'], 2)} |")
-    notes = []
-    if "jax" in runs and "torch" in runs:
-        j, p = runs["jax"], runs["torch"]
-        for x in targets:
-            hj, hp = j["reached"].get(f"{x:.2f}"), p["reached"].get(f"{x:.2f}")
-            if hj and hp:
-                notes.append(f"To TEST accuracy {x:.2f}: PyTorch eager took {hp['time_s'] / hj['time_s']:.2f}x the "
-                             f"wall time of bccd_jax ({hp['time_s']:,.0f} s vs {hj['time_s']:,.0f} s; step "
-                             f"{hp['step']} vs {hj['step']}).")
-            elif hj or hp:
-                who, other = ("bccd_jax", "PyTorch eager") if hj else ("PyTorch eager", "bccd_jax")
-                notes.append(f"To TEST accuracy {x:.2f}: only {who} got there ({(hj or hp)['time_s']:,.0f} s); "
-                             f"{other} did not within {_epochs(d)}.")
-            else:
-                notes.append(f"TEST accuracy {x:.2f}: reached by neither within {_epochs(d)}.")
-        notes.append(f"Whole run: PyTorch eager {p['wall_s'] / j['wall_s']:.2f}x the wall time of bccd_jax "
-                     f"(training only {p['train_s'] / j['train_s']:.2f}x); final TEST accuracy "
-                     f"{j['final_test_acc']:.3f} (bccd_jax) vs {p['final_test_acc']:.3f} (PyTorch).")
-    notes += [f"{n['text']} (note given to `{n['command']}`)" for n in d.get("notes", [])]
-    lines += ["", "Notes:", ""] + [f"- {n}" for n in notes] if notes else []
-    lines += seeds_table(d)
-    curves = {fw: {p["step"]: p for p in r["curve"]} for fw, r in runs.items()}
-    steps = sorted(set().union(*[set(c) for c in curves.values()])) if curves else []
-    lines += ["", "<details><summary>TEST accuracy curve</summary>", "",
-              "| step | epoch | bccd_jax s | bccd_jax TEST acc | PyTorch s | PyTorch TEST acc |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for st in steps:
-        j, p = curves.get("jax", {}).get(st), curves.get("torch", {}).get(st)
-        lines.append(f"| {st} | {st / spe:.2f} | {_fmt(j and j['time_s'])} | {_fmt(j and j['test_acc'], 3)} | "
-                     f"{_fmt(p and p['time_s'])} | {_fmt(p and p['test_acc'], 3)} |")
-    return lines + ["", "</details>"]
 
 
 def main(argv=None) -> int:

@@ -35,16 +35,15 @@ only, and more seeds can be added to a finished one.
 from __future__ import annotations
 
 import argparse
-import collections
-import contextlib
+import dataclasses
 import datetime
 import json
 import math
 import os
 import platform
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 if __package__ in (None, ""):  # `python benchmarks/time_to_accuracy.py`
@@ -53,6 +52,7 @@ if __package__ in (None, ""):  # `python benchmarks/time_to_accuracy.py`
 import numpy as np  # noqa: E402
 
 from bccd_jax.errors import ArgumentParser, UserError, run_cli  # noqa: E402  (imports bccd_jax first)
+from benchmarks.race_sides import JaxSide, TorchSide, replay_draws  # noqa: E402
 
 DATA_ENV = "BCCD_DATA_DIR"
 
@@ -68,7 +68,7 @@ def spread(n: int, limit: int | None) -> np.ndarray:
 
 def recipe_variant(a, data_dir: str):
     """The recipe's variant `a.variant` under the `cpu` protocol, with --epochs / --image-size applied."""
-    from bccd_jax.experiment import parse_args, select_variants
+    from bccd_jax.runner import parse_args, select_variants
     from experiments import recipe
 
     argv = ["--protocol", a.protocol, "--data-dir", data_dir, "--seeds", "1", "--variants", a.variant]
@@ -76,190 +76,6 @@ def recipe_variant(a, data_dir: str):
     argv += ["--image-size", *map(str, a.image_size)] if a.image_size else []
     args = parse_args(recipe.EXPERIMENT, argv)
     return select_variants(recipe.EXPERIMENT, args)[0], tuple(args.image_size)
-
-
-class Clock:
-    """Wall seconds of one framework, accumulated over its own segments; training and evaluation apart."""
-
-    def __init__(self):
-        self.train_s = self.eval_s = 0.0
-
-    @property
-    def wall_s(self) -> float:
-        return self.train_s + self.eval_s
-
-
-class JaxSide:
-    """bccd_jax's own training loop (MultiSeedTrainer, one seed), evaluating TEST at the given steps."""
-
-    def __init__(self, model, tx, cfg, seed, train, test, eval_at):
-        import jax
-        import jax.numpy as jnp
-
-        from bccd_jax.seeds import MultiSeedTrainer
-
-        self.jax, self.jnp = jax, jnp
-        self.compile_events: dict[str, float] = collections.defaultdict(float)
-        self._listening = False
-        jax.monitoring.register_event_duration_secs_listener(self._on_event)
-        self.clock, self.curve, self.eval_at = Clock(), [], eval_at
-        t0 = time.perf_counter()
-        with self._counting():
-            self.trainer = MultiSeedTrainer(model, tx, cfg, len(train[1]))
-            self.x, self.y = jax.device_put(train[0]), jax.device_put(train[1])
-            self.tx_, self.ty_ = jax.device_put(test[0]), jax.device_put(test[1])
-            self.state = self.trainer.init_state([seed], self.x)
-            jax.block_until_ready(self.state)
-        self.clock.train_s += time.perf_counter() - t0
-        self.step, self.epochs, self.first_step_s = 0, 0, None
-
-    def _on_event(self, name, secs, **kw):
-        if self._listening and (name.startswith("/jax/core/compile/")
-                                or name.startswith("/jax/compilation_cache/cache_retrieval")):
-            self.compile_events[name] += secs
-
-    @contextlib.contextmanager
-    def _counting(self):
-        """Count JAX's compile timings only while this side runs (the PyTorch side never compiles)."""
-        self._listening = True
-        try:
-            yield
-        finally:
-            self._listening = False
-
-    def initial_params(self):
-        """One seed's parameters as numpy copies (the state is donated to every step)."""
-        return self.jax.tree.map(lambda p: np.array(p[0]), self.state.params)
-
-    def run_epoch(self, epoch: int):
-        jnp, tr = self.jnp, self.trainer
-        with self._counting():
-            t0 = time.perf_counter()
-            idx, mask = tr.batch_plan(self.state.key, jnp.int32(epoch))
-            mask = mask[0]
-            for i in range(tr.steps_per_epoch):
-                self.state, _ = tr.train_step(self.state, self.x, self.y, idx[:, i], mask[i], jnp.int32(epoch),
-                                              jnp.int32(i))
-                self.step += 1
-                if self.first_step_s is None:
-                    self.jax.block_until_ready(self.state)
-                    self.first_step_s = time.perf_counter() - t0
-                if self.step in self.eval_at:
-                    self.jax.block_until_ready(self.state)
-                    self.clock.train_s += time.perf_counter() - t0
-                    t1 = time.perf_counter()
-                    acc = float(np.mean(np.asarray(tr.evaluate(self.state, self.tx_, self.ty_)[1])))
-                    self.clock.eval_s += time.perf_counter() - t1
-                    self.curve.append(dict(step=self.step, time_s=self.clock.wall_s,
-                                           train_time_s=self.clock.train_s, test_acc=acc))
-                    t0 = time.perf_counter()
-            self.jax.block_until_ready(self.state)
-            self.clock.train_s += time.perf_counter() - t0
-            self.epochs += 1
-
-
-class TorchSide:
-    """The same run in PyTorch eager: same start, batches, augmentation, dropout masks, optimizer steps and
-    learning rates."""
-
-    def __init__(self, model_cfg, cfg, hw, train_mean, params, plans, draws, lrs, seed, train, test, eval_at,
-                 threads):
-        import torch
-
-        from benchmarks.torch_cnn import TorchCNN, load_flax_params
-
-        self.torch = torch
-        if threads:
-            torch.set_num_threads(threads)
-        self.cfg, self.plans, self.draws, self.lrs, self.eval_at = cfg, plans, draws, lrs, eval_at
-        self.clock, self.curve, self.step, self.epochs, self.first_step_s = Clock(), [], 0, 0, None
-        t0 = time.perf_counter()
-        torch.manual_seed(seed)
-        self.net = TorchCNN(model_cfg, hw, train_mean)
-        load_flax_params(self.net, params)
-        kernels = [p for p in self.net.parameters() if p.dim() >= 2]  # bccd_jax.optimizers.decays
-        others = [p for p in self.net.parameters() if p.dim() < 2]
-        if cfg.optimizer != "adam":
-            raise UserError(f"the PyTorch side implements the adam recipe only, not {cfg.optimizer!r}")
-        groups = [{"params": kernels, "weight_decay": cfg.weight_decay}, {"params": others, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
-        self.opt = opt(groups, lr=float(lrs[0]), betas=(0.9, 0.999), eps=1e-7)
-        self.x = torch.from_numpy(train[0]).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
-        self.y = torch.from_numpy(train[1]).long()
-        self.tx_ = torch.from_numpy(test[0]).permute(0, 3, 1, 2).contiguous()
-        self.ty_ = torch.from_numpy(test[1]).long()
-        self.clock.train_s += time.perf_counter() - t0
-
-    def evaluate(self) -> float:
-        from benchmarks.torch_cnn import tta_logits
-
-        torch, bs = self.torch, self.cfg.eval_batch_size
-        self.net.eval()
-        with torch.no_grad():
-            correct = sum(int((tta_logits(self.net, self.tx_[i:i + bs], self.cfg.eval_tta).argmax(-1)
-                               == self.ty_[i:i + bs]).sum()) for i in range(0, len(self.ty_), bs))
-        return correct / len(self.ty_)
-
-    def run_epoch(self, epoch: int):
-        import torch.nn.functional as F
-
-        from benchmarks.torch_cnn import augment
-
-        torch = self.torch
-        idx, mask = self.plans[epoch]
-        aug, keep = self.draws[epoch]
-        t0 = time.perf_counter()
-        self.net.train()
-        for i in range(idx.shape[0]):
-            b = torch.from_numpy(idx[i])
-            w = torch.from_numpy(mask[i]).float()
-            xb = self.x[b].float()
-            if self.cfg.augment.active:
-                xb = augment(xb, self.cfg.augment, {k: v[i] for k, v in aug.items()})
-            ce = F.cross_entropy(self.net(xb, dropout_keep=keep[i]), self.y[b], reduction="none")
-            loss = (ce * w).sum() / w.sum().clamp_min(1.0)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for g in self.opt.param_groups:
-                g["lr"] = float(self.lrs[self.step])
-            self.opt.step()
-            self.step += 1
-            if self.first_step_s is None:
-                self.first_step_s = time.perf_counter() - t0
-            if self.step in self.eval_at:
-                self.clock.train_s += time.perf_counter() - t0
-                t1 = time.perf_counter()
-                acc = self.evaluate()
-                self.clock.eval_s += time.perf_counter() - t1
-                self.curve.append(dict(step=self.step, time_s=self.clock.wall_s, train_time_s=self.clock.train_s,
-                                       test_acc=acc))
-                self.net.train()
-                t0 = time.perf_counter()
-        self.clock.train_s += time.perf_counter() - t0
-        self.epochs += 1
-
-
-def replay_draws(model, cfg, params, seed: int, batch_shape, steps: int) -> list:
-    """Per epoch: bccd_jax's augmentation parameters ({name: (steps, B, ...)}) and dropout keep masks
-    ((steps, B, features)) of every step of `seed`, as torch tensors for TorchSide."""
-    import jax
-    import jax.numpy as jnp
-    import torch
-
-    from bccd_jax.steps import seed_key, step_draws, variables
-
-    def one(epoch, i):
-        aug, keeps = step_draws(model, variables(params, {}), seed_key(seed), batch_shape, cfg, epoch, i)
-        if len(keeps) != 1:
-            raise UserError(f"the PyTorch side has one dropout layer; the model has {len(keeps)}")
-        return aug, keeps[0]
-
-    epoch_draws = jax.jit(jax.vmap(one, in_axes=(None, 0)))
-    out = []
-    for e in range(cfg.epochs):
-        aug, keep = epoch_draws(jnp.int32(e), jnp.arange(steps, dtype=jnp.int32))
-        out.append(({k: torch.from_numpy(np.array(v)) for k, v in aug.items()}, torch.from_numpy(np.array(keep))))
-    return out
 
 
 # what a resumed race must share with the file it adds to
@@ -310,7 +126,7 @@ def summary(side, targets) -> dict:
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv=None) -> dict:
+def make_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.time_to_accuracy", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=os.environ.get(DATA_ENV),
@@ -334,22 +150,45 @@ def main(argv=None) -> dict:
                    help="keep the seeds that time_to_accuracy.json in --out-dir has finished (same recipe, data, "
                         "settings and machine) and race only the others")
     p.add_argument("--note", action="append", default=[], help="a hand-written line for the notes (shown with this command)")
-    a = p.parse_args(argv)
-    if not a.data_dir:
-        raise UserError(f"the augmented data set is needed: pass --data-dir (the dataset2-master folder) or set {DATA_ENV}")
+    return p
 
+
+@dataclasses.dataclass
+class Race:
+    """What every seed's race shares: the flags, the recipe, the data, when to evaluate, every step's learning rate."""
+
+    a: argparse.Namespace
+    variant: Any
+    hw: tuple[int, int]
+    train: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    train_mean: np.ndarray
+    spe: int  # steps per epoch
+    eval_every: int
+    model: Any
+    tx: Any
+    lrs: np.ndarray
+
+    @property
+    def cfg(self):
+        return self.variant.train
+
+    @property
+    def eval_at(self) -> set[int]:
+        total = self.cfg.epochs * self.spe
+        return set(range(self.eval_every, total + 1, self.eval_every)) | {self.spe * (e + 1) for e in range(self.cfg.epochs)}
+
+
+def prepare(a: argparse.Namespace) -> Race:
+    """The recipe and the data of the flags, checked before anything is trained."""
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.bench import cpu_name, versions
-    from benchmarks.report import write_report
     from bccd_jax.models.cnn import feature_map_size
-    from bccd_jax.config import to_dict
     from bccd_jax.data import load_dataset
     from bccd_jax.models import build_model
     from bccd_jax.optimizers import learning_rate, make_optimizer
-    from bccd_jax.run import command_line, cpu_flags
-    from bccd_jax.steps import make_step_fns, seed_key, steps_per_epoch, variables
+    from bccd_jax.steps import steps_per_epoch
 
     variant, hw = recipe_variant(a, a.data_dir)
     mcfg, cfg = variant.model, variant.train
@@ -363,98 +202,136 @@ def main(argv=None) -> dict:
     train = (np.ascontiguousarray(ds.splits["train"].images[tr_i]), ds.splits["train"].labels[tr_i].astype(np.int32))
     test = (np.ascontiguousarray(ds.splits["test"].images[te_i]), ds.splits["test"].labels[te_i].astype(np.int32))
     train_mean = ds.train_mean()
-    n, spe = len(train[1]), steps_per_epoch(len(train[1]), cfg.batch_size)
+    spe = steps_per_epoch(len(train[1]), cfg.batch_size)
     total = cfg.epochs * spe
     if a.eval_every_steps is not None and a.eval_every_steps < 1:
         raise UserError(f"--eval-every-steps must be >= 1, got {a.eval_every_steps}")
-    k = a.eval_every_steps or max(1, math.ceil(spe / 4))
-    eval_at = set(range(k, total + 1, k)) | {spe * (e + 1) for e in range(cfg.epochs)}
-    model = build_model(mcfg, train_mean=train_mean)
-    tx = make_optimizer(cfg, steps_per_epoch=spe)
-
-    command = command_line(argv)
-    out = dict(command=command, date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-               machine=f"{platform.node()}: {cpu_name()}", cpu_flags=cpu_flags(), versions=versions(),
-               xla_flags=os.environ.get("XLA_FLAGS", ""), loadavg_start=os.getloadavg(),
-               recipe=dict(experiment="recipe", variant=variant.name, protocol=a.protocol, model=to_dict(mcfg),
-                           train=to_dict(cfg), peak_learning_rate=cfg.resolved_learning_rate()),
-               data=dict(dataset="augmented", image_size=list(hw), train=n, test=len(test[1]),
-                         train_limit=a.train_limit, test_limit=a.test_limit),
-               seed=a.seeds[0], seeds=list(a.seeds), stop_at_targets=a.stop_at_targets, steps_per_epoch=spe,
-               eval_every_steps=k, targets=a.targets, order="alternating by epoch", draws="shared",
-               notes=[{"text": t, "command": command} for t in a.note], runs={}, by_seed={})
-    a.out_dir.mkdir(parents=True, exist_ok=True)
-    if a.resume:
-        kept = finished_seeds(a.out_dir / "time_to_accuracy.json", out, a.frameworks)
-        out["by_seed"] = {s: r for s, r in kept["by_seed"].items() if int(s) in a.seeds}
-        if str(a.seeds[0]) in out["by_seed"]:
-            out["runs"] = {fw: out["by_seed"][str(a.seeds[0])][fw] for fw in a.frameworks}
-            out["initial_logits_max_abs_diff"] = kept["initial_logits_max_abs_diff"]
-        out["previous_commands"] = kept.get("previous_commands", []) + [kept["command"]]
     lr = learning_rate(cfg, spe)
     lrs = np.asarray(jax.vmap(lr)(jnp.arange(max(total, 1)))) if callable(lr) else np.full(max(total, 1), lr)
+    return Race(a, variant, hw, train, test, train_mean, spe, a.eval_every_steps or max(1, math.ceil(spe / 4)),
+                build_model(mcfg, train_mean=train_mean), make_optimizer(cfg, steps_per_epoch=spe), lrs)
 
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
 
-    def race(seed: int, stop_early: bool) -> dict:
-        """One seed: the frameworks alternate by epoch; their summaries (saved after every epoch)."""
-        # what the PyTorch side copies from bccd_jax, computed before either clock starts
-        fns = make_step_fns(model, tx, cfg, n)
-        plan = jax.jit(fns.batch_plan)
-        plans = [tuple(np.array(v) for v in plan(seed_key(seed), jnp.int32(e))) for e in range(cfg.epochs)]
-        sides, runs = {}, {}
-        if "jax" in a.frameworks:
-            sides["jax"] = JaxSide(model, tx, cfg, seed, train, test, eval_at)
-        params0 = sides["jax"].initial_params() if "jax" in sides else \
-            jax.tree.map(np.asarray, fns.init(seed_key(seed), train[0][:1]).params)
-        if "torch" in a.frameworks:
-            draws = replay_draws(model, cfg, params0, seed, (cfg.batch_size, *hw, 3), spe)
-            sides["torch"] = TorchSide(mcfg, cfg, hw, train_mean, params0, plans, draws, lrs, seed, train, test,
-                                       eval_at, a.torch_threads)
-            out["torch_threads"] = sides["torch"].torch.get_num_threads()
-            sides["torch"].net.eval()
-            with sides["torch"].torch.no_grad():
-                t_logits = sides["torch"].net(sides["torch"].tx_[:32]).numpy()
-            j_logits = np.asarray(model.apply(variables(params0, {}), test[0][:32]))
-            runs["initial_logits_max_abs_diff"] = float(np.abs(t_logits - j_logits).max())
+def race_record(r: Race, command: str) -> dict:
+    """time_to_accuracy.json before any seed has run: the command, machine, recipe, data and settings."""
+    from benchmarks.bench import cpu_name, versions
+    from bccd_jax.config import to_dict
+    from bccd_jax.run import cpu_flags
 
-        def save():
-            for fw, side in sides.items():
-                runs[fw] = summary(side, a.targets)
-                if fw == "jax":
-                    runs[fw].update(compile_s=sum(side.compile_events.values()),
-                                    compile_events=dict(side.compile_events))
-            out["by_seed"][str(seed)] = runs
-            if seed == a.seeds[0]:
-                out["runs"] = {fw: runs[fw] for fw in sides}
-                out["initial_logits_max_abs_diff"] = runs.get("initial_logits_max_abs_diff", float("nan"))
-            out["loadavg_end"] = os.getloadavg()
-            (a.out_dir / "time_to_accuracy.json").write_text(json.dumps(out, indent=1))
-            write_report(a.out_dir)
+    a, cfg = r.a, r.cfg
+    return dict(command=command, date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                machine=f"{platform.node()}: {cpu_name()}", cpu_flags=cpu_flags(), versions=versions(),
+                xla_flags=os.environ.get("XLA_FLAGS", ""), loadavg_start=os.getloadavg(),
+                recipe=dict(experiment="recipe", variant=r.variant.name, protocol=a.protocol,
+                            model=to_dict(r.variant.model), train=to_dict(cfg),
+                            peak_learning_rate=cfg.resolved_learning_rate()),
+                data=dict(dataset="augmented", image_size=list(r.hw), train=len(r.train[1]), test=len(r.test[1]),
+                          train_limit=a.train_limit, test_limit=a.test_limit),
+                seed=a.seeds[0], seeds=list(a.seeds), stop_at_targets=a.stop_at_targets, steps_per_epoch=r.spe,
+                eval_every_steps=r.eval_every, targets=a.targets, order="alternating by epoch", draws="shared",
+                notes=[{"text": t, "command": command} for t in a.note], runs={}, by_seed={})
 
-        for epoch in range(cfg.epochs):
-            for fw, side in sides.items():
-                side.run_epoch(epoch)
-                last = side.curve[-1] if side.curve else {}
-                log(f"seed {seed} epoch {epoch + 1}/{cfg.epochs} {fw}: TEST acc {last.get('test_acc', float('nan')):.3f} "
-                    f"at {side.clock.wall_s:,.1f} s (evaluation {side.clock.eval_s:,.1f} s)")
-            save()
-            if stop_early and all(any(p["test_acc"] >= max(a.targets) for p in side.curve) for side in sides.values()):
-                log(f"seed {seed}: both sides reached {max(a.targets):.2f}; stopped after epoch {epoch + 1}")
-                break
-        return runs
 
+def keep_finished(out: dict, a: argparse.Namespace) -> None:
+    """--resume: the seeds the file in --out-dir has finished go into `out`, so only the others race."""
+    kept = finished_seeds(a.out_dir / "time_to_accuracy.json", out, a.frameworks)
+    out["by_seed"] = {s: r for s, r in kept["by_seed"].items() if int(s) in a.seeds}
+    if str(a.seeds[0]) in out["by_seed"]:
+        out["runs"] = {fw: out["by_seed"][str(a.seeds[0])][fw] for fw in a.frameworks}
+        out["initial_logits_max_abs_diff"] = kept["initial_logits_max_abs_diff"]
+    out["previous_commands"] = kept.get("previous_commands", []) + [kept["command"]]
+
+
+def start_sides(r: Race, seed: int, out: dict, runs: dict) -> dict:
+    """Both frameworks at the same initial weights, with what the PyTorch side copies from bccd_jax (batch plans,
+    random draws) computed before either clock starts; the initial logits' difference goes into `runs`."""
+    import jax
+    import jax.numpy as jnp
+
+    from bccd_jax.steps import make_step_fns, seed_key, variables
+
+    a, cfg = r.a, r.cfg
+    fns = make_step_fns(r.model, r.tx, cfg, len(r.train[1]))
+    plan = jax.jit(fns.batch_plan)
+    plans = [tuple(np.array(v) for v in plan(seed_key(seed), jnp.int32(e))) for e in range(cfg.epochs)]
+    sides = {}
+    if "jax" in a.frameworks:
+        sides["jax"] = JaxSide(r.model, r.tx, cfg, seed, r.train, r.test, r.eval_at)
+    params0 = sides["jax"].initial_params() if "jax" in sides else \
+        jax.tree.map(np.asarray, fns.init(seed_key(seed), r.train[0][:1]).params)
+    if "torch" in a.frameworks:
+        draws = replay_draws(r.model, cfg, params0, seed, (cfg.batch_size, *r.hw, 3), r.spe)
+        sides["torch"] = TorchSide(r.variant.model, cfg, r.hw, r.train_mean, params0, plans, draws, r.lrs, seed,
+                                   r.train, r.test, r.eval_at, a.torch_threads)
+        out["torch_threads"] = sides["torch"].torch.get_num_threads()
+        sides["torch"].net.eval()
+        with sides["torch"].torch.no_grad():
+            t_logits = sides["torch"].net(sides["torch"].tx_[:32]).numpy()
+        j_logits = np.asarray(r.model.apply(variables(params0, {}), r.test[0][:32]))
+        runs["initial_logits_max_abs_diff"] = float(np.abs(t_logits - j_logits).max())
+    return sides
+
+
+def save_race(a: argparse.Namespace, out: dict, seed: int, sides: dict, runs: dict) -> None:
+    """The seed's summaries into `out`, written to time_to_accuracy.json and RESULTS.md."""
+    from benchmarks.report import write_report
+
+    for fw, side in sides.items():
+        runs[fw] = summary(side, a.targets)
+        if fw == "jax":
+            runs[fw].update(compile_s=sum(side.compile_events.values()), compile_events=dict(side.compile_events))
+    out["by_seed"][str(seed)] = runs
+    if seed == a.seeds[0]:
+        out["runs"] = {fw: runs[fw] for fw in sides}
+        out["initial_logits_max_abs_diff"] = runs.get("initial_logits_max_abs_diff", float("nan"))
+    out["loadavg_end"] = os.getloadavg()
+    (a.out_dir / "time_to_accuracy.json").write_text(json.dumps(out, indent=1))
+    write_report(a.out_dir)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def race(r: Race, out: dict, seed: int, stop_early: bool) -> dict:
+    """One seed: the frameworks alternate by epoch; their summaries (saved after every epoch)."""
+    a, cfg = r.a, r.cfg
+    runs: dict = {}
+    sides = start_sides(r, seed, out, runs)
+    for epoch in range(cfg.epochs):
+        for fw, side in sides.items():
+            side.run_epoch(epoch)
+            last = side.curve[-1] if side.curve else {}
+            log(f"seed {seed} epoch {epoch + 1}/{cfg.epochs} {fw}: TEST acc {last.get('test_acc', float('nan')):.3f} "
+                f"at {side.clock.wall_s:,.1f} s (evaluation {side.clock.eval_s:,.1f} s)")
+        save_race(a, out, seed, sides, runs)
+        if stop_early and all(any(p["test_acc"] >= max(a.targets) for p in side.curve) for side in sides.values()):
+            log(f"seed {seed}: both sides reached {max(a.targets):.2f}; stopped after epoch {epoch + 1}")
+            break
+    return runs
+
+
+def main(argv=None) -> dict:
+    a = make_parser().parse_args(argv)
+    if not a.data_dir:
+        raise UserError(f"the augmented data set is needed: pass --data-dir (the dataset2-master folder) or set {DATA_ENV}")
+    from bccd_jax.run import command_line
+
+    r = prepare(a)
+    out = race_record(r, command_line(argv))
+    a.out_dir.mkdir(parents=True, exist_ok=True)
+    if a.resume:
+        keep_finished(out, a)
     for i, seed in enumerate(a.seeds):
         if str(seed) in out["by_seed"]:
             log(f"seed {seed}: finished in the file already (--resume)")
             continue
-        runs = race(seed, a.stop_at_targets and i > 0)
+        runs = race(r, out, seed, a.stop_at_targets and i > 0)
         for fw in a.frameworks:
-            r = runs[fw]
+            res = runs[fw]
             reached = ", ".join(f"{t} " + ("never" if h is None else f"after {h['time_s']:.0f} s")
-                                for t, h in r["reached"].items())
-            log(f"seed {seed} {fw}: TEST accuracy {reached}; last {r['final_test_acc']:.3f}; wall {r['wall_s']:.0f} s")
+                                for t, h in res["reached"].items())
+            log(f"seed {seed} {fw}: TEST accuracy {reached}; last {res['final_test_acc']:.3f}; wall {res['wall_s']:.0f} s")
     return out
 
 

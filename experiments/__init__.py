@@ -1,1 +1,1 @@
-"""Runnable studies: `python -m experiments.<name>`; each declares its variants over `bccd_jax.experiment`."""
+"""Runnable studies: `python -m experiments.<name>`; each declares variants (bccd_jax.experiment) for bccd_jax.runner."""

@@ -15,7 +15,8 @@
 from __future__ import annotations
 
 from bccd_jax.config import INITS
-from bccd_jax.experiment import Experiment, Variant, main_for
+from bccd_jax.experiment import Experiment, Variant
+from bccd_jax.runner import main_for
 from experiments.protocol import PROTOCOLS
 
 NAME = "architecture"

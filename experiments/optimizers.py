@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from bccd_jax.experiment import Experiment, Variant, main_for
+from bccd_jax.experiment import Experiment, Variant
+from bccd_jax.runner import main_for
 from experiments.protocol import PROTOCOLS
 
 NAME = "optimizers"

@@ -11,9 +11,15 @@
 
 `cpu` checkpoints after every epoch (an epoch of the augmented set takes minutes there), so a killed
 run resumes losing at most one epoch; `gpu` every 5, `quick` every 10.
+
+The study's steps (`STEPS`): the experiment invocations `python -m experiments.study` makes for a
+protocol, each into its own run folder, and the part of the study each counts towards (`PARTS`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 from bccd_jax.experiment import Protocol
 
@@ -42,3 +48,67 @@ PROTOCOLS = {
                 "recipe": 50, "recipe/tuned": 15, "vgg": 20},
         group_seeds={"regularization/centering": 10}, checkpoint_every=5),
 }
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # folder under --out
+    experiment: str  # module under experiments/
+    flags: tuple[str, ...] = ()
+    needs_weights: bool = False
+    part: str = "study"  # what the step's wall time counts towards in the report's header (PARTS)
+    init_from: str | None = None  # a step whose latest, finished run the variants fine-tune (--init-from)
+
+
+ROBUSTNESS = "robustness"  # a step that evaluates the run of another step, not an experiment of its own
+PARTS = {"study": "the study's experiments and its headline (the best recipe)",
+         "robustness": "the robustness comparison (the best recipe's augmentation off, wider, zoom and JPEG "
+                       "on all or half, and fine-tuned under them on a half or a quarter)"}
+
+# the same in both protocols: best's seeds fine-tuned, each step from the latest finished run of recipe-best
+FINE_TUNING = (
+    Step("recipe-best-tuned", "recipe", ("--variants", "best_tuned"), part="robustness", init_from="recipe-best"),
+    Step("recipe-best-tuned-gentle", "recipe", ("--variants", "best_tuned_gentle"), part="robustness",
+         init_from="recipe-best"),
+    Step("recipe-best-tuned-quarter", "recipe", ("--variants", "best_tuned_quarter"), part="robustness",
+         init_from="recipe-best"),
+)
+
+STEPS: dict[str, tuple[Step, ...]] = {
+    # wall times of every run in results/REPORT.md
+    "cpu": (
+        Step("recipe-best", "recipe", ("--variants", "best")),
+        Step("recipe-best-noaug", "recipe", ("--variants", "best_noaug"), part="robustness"),
+        Step("recipe-best-wide", "recipe", ("--variants", "best_wide"), part="robustness"),
+        Step("recipe-best-zoom", "recipe", ("--variants", "best_zoom"), part="robustness"),
+        Step("recipe-best-zoom-half", "recipe", ("--variants", "best_zoom_half"), part="robustness"),
+        *FINE_TUNING,
+        Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
+        Step("optimizers", "optimizers"),
+        Step("regularization-overfit", "regularization", ("--parts", "overfit")),
+        Step("regularization", "regularization", ("--parts", "dropout", "batchnorm", "centering")),
+        Step("architecture-centering", "architecture", ("--parts", "centering")),
+        Step("vgg-trainable", "vgg", ("--variants", "all_trainable", "scratch"), needs_weights=True),
+        Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
+        Step("architecture-kernels", "architecture", ("--parts", "kernels")),
+    ),
+    "gpu": (
+        Step("optimizers", "optimizers"),
+        Step("regularization", "regularization"),
+        Step("architecture", "architecture"),
+        Step("recipe-best", "recipe",
+             ("--variants", "best", "best_noaug", "best_wide", "best_zoom", "best_zoom_half")),
+        *FINE_TUNING,
+        Step("vgg", "vgg", needs_weights=True),
+    ),
+}
+ROBUSTNESS_OF = ("recipe-best", "recipe-best-noaug", "recipe-best-wide", "recipe-best-zoom",
+                 "recipe-best-zoom-half", *(s.name for s in FINE_TUNING))
+"""Steps whose runs the robustness suite evaluates (bccd_jax.robustness)."""
+
+
+def step_of(run_path: Path, protocol: str | None) -> Step | None:
+    """The study step that made a run folder (`--out/<step>/<experiment>/<stamp>`), or None for a run made
+    outside the study command (a screen, a run of one experiment)."""
+    name, experiment = run_path.parent.parent.name, run_path.parent.name
+    return next((s for s in STEPS.get(protocol or "", ()) if s.name == name and s.experiment == experiment), None)

@@ -31,7 +31,8 @@ from __future__ import annotations
 import dataclasses
 
 from bccd_jax.config import AugmentConfig
-from bccd_jax.experiment import Experiment, Variant, main_for, preset_variant
+from bccd_jax.experiment import Experiment, Variant, preset_variant
+from bccd_jax.runner import main_for
 from experiments.protocol import PROTOCOLS
 
 NAME = "recipe"
@@ -50,33 +51,32 @@ SCREEN = {
                                                                   shift=MILD.shift)),
 }
 MODEL = {name: dict(input_norm="image") for name in ("standardize", "combo", "robust")}
-# Chosen from the 2-seed screen: standardize 0.868 and combo 0.852 TEST at epoch 6 of 8 (results/runs/recipe-screen),
-# robust 0.863 at epoch 6 in a screen run that was stopped there; the 5-seed runs are results/runs/recipe-best*.
+# Chosen from the 2-seed screen (results/runs/recipe-screen), where robust was level with standardize and combo on
+# TEST and adds colour augmentation; the 5-seed runs are results/runs/recipe-best* (numbers in results/REPORT.md).
 BEST = SCREEN["robust"]
 BEST_MODEL = MODEL["robust"]
-# The best recipe with the augmentation widened towards the robustness suite's worst shifts for it (rescale 0.6x and
-# 1.5x, JPEG quality 10-50, blur sigma 2, hue 40 degrees; results/REPORT.md): zoom, blur, JPEG, brighter and hue.
-# A first, stronger widening (JPEG down to quality 10, blur up to sigma 1.5) trained far slower: 5 seeds at 0.409 and
-# 0.560 TEST after epochs 1 and 2, against 0.749 and 0.816 for `best`, and was stopped there.
+# The best recipe with the augmentation widened towards the robustness suite's worst shifts for it (rescale, JPEG,
+# blur and hue; results/REPORT.md): zoom, blur, JPEG, brighter and hue. A first, stronger widening (lower JPEG
+# quality, more blur) trained far slower than `best` over its first epochs and was stopped there.
 WIDE = dict(BEST, augment=dataclasses.replace(BEST["augment"], scale=0.6, blur=1.0, jpeg=0.5, brightness=0.2,
                                               hue=20.0))
-# best_wide gained most on rescale (0.6x: 0.412 -> 0.730, 1.5x: 0.486 -> 0.719) and JPEG (q20: 0.534 -> 0.676) while
-# every colour shift fell with its clean TEST (0.798): best_zoom adds only those two to `best`, at best_wide's strength.
+# best_wide gained most on rescale and JPEG while every colour shift fell with its clean TEST: best_zoom adds only
+# those two to `best`, at best_wide's strength.
 ZOOM = dict(BEST, augment=dataclasses.replace(BEST["augment"], scale=WIDE["augment"].scale, jpeg=WIDE["augment"].jpeg))
-# best_zoom's clean TEST stalled at 0.820-0.828 from epoch 4 to 8 (best: 0.851-0.863), its suite mean rose to 0.743:
-# best_zoom_half gives zoom and JPEG to half of the images only; the other half see best's inputs.
+# best_zoom's clean TEST stalled below best's while its suite mean rose: best_zoom_half gives zoom and JPEG to half
+# of the images only; the other half see best's inputs.
 ZOOM_HALF = dict(ZOOM, augment=dataclasses.replace(ZOOM["augment"], heavy_p=0.5))
-# best_zoom_half reached the suite (0.753) but not best's clean TEST (0.839 against 0.851-0.875), and each of
-# best_zoom's and best_zoom_half's 8 epochs from scratch is spent learning under zoom and JPEG: best_tuned starts
+# best_zoom_half kept the suite's gain but not best's clean TEST, and every epoch of best_zoom and best_zoom_half
+# from scratch is spent learning under zoom and JPEG: best_tuned starts
 # every seed from that seed of a finished `best` run (--init-from) and fine-tunes it under best_zoom_half's
 # augmentation, with a smaller cosine learning rate, for the protocol's "recipe/tuned" epochs.
 TUNED = dict(ZOOM_HALF, learning_rate=3e-4, init_variant="best")
-# best_tuned reached suite mean 0.762 but clean TEST 0.849, just below best's interval (0.851-0.875); its first
-# epoch fell from best's 0.863 to 0.846: best_tuned_gentle is the same at a third of the learning rate.
+# best_tuned kept the suite's gain but its clean TEST fell just below best's interval, most of it in its first
+# epoch: best_tuned_gentle is the same at a third of the learning rate, in case the step size is the cost.
 GENTLE = dict(TUNED, learning_rate=1e-4)
-# best_tuned_gentle fell as far in its first epoch (0.846): the cost is the augmentation, not the step size. From
-# scratch, zoom on every image (best_zoom) and on half (best_zoom_half) gave the same rescale robustness (0.6x: 0.763
-# and 0.778): best_tuned_quarter gives zoom and JPEG to a quarter of the images, to keep more of best's clean TEST.
+# best_tuned_gentle fell as far in its first epoch: the cost is the augmentation, not the step size. From scratch,
+# zoom on every image (best_zoom) and on half (best_zoom_half) gave about the same rescale robustness:
+# best_tuned_quarter gives zoom and JPEG to a quarter of the images, to keep more of best's clean TEST.
 QUARTER = dict(TUNED, augment=dataclasses.replace(TUNED["augment"], heavy_p=0.25))
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from bccd_jax.experiment import Experiment, Variant, main_for, preset_variant
+from bccd_jax.experiment import Experiment, Variant, preset_variant
+from bccd_jax.runner import main_for
 from experiments.protocol import PROTOCOLS
 
 NAME = "regularization"

@@ -4,15 +4,12 @@
 
 Everything in the report comes from the run folders: the header (hardware, protocol, wall
 times, commits) from their config.json, the tables and verdicts from their metrics.json (and
-robustness.json where the robustness benchmark ran). Verdicts compare means over seeds with
-a 95 % interval of the difference (Welch's; paired by seed where the seeds share their
-initial weights); "supported" needs the interval to exclude zero in the claimed direction,
-"contradicted" in the other, otherwise "inconclusive".
+robustness.json where the robustness benchmark ran), the verdicts on the study's claims from
+experiments.claims.
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -20,156 +17,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bccd_jax.errors import UserError, run_cli
-from bccd_jax.metrics import ACC_BOUNDS, clip_interval, mean_ci, paired_ci, welch_ci
+from bccd_jax.errors import ArgumentParser, UserError, run_cli
+from bccd_jax.metrics import ACC_BOUNDS, clip_interval, mean_ci
 from bccd_jax.run import RunFolder, RunRecord, VariantResult, write_json
-from experiments.robustness import FIGURE_FILE, RESULT_FILE
-from experiments.study import PARTS, step_of
-
-ABOUT_85 = 0.80
-"""Lowest accuracy still read as the study's "about 85 %" for the deep CNN."""
-CHANCE_TRAIN_ACC = 0.40
-"""A seed has left chance when its final training accuracy is at least this (the training set is balanced: 0.25)."""
-
-
-def verdict_greater(a, b, paired: bool = False) -> tuple[str, str]:
-    d, (lo, hi) = paired_ci(a, b) if paired else welch_ci(a, b)
-    text = f"difference {d:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}{', paired by seed' if paired else ''})"
-    if lo > 0:
-        return "supported", text
-    if hi < 0:
-        return "contradicted", text
-    return "inconclusive", text
-
-
-def _acc(r: VariantResult, split: str = "test") -> list[float]:
-    return r.final_acc(split).tolist()
-
-
-STUDY_EXPERIMENTS = ("optimizers", "regularization", "architecture", "recipe", "vgg")
-"""The experiments that carry the study's claims."""
-
-
-def claims_for(experiment: str, res: dict[str, VariantResult]) -> list[tuple[str, str, str]]:
-    """(claim, verdict, evidence) rows for the experiments the study made claims about."""
-    out: list[tuple[str, str, str]] = []
-    if experiment == "optimizers" and "sgd" in res:
-        for adaptive in [a for a in ("adam", "rmsprop") if a in res]:
-            v, e = verdict_greater(_acc(res[adaptive]), _acc(res["sgd"]), paired=True)
-            out.append((f"{adaptive} (lr 1e-3) reaches a higher test accuracy than SGD (lr 0.01) at "
-                        f"{res[adaptive].epochs} epochs", v, e))
-    if experiment == "regularization":
-        out += _regularization_claims(res)
-    if experiment == "architecture":
-        out += _architecture_claims(res)
-    if experiment == "recipe" and "best" in res:
-        out.append(_about_85("the deep CNN (best recipe) reaches about 85 % test accuracy", res["best"]))
-        if "best_noaug" in res:
-            v, e = verdict_greater(_acc(res["best"]), _acc(res["best_noaug"]), paired=True)
-            out.append(("on-the-fly augmentation improves the deep CNN's test accuracy", v, e))
-    if experiment == "vgg":
-        for a, b, claim in (("frozen_blocks1-3", "scratch", "VGG16 with pretrained, frozen lower blocks beats VGG16 "
-                             "from scratch"),
-                            ("all_trainable", "scratch", "fine-tuning all VGG16 layers from pretrained weights "
-                             "beats VGG16 from scratch")):
-            if {a, b} <= set(res):
-                v, e = verdict_greater(_acc(res[a]), _acc(res[b]))
-                out.append((claim, v, e))
-        for name, r in res.items():
-            if r.group == "transfer" and name != "scratch":
-                tr, te = r.curve("train_acc").mean(axis=1), r.curve("test_acc").mean(axis=1)
-                gap = tr[-1] - te[-1]
-                verdict = "supported" if tr[-1] >= 0.95 and gap >= 0.15 else "contradicted"
-                out.append((f"VGG16 ({name}) learns the training set fast while the test set suffers from "
-                            "massive overfitting", verdict,
-                            f"train accuracy {tr[0]:.3f} after epoch 1, {tr[-1]:.3f} at the end; test {te[-1]:.3f} "
-                            f"(gap {gap:+.3f}; supported when train >= 0.95 and the gap >= 0.15)"))
-    return out
-
-
-def _about_85(claim: str, r: VariantResult) -> tuple[str, str, str]:
-    m, (lo, hi) = mean_ci(_acc(r), ACC_BOUNDS)
-    # "about 85 %": supported when the whole interval is at or above 0.80, contradicted when it is below
-    if lo >= ABOUT_85:
-        v = "supported"
-    else:
-        v = "contradicted" if hi < ABOUT_85 else "inconclusive"
-    return claim, v, f"{r.name}: {m:.3f} (95% CI {lo:.3f} to {hi:.3f}) over {len(r.seeds)} seeds, {r.epochs} epochs"
-
-
-def _regularization_claims(res: dict[str, VariantResult]) -> list[tuple[str, str, str]]:
-    out = []
-    overfit = [k for k, r in res.items() if r.group == "overfit"]
-    if overfit:
-        r = res[overfit[0]]
-        tl, ta = r.curve("test_loss").mean(axis=1), r.curve("train_acc").mean(axis=1)
-        best = int(tl.argmin())
-        rises, diverges = ta[-1] >= ta[best], tl[-1] > 1.2 * tl[best]
-        out.append((f"training {len(tl)} epochs overfits: train accuracy keeps rising while test loss diverges",
-                    "supported" if (rises and diverges) else "contradicted",
-                    f"test loss min {tl[best]:.3f} at epoch {best + 1}, final {tl[-1]:.3f} "
-                    f"({tl[-1] / max(tl[best], 1e-9):.1f}x); train acc {ta[best]:.3f} -> {ta[-1]:.3f}"))
-    drops = {k: r for k, r in res.items() if r.group == "dropout"}
-    if "dropout_0.2" in drops and len(drops) > 1:
-        means = {k: float(np.mean(_acc(r))) for k, r in drops.items()}
-        best = max(means, key=means.get)
-        if best == "dropout_0.2":  # is 0.2 clearly ahead of the runner-up?
-            rival = max((k for k in drops if k != best), key=means.get)
-            v, e = verdict_greater(_acc(drops[best]), _acc(drops[rival]))
-            v, e = ("supported" if v == "supported" else "inconclusive"), f"0.2 is best; vs runner-up {rival}: {e}"
-        else:  # is the best rate clearly ahead of 0.2?
-            v, e = verdict_greater(_acc(drops[best]), _acc(drops["dropout_0.2"]))
-            v = "contradicted" if v == "supported" else "inconclusive"
-            e = f"best rate is {best} ({means[best]:.3f}); {best} vs 0.2: {e}"
-        out.append(("20 % dropout gives the best test accuracy", v, e))
-    off = res.get("dropout_0")
-    if off is not None and "batchnorm_on" in res:
-        v, e = verdict_greater(_acc(res["batchnorm_on"]), _acc(off), paired=True)
-        out.append(("batch normalization improves test accuracy", v, e))
-    if off is not None and "batchnorm_on_m0.9" in res:
-        v, e = verdict_greater(_acc(res["batchnorm_on_m0.9"]), _acc(off), paired=True)
-        out.append(("batch normalization improves test accuracy (running-statistics momentum 0.9 instead "
-                    "of Keras' 0.99)", v, e))
-    if off is not None and "centering_on" in res:
-        on, base = np.asarray(_acc(res["centering_on"])), np.asarray(_acc(off))
-        n = min(on.size, base.size)
-        paired = on[:n] - base[:n]  # same seeds, same initial weights
-        m, (lo, hi) = mean_ci(paired)
-        depends = 0 < (paired > 0).mean() < 1 and lo <= 0 <= hi
-        out.append(("the effect of feature centering depends on the initialization (seed)",
-                    "supported" if depends else "contradicted",
-                    f"centering helps in {int((paired > 0).sum())} of {n} seeds, hurts in {int((paired < 0).sum())}; "
-                    f"paired difference {m:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}), per-seed range "
-                    f"{paired.min():+.3f} to {paired.max():+.3f}"))
-    return out
-
-
-def _architecture_claims(res: dict[str, VariantResult]) -> list[tuple[str, str, str]]:
-    out = []
-    if "deep" in res and "base" in res:
-        v, e = verdict_greater(_acc(res["deep"]), _acc(res["base"]), paired=True)
-        out.append(("the deep CNN beats the base CNN", v, e))
-    if {"expanded", "expanded_centered"} <= set(res):
-        v, e = verdict_greater(_acc(res["expanded_centered"]), _acc(res["expanded"]), paired=True)
-        out.append(("feature centering improves the expanded CNN", v, e))
-    inits = {k: r for k, r in res.items() if r.group == "init"}
-    if len(inits) > 1:
-        left = {k: int((r.final_acc("train") >= CHANCE_TRAIN_ACC).sum()) for k, r in inits.items()}
-        spread = any(0 < left[k] < len(inits[k].seeds) for k in inits) or len(set(left.values())) > 1
-        out.append(("the deep CNN's result depends on the initialization",
-                    "supported" if spread else "contradicted",
-                    "; ".join(f"{k}: {left[k]} of {len(r.seeds)} seeds leave chance (train acc >= "
-                              f"{CHANCE_TRAIN_ACC}), TEST {np.mean(_acc(r)):.3f}" for k, r in inits.items())))
-    return out
+from bccd_jax.summary import format_ci, majority_baseline, markdown, table_columns
+from experiments.claims import STUDY_EXPERIMENTS, ClaimRow, study_claims
+from experiments.protocol import PARTS, step_of
 
 
 # ----------------------------------------------------------------------------- tables
-
-
-def _fmt_ci(m: float, ci: Sequence[float]) -> str:
-    """An accuracy and its interval, clipped to [0, 1] (runs made before intervals were clipped)."""
-    lo, hi = clip_interval(ci)
-    return f"{m:.3f} ({lo:.3f}-{hi:.3f})"
 
 
 def _acc_ci(ci: Sequence[float] | None) -> list[float] | None:
@@ -192,30 +48,6 @@ def variant_summary(r: VariantResult, record: RunRecord) -> dict[str, Any]:
             "test_simple_acc_ci95": None if simple is None else _acc_ci(simple["acc_ci95"])}
 
 
-def results_table(results: dict[str, VariantResult]) -> list[str]:
-    has_simple = any(r.final("test_simple") for r in results.values() if not r.incomplete)
-    head = ("| variant | seeds | epochs | train acc | TEST (95% CI) | balanced | TEST leak-free (95% CI) | by cell (95% CI) | "
-            "cells | seed ensemble | TEST best epoch (optimistic) |" + (" TEST_SIMPLE |" if has_simple else ""))
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for name, r in results.items():
-        if r.incomplete:
-            lines.append(f"| {name} | interrupted, not reported |")
-            continue
-        t, lf = r.final("test"), r.final("test_leakfree")
-        g = t.get("grouped_acc_mean")
-        row = (f"| {name} | {len(r.seeds)} | {r.epochs} | {r.raw['train_acc_final_mean']:.3f} | "
-               f"{_fmt_ci(t['acc_mean'], t['acc_ci95'])} | {np.mean(t['balanced_acc_per_seed']):.3f} | "
-               f"{'-' if lf is None else _fmt_ci(lf['acc_mean'], lf['acc_ci95'])} | "
-               f"{'-' if g is None else _fmt_ci(g, t['grouped_acc_ci95_over_seeds'])} | "
-               f"{t.get('n_cells', '-')}{'' if lf is None else ' / ' + str(lf.get('n_cells', '-'))} | "
-               f"{t['ensemble_acc']:.3f} | {_fmt_ci(r.raw['test_acc_best_mean'], r.raw['test_acc_best_ci95'])} |")
-        if has_simple:
-            s = r.final("test_simple")
-            row += f" {'-' if s is None else _fmt_ci(s['acc_mean'], s['acc_ci95'])} |"
-        lines.append(row)
-    return lines
-
-
 def experiment_section(folder: RunFolder, record: RunRecord, results: dict[str, VariantResult], fig_rel: str,
                        fig_names: list[str]) -> list[str]:
     data = record.data
@@ -233,9 +65,8 @@ def experiment_section(folder: RunFolder, record: RunRecord, results: dict[str, 
     if done:
         n_seeds = len(done[0].seeds)  # the confusion matrix is summed over seeds
         support = {c: m["support"] // n_seeds for c, m in done[0].final("test")["per_class"].items()}
-        major = max(support, key=support.get)
-        lines += [f"- majority-class baseline on TEST: {support[major] / max(1, sum(support.values())):.3f} "
-                  f"(always {major}); class counts {support}"]
+        base, major = majority_baseline(support)
+        lines += [f"- majority-class baseline on TEST: {base:.3f} (always {major}); class counts {support}"]
         conflicts = done[0].final("test").get("cells_with_two_labels") or {}
         if conflicts:
             lines.append(f"- TEST cells carrying two labels (each image scored against its own): {conflicts}")
@@ -255,11 +86,7 @@ def experiment_section(folder: RunFolder, record: RunRecord, results: dict[str, 
                          f"applies; `python -m experiments.vgg --variants {' '.join(missing)}` runs them, the "
                          "gpu protocol includes them)")
         lines.append("")
-    lines += results_table(results)
-    claims = claims_for(record.experiment, {k: r for k, r in results.items() if not r.incomplete})
-    if claims:
-        lines += ["", "| claim of the study | verdict on this data | evidence |", "|---|---|---|"]
-        lines += [f"| {c} | **{v}** | {e} |" for c, v, e in claims]
+    lines += markdown(table_columns(results, report=True), results)
     lines.append("")
     lines += [f"![{f}]({fig_rel}/{f})" for f in fig_names]
     lines.append("")
@@ -270,7 +97,7 @@ def robustness_rows(runs) -> list[tuple[str, dict, VariantResult]]:
     """(label, robustness result, variant result) of every variant the robustness suite evaluated."""
     out = []
     for folder, record, results in runs:
-        rob = folder.read_extra(RESULT_FILE)
+        rob = folder.read_robustness()
         for name, res in (rob or {}).get("variants", {}).items():
             if name in results:
                 out.append((f"{record.experiment}/{name}", dict(res, stride=rob["stride"], n_images=rob["n_images"]),
@@ -306,7 +133,7 @@ def robustness_section(rows, fig_paths: list[str]) -> list[str]:
         worst = min(((n, k, float(np.mean(a))) for n, r in rob["shifts"].items() for k, a in zip(r["strengths"], r["acc"])),
                     key=lambda x: x[2])
         lines.append(f"| {label} | {len(rob['seeds'])} | {rob['n_images']} (k={rob['stride']}) | "
-                     f"{_fmt_ci(*mean_ci(rob['clean']))} | {_fmt_ci(*mean_ci(rob['suite_mean']))} | "
+                     f"{format_ci(*mean_ci(rob['clean']))} | {format_ci(*mean_ci(rob['suite_mean']))} | "
                      f"{worst[0]} {worst[1]:g}: {worst[2]:.3f} |")
     head = "| shift | strength | " + " | ".join(label for label, _, _ in rows) + " |"
     lines += ["", head, "|---|---|" + "---|" * len(rows)]
@@ -349,12 +176,8 @@ def header(runs: list[tuple[RunFolder, RunRecord, dict[str, VariantResult]]], co
     return lines + [""]
 
 
-def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | None = None,
-                 notes: str | None = None, command: str | None = None) -> tuple[Path, Path]:
-    from bccd_jax.run import command_line
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def load_runs(run_dirs: Sequence[str | Path]) -> list[tuple[RunFolder, RunRecord, dict[str, VariantResult]]]:
+    """(folder, record, results) of every run folder; one without a finished variant is refused."""
     runs = []
     for rd in run_dirs:
         folder = RunFolder(rd).check()
@@ -362,13 +185,12 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         if not results:
             raise UserError(f"{folder} has no finished variant (metrics.json missing); finish or resume the run first")
         runs.append((folder, folder.record(), results))
+    return runs
+
+
+def summarize_runs(runs) -> dict[str, dict[str, Any]]:
+    """summary.json: experiment -> variant -> its line (variant_summary)."""
     summary: dict[str, dict[str, Any]] = {}
-    sections: list[str] = []
-    all_claims: list[tuple[str, str, str, str]] = []
-    merged: dict[tuple[str, str, str], dict[str, VariantResult]] = {}
-    used_fig_keys: set[str] = set()
-    fig_keys: list[str] = []
-    written: set[Path] = set()
     for folder, record, results in runs:
         exp, dataset = record.experiment, record.data.dataset
         size = "x".join(map(str, record.data.image_size))
@@ -383,57 +205,130 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
             if key in entries:
                 print(f"warning: {exp}/{key} appears twice; {folder} replaces the earlier run", file=sys.stderr)
             entries[key] = variant_summary(r, record)
-        fig_key = f"{exp}_{dataset}_{size}_{folder.path.name}"  # the run's stamp: stable when runs are added
+    return summary
+
+
+def figure_keys(runs) -> list[str]:
+    """The folder under figures/ of each run: experiment, data set, size and the run's stamp (stable when runs
+    are added)."""
+    used: set[str] = set()
+    keys = []
+    for folder, record, _ in runs:
+        exp, dataset = record.experiment, record.data.dataset
+        size = "x".join(map(str, record.data.image_size))
+        key = f"{exp}_{dataset}_{size}_{folder.path.name}"
         k = 1
-        while fig_key in used_fig_keys:
+        while key in used:
             k += 1
-            fig_key = f"{exp}_{dataset}_{size}_{k}"
-        used_fig_keys.add(fig_key)
-        fig_keys.append(fig_key)
-        fig_names = []
-        if folder.figures.is_dir():
-            (out / "figures" / fig_key).mkdir(parents=True, exist_ok=True)
-            for f in (sorted(folder.figures.glob("curves_*.png")) + sorted(folder.figures.glob("confusion_*.png"))
-                      + sorted(folder.figures.glob(FIGURE_FILE))):
-                shutil.copy2(f, out / "figures" / fig_key / f.name)
-                fig_names.append(f.name)
-                written.add(out / "figures" / fig_key / f.name)
-        sections += experiment_section(folder, record, results, f"figures/{fig_key}",
-                                       [f for f in fig_names if f != FIGURE_FILE])
-        # claims compare variants across the run folders of one experiment, data set and size (e.g. a
-        # study step per variant), paired by seed where both ran the same seeds
-        merged.setdefault((exp, dataset, size), {}).update({k: r for k, r in results.items() if not r.incomplete})
-    for (exp, dataset, size), done in merged.items():
-        all_claims += [(f"{exp} ({dataset}, {size})", c, v, e) for c, v, e in claims_for(exp, done)]
+            key = f"{exp}_{dataset}_{size}_{k}"
+        used.add(key)
+        keys.append(key)
+    return keys
+
+
+def copy_figures(folder: RunFolder, into: Path) -> list[Path]:
+    """The run's figures copied into `into`; the copies."""
+    if not folder.figures.is_dir():
+        return []
+    into.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for f in folder.figure_files():
+        shutil.copy2(f, into / f.name)
+        copies.append(into / f.name)
+    return copies
+
+
+def remove_stale_figures(figures: Path, written: set[Path]) -> None:
+    """Figures of an earlier report that this one did not write, and the folders they leave empty."""
+    for stale in [f for f in figures.glob("*/*.png") if f not in written]:
+        stale.unlink()
+    for folder in figures.glob("*/"):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def merged_claims(runs) -> tuple[list[ClaimRow], list[str]]:
+    """The claims over the run folders of one experiment, data set and size (e.g. a study step per variant),
+    paired by seed where both ran the same seeds; and the study's experiments no augmented run tested."""
+    merged: dict[tuple[str, str, str], dict[str, VariantResult]] = {}
+    for _, record, results in runs:
+        size = "x".join(map(str, record.data.image_size))
+        merged.setdefault((record.experiment, record.data.dataset, size), {}).update(
+            {k: r for k, r in results.items() if not r.incomplete})
+    claims = [row for (exp, dataset, size), done in merged.items() for row in study_claims(exp, done, dataset, size)]
     untested = [e for e in STUDY_EXPERIMENTS if not any(x == e and d == "augmented" for x, d, _ in merged)]
+    return claims, untested
+
+
+ABOUT_METRICS = (
+    "Accuracies are means over seeds with a 95 % Student-t interval over seeds. TEST holds augmentations "
+    "of 71 original photos of 68 cells (three pairs of photos show one cell); *leak-free* drops the TEST "
+    "images whose cell is also in TRAIN (three cells re-photographed across the split); *by cell* weights "
+    "each cell equally (photos of one cell merged) with its interval over seeds, *cells* counts them "
+    "(TEST / leak-free); *balanced* is the mean recall over the four classes; *seed ensemble* averages the seeds' "
+    "probabilities, as `bccd_jax.predict` does; *TEST best epoch* picks the epoch on TEST itself and is optimistic.")
+
+
+def claims_section(claims: list[ClaimRow]) -> list[str]:
+    """The study against the reproduction (one row per claim: the study's words and figure, ours, the budget,
+    the verdict), then how each claim is tested (the measurement and its threshold, fixed in
+    experiments/claims.py before the runs)."""
+    cell = lambda text: text.replace("|", "/")  # noqa: E731  (a quote's "|" would split the row)
+    lines = ["## The study against this reproduction", "",
+             "Each claim in the study's words, its figure, what this reproduction measured (mean over seeds with a "
+             "95 % interval where there is one), the budget it ran at and the verdict. *not reached at this "
+             "budget*: the claim's premise never held in the run, so the run cannot test it.", "",
+             "| experiment | the study | the study's figure | this reproduction | budget | verdict |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {c.experiment} | {cell(c.quote)} | {cell(c.figure)} | {cell(c.ours)} | {c.budget} | **{c.verdict}** |"
+              for c in claims]
+    lines += ["", "How each claim is tested (thresholds fixed in `experiments/claims.py` before the runs):", "",
+              "| experiment | the study | test and threshold |", "|---|---|---|"]
+    lines += [f"| {c.experiment} | {cell(c.quote)} | {cell(c.test)} |" for c in claims]
+    return lines + [""]
+
+
+def report_lines(runs, keys: list[str], sections: list[str], title: str | None, notes: str | None,
+                 command: str) -> list[str]:
+    """REPORT.md: the header, the claims, the robustness comparison, then one section per run."""
+    claims, untested = merged_claims(runs)
     lines = [f"# {title or 'bccd_jax: reproduction of the BCCD white-cell CNN study'}", ""]
-    lines += header(runs, command or command_line())
+    lines += header(runs, command)
     if notes:
         lines += [notes.strip(), ""]
-    lines += ["Accuracies are means over seeds with a 95 % Student-t interval over seeds. TEST holds augmentations "
-              "of 71 original photos of 68 cells (three pairs of photos show one cell); *leak-free* drops the TEST "
-              "images whose cell is also in TRAIN (three cells re-photographed across the split); *by cell* weights "
-              "each cell equally (photos of one cell merged) with its interval over seeds, *cells* counts them "
-              "(TEST / leak-free); *balanced* is the mean recall over the four classes; *seed ensemble* averages the seeds' probabilities, as `bccd_jax.predict` does; "
-              "*TEST best epoch* picks the epoch on TEST itself and is optimistic.", ""]
-    if all_claims:
-        lines += ["## Claims of the study", "", "| experiment | claim | verdict | evidence |", "|---|---|---|---|"]
-        lines += [f"| {x} | {c} | **{v}** | {e} |" for x, c, v, e in all_claims]
-        lines.append("")
+    lines += [ABOUT_METRICS, ""]
+    if claims:
+        lines += claims_section(claims)
     if untested:
         lines += [f"No run of the augmented set among these folders for: {', '.join(untested)}. Their claims are "
                   "not tested by this report; `python -m experiments.study --protocol cpu --data-dir DATA` runs "
                   "every step that has no finished run.", ""]
     rob = robustness_rows(runs)
     if rob:
-        lines += robustness_section(rob, [f"figures/{k}/{FIGURE_FILE}" for k, (folder, _, _) in
-                                          zip(fig_keys, runs) if (folder.figures / FIGURE_FILE).is_file()])
-    lines += sections
-    for stale in [f for f in (out / "figures").glob("*/*.png") if f not in written]:  # from an earlier report
-        stale.unlink()
-    for folder_ in (out / "figures").glob("*/"):
-        if not any(folder_.iterdir()):
-            folder_.rmdir()
+        lines += robustness_section(rob, [f"figures/{k}/{folder.robustness_figure.name}" for k, (folder, _, _) in
+                                          zip(keys, runs) if folder.robustness_figure.is_file()])
+    return lines + sections
+
+
+def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | None = None,
+                 notes: str | None = None, command: str | None = None) -> tuple[Path, Path]:
+    """REPORT.md, summary.json and figures/ of the run folders, into `out`."""
+    from bccd_jax.run import command_line
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(run_dirs)
+    summary = summarize_runs(runs)
+    keys = figure_keys(runs)
+    sections: list[str] = []
+    written: set[Path] = set()
+    for key, (folder, record, results) in zip(keys, runs):
+        copies = copy_figures(folder, out / "figures" / key)
+        written.update(copies)
+        sections += experiment_section(folder, record, results, f"figures/{key}",
+                                       [f.name for f in copies if f.name != folder.robustness_figure.name])
+    lines = report_lines(runs, keys, sections, title, notes, command or command_line())
+    remove_stale_figures(out / "figures", written)
     report = out / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")
     summary_path = out / "summary.json"
@@ -442,7 +337,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m experiments.report", description=__doc__.splitlines()[0])
     p.add_argument("run_dirs", nargs="+", help="run folders written by the experiments")
     p.add_argument("--out", default="results", help="folder for REPORT.md, summary.json, figures/")
     p.add_argument("--title")

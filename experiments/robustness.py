@@ -20,9 +20,6 @@ import numpy as np
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
 from bccd_jax.metrics import ACC_BOUNDS, mean_ci
 
-RESULT_FILE = "robustness.json"
-FIGURE_FILE = "robustness.png"  # under the run folder's figures/
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     from bccd_jax.data import load_dataset
@@ -53,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     idx = subset(len(test), args.stride)
     images, labels = np.asarray(test.images)[idx], np.asarray(test.labels)[idx]
     out = {"stride": args.stride, "n_images": int(len(idx)), "fingerprint": ds.fingerprint, "variants": {}}
-    old = folder.read_extra(RESULT_FILE) or {}
+    old = folder.read_robustness() or {}
     if old.get("stride") == args.stride:
         out["variants"].update(old.get("variants", {}))
     for name in names:
@@ -63,8 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = evaluate_suite(restored, images, labels, log=log)
         res.update(seeds=restored.seeds, epoch=restored.epoch, wall_s=time.perf_counter() - t)
         out["variants"][name] = res
-        folder.write_extra(RESULT_FILE, out)
-    plot_robustness(out["variants"], folder.figures / FIGURE_FILE,
+        folder.write_robustness(out)
+    plot_robustness(out["variants"], folder.robustness_figure,
                     title=f"{record.experiment}: {len(idx)} TEST images (every k-th, k={args.stride}) under the shift suite")
     print(f"{record.experiment} {folder.path.name}: accuracy on {len(idx)} TEST images, mean over seeds (95% CI)")
     head = f"{'shift':<12}{'strength':>10}" + "".join(f"{n:>24}" for n in out["variants"])
@@ -79,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k, s in enumerate(shift.strengths):
             row(shift.name, f"{s:g}", [r["shifts"][shift.name]["acc"][k] for r in out["variants"].values()])
     row("suite mean", "", [r["suite_mean"] for r in out["variants"].values()])
-    print(f"wrote {folder.path / RESULT_FILE} and {folder.figures / FIGURE_FILE}")
+    print(f"wrote {folder.robustness_path} and {folder.robustness_figure}")
     return 0
 
 

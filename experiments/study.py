@@ -16,76 +16,12 @@ import argparse
 import importlib
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
 from bccd_jax.run import RunFolder
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str  # folder under --out
-    experiment: str  # module under experiments/
-    flags: tuple[str, ...] = ()
-    needs_weights: bool = False
-    part: str = "study"  # what the step's wall time counts towards in the report's header (PARTS)
-    init_from: str | None = None  # a step whose latest, finished run the variants fine-tune (--init-from)
-
-
-ROBUSTNESS = "robustness"  # a step that evaluates the run of another step, not an experiment of its own
-PARTS = {"study": "the study's experiments and its headline (the best recipe)",
-         "robustness": "the robustness comparison (the best recipe's augmentation off, wider, zoom and JPEG "
-                       "on all or half, and fine-tuned under them on a half or a quarter)"}
-
-# the same in both protocols: best's seeds fine-tuned, each step from the latest finished run of recipe-best
-FINE_TUNING = (
-    Step("recipe-best-tuned", "recipe", ("--variants", "best_tuned"), part="robustness", init_from="recipe-best"),
-    Step("recipe-best-tuned-gentle", "recipe", ("--variants", "best_tuned_gentle"), part="robustness",
-         init_from="recipe-best"),
-    Step("recipe-best-tuned-quarter", "recipe", ("--variants", "best_tuned_quarter"), part="robustness",
-         init_from="recipe-best"),
-)
-
-STEPS: dict[str, tuple[Step, ...]] = {
-    # wall times of every run in results/REPORT.md
-    "cpu": (
-        Step("recipe-best", "recipe", ("--variants", "best")),
-        Step("recipe-best-noaug", "recipe", ("--variants", "best_noaug"), part="robustness"),
-        Step("recipe-best-wide", "recipe", ("--variants", "best_wide"), part="robustness"),
-        Step("recipe-best-zoom", "recipe", ("--variants", "best_zoom"), part="robustness"),
-        Step("recipe-best-zoom-half", "recipe", ("--variants", "best_zoom_half"), part="robustness"),
-        *FINE_TUNING,
-        Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
-        Step("optimizers", "optimizers"),
-        Step("regularization-overfit", "regularization", ("--parts", "overfit")),
-        Step("regularization", "regularization", ("--parts", "dropout", "batchnorm", "centering")),
-        Step("architecture-centering", "architecture", ("--parts", "centering")),
-        Step("vgg-trainable", "vgg", ("--variants", "all_trainable", "scratch"), needs_weights=True),
-        Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
-        Step("architecture-kernels", "architecture", ("--parts", "kernels")),
-    ),
-    "gpu": (
-        Step("optimizers", "optimizers"),
-        Step("regularization", "regularization"),
-        Step("architecture", "architecture"),
-        Step("recipe-best", "recipe",
-             ("--variants", "best", "best_noaug", "best_wide", "best_zoom", "best_zoom_half")),
-        *FINE_TUNING,
-        Step("vgg", "vgg", needs_weights=True),
-    ),
-}
-ROBUSTNESS_OF = ("recipe-best", "recipe-best-noaug", "recipe-best-wide", "recipe-best-zoom",
-                 "recipe-best-zoom-half", *(s.name for s in FINE_TUNING))
-"""Steps whose runs the robustness suite evaluates (bccd_jax.robustness)."""
-
-
-def step_of(run_path: Path, protocol: str | None) -> Step | None:
-    """The study step that made a run folder (`--out/<step>/<experiment>/<stamp>`), or None for a run made
-    outside the study command (a screen, a run of one experiment)."""
-    name, experiment = run_path.parent.parent.name, run_path.parent.name
-    return next((s for s in STEPS.get(protocol or "", ()) if s.name == name and s.experiment == experiment), None)
+from experiments.protocol import ROBUSTNESS, ROBUSTNESS_OF, STEPS, Step
 
 
 def finished(folder: RunFolder) -> bool:
@@ -95,7 +31,7 @@ def finished(folder: RunFolder) -> bool:
 
 def run_step(step: Step, protocol: str, args) -> RunFolder:
     """Run (or resume, or skip) one step; its run folder."""
-    from bccd_jax.experiment import run_experiment
+    from bccd_jax.runner import run_experiment
 
     root = Path(args.out) / step.name
     module = importlib.import_module(f"experiments.{step.experiment}")
@@ -138,7 +74,7 @@ def run_robustness(step: Step, args) -> None:
         folder = RunFolder.latest(Path(args.out) / step.name, step.experiment)
     except UserError:
         return
-    if finished(folder) and folder.read_extra(robustness.RESULT_FILE) is None:
+    if finished(folder) and folder.read_robustness() is None:
         robustness.main(["--run", str(folder.path)] + (["--data-dir", args.data_dir] if args.data_dir else []))
 
 

@@ -23,7 +23,8 @@ import os
 
 from bccd_jax.config import ModelConfig, TrainConfig
 from bccd_jax.errors import UserError
-from bccd_jax.experiment import Experiment, Variant, main_for
+from bccd_jax.experiment import Experiment, Variant
+from bccd_jax.runner import main_for
 from experiments.protocol import PROTOCOLS
 
 NAME = "vgg"

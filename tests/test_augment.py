@@ -17,7 +17,8 @@ from bccd_jax.errors import UserError
 from bccd_jax.models import build_model
 from bccd_jax.optimizers import make_optimizer
 from bccd_jax.steps import make_step_fns, seed_key
-from bccd_jax.train import TrainData, fit
+from bccd_jax.data.train_data import TrainData
+from bccd_jax.train import fit
 
 ALL = AugmentConfig(flip=True, rot90=True, rotate=20, shift=0.1, scale=0.1, brightness=0.1, contrast=0.2,
                     saturation=0.2, hue=10, gamma=0.2, stain=0.05, blur=1.0, jpeg=0.9)

@@ -194,7 +194,7 @@ def test_preprocessing_matches_data_layer(run_dir, env, monkeypatch):
     from bccd_jax.metrics import softmax
     from bccd_jax.predict import classify
     from bccd_jax.run import restore
-    from bccd_jax.train import predict_logits
+    from bccd_jax.run.build import predict_logits
 
     monkeypatch.setenv("BCCD_JAX_CACHE", env["BCCD_JAX_CACHE"])
     ds = load_dataset("originals", image_size=SIZE)

@@ -66,7 +66,6 @@ def test_shipped_model_is_the_robustness_rules_choice():
     suite mean among the variants whose clean TEST lies within the best clean TEST's interval."""
     from bccd_jax.run import RunFolder
     from experiments.report import robust_choice, robustness_rows
-    from experiments.robustness import RESULT_FILE
 
     runs = [(f, f.record(), f.results()) for f in map(RunFolder, committed_runs())]
     label, _ = robust_choice(robustness_rows(runs))
@@ -74,5 +73,5 @@ def test_shipped_model_is_the_robustness_rules_choice():
     ((name, result),) = model.results().items()
     assert f"{model.record().experiment}/{name}" == label
     sources = [f.path.name for f, record, results in runs
-               if f"{record.experiment}/{name}" == label and name in results and f.read_extra(RESULT_FILE)]
+               if f"{record.experiment}/{name}" == label and name in results and f.read_robustness()]
     assert result.raw["exported_from"]["run"] in sources

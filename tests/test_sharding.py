@@ -36,7 +36,8 @@ CHILD = textwrap.dedent("""
     from bccd_jax.models import build_model
     from bccd_jax.optimizers import make_optimizer
     from bccd_jax.runtime import seed_sharding
-    from bccd_jax.train import TrainData, fit
+    from bccd_jax.data.train_data import TrainData
+    from bccd_jax.train import fit
 
     assert jax.device_count() == 4, jax.devices()
     rng = np.random.default_rng(0)

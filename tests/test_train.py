@@ -14,7 +14,8 @@ from bccd_jax.errors import UserError
 from bccd_jax.models import build_model
 from bccd_jax.optimizers import make_optimizer
 from bccd_jax.steps import make_train
-from bccd_jax.train import TrainData, fit
+from bccd_jax.data.train_data import TrainData
+from bccd_jax.train import fit
 
 
 def synthetic(n=64, h=16, w=20, seed=0):

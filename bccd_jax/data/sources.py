@@ -26,7 +26,8 @@ DATA_ENV = "BCCD_JAX_DATA"
 AUGMENTED_SPLITS = {"TRAIN": "train", "TEST": "test", "TEST_SIMPLE": "test_simple"}
 """Kaggle split folder -> lowercase split name used everywhere in the API."""
 
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+"""Image files read here and by `evaluate`: whatever Pillow decodes (bccd_jax.data.pixels) under the usual names."""
 TRACE_NAME = "dataset2_source_trace.csv"
 OTHER_LABELS = ("BASOPHIL",)
 """White-cell labels that occur in labels.csv but are not one of the 4 classes (skipped, counted)."""

@@ -14,14 +14,12 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bccd_jax.config import INITS, ModelConfig
 from bccd_jax.errors import UserError
 from bccd_jax.models.conv import Conv
 
-KERNEL_INITS = {
-    "keras": nn.initializers.glorot_uniform(),  # Keras' Conv2D/Dense default: what the study used
-    "lecun": nn.initializers.lecun_normal(),  # Flax's default
-    "he": nn.initializers.he_normal(),  # variance 2/fan_in: keeps ReLU activations at scale through depth
-}
+KERNEL_INITS = {name: getattr(nn.initializers, initializer)() for name, initializer in INITS.items()}
+_DEFAULT = ModelConfig()  # the fields' defaults are the config's
 
 
 def normalize_inputs(x: jnp.ndarray, input_mean: Sequence[float] | None, input_norm: str, grayscale: bool,
@@ -80,19 +78,19 @@ class CNN(nn.Module):
     """conv blocks (conv[-BN]-ReLU ..., 2x2 max-pool) -> dense -> dropout -> logits (each block's last ReLU
     is applied after its pool: the same function)."""
 
-    conv_blocks: Sequence[Sequence[int]] = ((32,),)
-    kernel_size: int = 3
-    dense_features: int = 128
-    dropout: float = 0.0
-    batch_norm: bool = False
-    bn_momentum: float = 0.99  # Keras' default; see ModelConfig.bn_momentum
-    padding: str = "VALID"
-    num_classes: int = 4
+    conv_blocks: Sequence[Sequence[int]] = _DEFAULT.conv_blocks
+    kernel_size: int = _DEFAULT.kernel_size
+    dense_features: int = _DEFAULT.dense_features
+    dropout: float = _DEFAULT.dropout
+    batch_norm: bool = _DEFAULT.batch_norm
+    bn_momentum: float = _DEFAULT.bn_momentum
+    padding: str = _DEFAULT.padding
+    num_classes: int = _DEFAULT.num_classes
     input_mean: Sequence[float] | None = None  # feature centering when set
-    initializer: str = "lecun"  # a KERNEL_INITS name (not `init`: that is nn.Module.init)
-    input_norm: str = "scale"
-    grayscale: bool = False
-    dtype: jnp.dtype = jnp.float32
+    initializer: str = _DEFAULT.init  # a KERNEL_INITS name (not `init`: that is nn.Module.init)
+    input_norm: str = _DEFAULT.input_norm
+    grayscale: bool = _DEFAULT.grayscale
+    dtype: jnp.dtype = jnp.dtype(_DEFAULT.dtype)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False, mask: jnp.ndarray | None = None) -> jnp.ndarray:

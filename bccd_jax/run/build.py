@@ -105,8 +105,6 @@ class Restored:
 
     def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """[S, N, C] logits of every restored seed on uint8 images of the run's size (its TTA applied)."""
-        from bccd_jax.train import predict_logits
-
         return predict_logits(self.model, self.state, images, batch_size, self.variant.train.eval_tta)
 
     def with_tta(self, tta: str) -> "Restored":
@@ -124,6 +122,20 @@ class Restored:
             norm = "ImageNet caffe preprocessing (BGR, minus the ImageNet mean)"
         tta = "; mean probability over the 4 flips" if self.variant.train.eval_tta == "flips" else ""
         return f"{w}x{h} RGB{' -> grey' if m.grayscale else ''}, {norm}{tta}"
+
+
+def predict_logits(model: Any, state: Any, images, eval_batch_size: int = 256,
+                   tta: str = "none") -> np.ndarray:
+    """Logits [S, N, C] of every seed in `state` (leading seed axis) on `images` (0..255 NHWC)."""
+    import jax
+
+    from bccd_jax.seeds import lift_seeds
+    from bccd_jax.steps import make_evaluate
+
+    images = jax.numpy.asarray(images)
+    labels = jax.numpy.zeros((images.shape[0],), jax.numpy.int32)
+    evaluate = make_evaluate(model, max(1, min(eval_batch_size, images.shape[0])), tta)
+    return np.asarray(jax.jit(lift_seeds(evaluate, (0, None, None), "auto"))(state, images, labels)[2])
 
 
 def choose_variant(folder: RunFolder, record: RunRecord, variant: str | None) -> tuple[str, str | None]:

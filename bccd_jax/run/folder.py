@@ -4,7 +4,8 @@
         config.json    RunRecord: every setting, versions, hardware, git commit, data fingerprint, command
         metrics.json   per variant: per-seed per-epoch history and final evaluation statistics
         metrics.csv    the same history in long form (variant, seed, epoch, metric columns)
-        figures/*.png  2x2 learning curves (mean and band over seeds), confusion matrices
+        figures/*.png  2x2 learning curves (mean and band over seeds), confusion matrices, robustness
+        robustness.json  accuracy under the shift suite (experiments.robustness), where it ran
         checkpoints/<variant>/<epoch>/   Orbax checkpoints (state + JSON meta)
         frozen/<variant>.npz   the frozen VGG16 prefix of a variant trained on cached features
 
@@ -36,6 +37,8 @@ METRICS_CSV = "metrics.csv"
 FIGURES_DIR = "figures"
 CHECKPOINTS_DIR = "checkpoints"
 FROZEN_DIR = "frozen"
+ROBUSTNESS_FILE = "robustness.json"
+ROBUSTNESS_FIGURE = "robustness.png"  # under figures/
 
 
 def read_json(path: str | Path) -> Any:
@@ -234,6 +237,24 @@ class RunFolder:
     def figures(self) -> Path:
         return self.path / FIGURES_DIR
 
+    def curves_figure(self, group: str) -> Path:
+        return self.figures / f"curves_{group}.png"
+
+    def confusion_figure(self, variant: str) -> Path:
+        return self.figures / f"confusion_{variant}.png"
+
+    @property
+    def robustness_figure(self) -> Path:
+        return self.figures / ROBUSTNESS_FIGURE
+
+    def figure_files(self) -> list[Path]:
+        """The run's figures in the report's order: learning curves, confusion matrices, robustness."""
+        if not self.figures.is_dir():
+            return []
+        return (sorted(self.figures.glob(self.curves_figure("*").name))
+                + sorted(self.figures.glob(self.confusion_figure("*").name))
+                + [f for f in (self.robustness_figure,) if f.is_file()])
+
     def checkpoint_dir(self, variant: str) -> Path:
         return self.path / CHECKPOINTS_DIR / variant
 
@@ -265,15 +286,18 @@ class RunFolder:
         write_json(self.metrics_path, raw)
         _write_metrics_csv(self.path / METRICS_CSV, raw)
 
-    def write_extra(self, name: str, obj: Any) -> Path:
-        """Another JSON document of this run (e.g. robustness.json)."""
-        path = self.path / name
-        write_json(path, obj)
-        return path
+    @property
+    def robustness_path(self) -> Path:
+        return self.path / ROBUSTNESS_FILE
 
-    def read_extra(self, name: str) -> Any | None:
-        path = self.path / name
-        return read_json(path) if path.exists() else None
+    def write_robustness(self, obj: Mapping[str, Any]) -> Path:
+        """robustness.json: the shift suite's accuracies of the variants evaluated so far."""
+        write_json(self.robustness_path, obj)
+        return self.robustness_path
+
+    def read_robustness(self) -> dict[str, Any] | None:
+        """robustness.json, or None where the suite has not run."""
+        return read_json(self.robustness_path) if self.robustness_path.exists() else None
 
     # the frozen prefix of a variant trained on cached features (bccd_jax.features)
     def frozen_path(self, variant: str) -> Path:
