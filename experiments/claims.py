@@ -317,11 +317,12 @@ def centering_claims(res: dict[str, VariantResult], row: Row) -> list[ClaimRow]:
         return []
     n = min(len(on.seeds), len(off.seeds))
     e_on, e_off = epochs_to(on, CONVERGED, "train_acc")[:n], epochs_to(off, CONVERGED, "train_acc")[:n]
+    short = too_short([on, off])  # "prevented it entirely" needs a run long enough for the others to converge
     helped = int((e_on < e_off).sum())
     prevented = int((~np.isfinite(e_on) & np.isfinite(e_off)).sum())
     slowed = int((e_on > e_off).sum())
-    verdict = ("supported" if helped and prevented else "inconclusive" if helped and slowed
-               else "contradicted")
+    verdict = ("not reached at this budget" if short else "supported" if helped and prevented
+               else "inconclusive" if helped and slowed else "contradicted")
     return [row(
         quote='feature centering "heavily dependent on the initialization ... in some it helped accelerate '
               'convergence while in others it prevented it entirely"',
@@ -329,9 +330,9 @@ def centering_claims(res: dict[str, VariantResult], row: Row) -> list[ClaimRow]:
         test=f"per seed (same initial weights with and without), the epochs to training accuracy {CONVERGED}: "
              "supported when centering is faster in some seeds and never gets there in others where the uncentred "
              "run does; inconclusive when it is only faster in some and slower in others",
-        ours=f"with: {fmt_epochs(e_on)}; without: {fmt_epochs(e_off)}; faster in {helped}, slower in {slowed}, "
-             f"prevented in {prevented} of {n} seeds; TEST {fmt_ci(on.final_acc())} against "
-             f"{fmt_ci(off.final_acc())}",
+        ours=(f"{short}; " if short else "") + f"with: {fmt_epochs(e_on)}; without: {fmt_epochs(e_off)}; faster in "
+             f"{helped}, slower in {slowed}, prevented in {prevented} of {n} seeds; TEST {fmt_ci(on.final_acc())} "
+             f"against {fmt_ci(off.final_acc())}",
         verdict=verdict, rs=[on, off])]
 
 
