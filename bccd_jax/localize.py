@@ -341,6 +341,7 @@ def measure_bccd(root: Path | None, examples: _Examples) -> None:
         wbc = [b for b in sources.parse_voc_xml(xml)[1] if b.name.upper() == "WBC"]
         if not wbc:
             no_box.append(loc)
+            examples.add("bccd_no_wbc_box", rgb, loc)
             continue
         located.append(loc)
         cx, cy = loc.center
