@@ -132,6 +132,8 @@ def test_crop_cells_is_crop_cell_over_a_batch() -> None:
     assert crops.shape == (3, 48, 64, 3) and crops.dtype == np.uint8 and len(locs) == 3
     for k in range(3):
         np.testing.assert_array_equal(crops[k], localize.crop_cell(batch[k], (48, 64)))
+    threaded, _ = localize.crop_cells(batch, (48, 64), workers=2)
+    np.testing.assert_array_equal(threaded, crops)
     mixed, _ = localize.crop_cells([batch[0], scene(363, 360, nuclei=((180, 180, 50),))], (48, 64))
     assert mixed.shape == (2, 48, 64, 3)
     empty, none = localize.crop_cells(np.zeros((0, 240, 320, 3), np.uint8), (48, 64))
