@@ -295,7 +295,8 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 class _Examples:
-    """Montages of located boxes and crops, for looking at (one PNG per source)."""
+    """Montages of located boxes and crops, for looking at: one PNG per source, and one of its unusual cases
+    (a miss, status several or none, a centre in the fill or far from a centred cell's)."""
 
     def __init__(self, folder: Path | None, per_source: int = 24):
         self.folder, self.per_source = folder, per_source
@@ -358,8 +359,7 @@ def measure_bccd(root: Path | None, examples: _Examples) -> None:
         hits.append(any(b.xmin <= cx <= b.xmax and b.ymin <= cy <= b.ymax for b in wbc))
         errors.append(min(np.hypot(cx - (b.xmin + b.xmax) / 2, cy - (b.ymin + b.ymax) / 2) for b in wbc))
         ious.append(max(_iou(_clip(loc.box, rgb.shape[1], rgb.shape[0]), b) for b in wbc))
-        if not hits[-1] or loc.status != "one" or len(examples.tiles.get("bccd", [])) < 12:
-            examples.add("bccd", rgb, loc, wbc)
+        examples.add("bccd" if hits[-1] and loc.status == "one" else "bccd_unusual", rgb, loc, wbc)
     if not located:
         raise UserError(f"no BCCD image with a WBC box under {paths.root}; give --bccd the folder holding "
                         f"BCCD/Annotations and BCCD/JPEGImages")
@@ -392,7 +392,9 @@ def measure_augmented(images_dir: Path, sample: int, seed: int, examples: _Examp
         y = min(max(int(loc.center[1]), 0), rgb.shape[0] - 1)
         landed_in_fill = bool(rgb[y, x].max() < FILL_LEVEL)
         in_fill += landed_in_fill
-        if k % 80 == 0 or landed_in_fill or loc.status == "none":
+        if landed_in_fill or loc.status != "one":
+            examples.add("augmented_unusual", rgb, loc)
+        elif k % 97 == 0:
             examples.add("augmented", rgb, loc)
     n = len(located)
     print(f"augmented set, TRAIN+TEST: {n} images" + (f" (seeded sample, seed {seed})" if 0 < sample < n + 1 else ""))
@@ -412,7 +414,9 @@ def measure_foreign(folder: Path, examples: _Examples) -> None:
         located.append(loc)
         h, w = rgb.shape[:2]
         dist.append(np.hypot(loc.center[0] - w / 2, loc.center[1] - h / 2) / min(h, w))
-        if k % 20 == 0 or loc.status != "one" or dist[-1] > 0.2:
+        if loc.status != "one" or dist[-1] > 0.2:
+            examples.add("foreign_unusual", rgb, loc)
+        elif k % 17 == 0:
             examples.add("foreign", rgb, loc)
     d = np.array(dist)
     print(f"foreign images (centred cells): {len(files)} images")
