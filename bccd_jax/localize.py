@@ -19,11 +19,21 @@ is dark in the hematoxylin stain direction in every such image:
 `crop_cell` / `crop_cells` turn a location into the model's (H, W) input with the originals'
 crop rule (bccd_jax.data.pixels.crop_rect), centred on the cell.
 
-Measured on the BCCD originals' WBC boxes, the augmented set and a foreign development set with
+Measured on the BCCD originals' WBC boxes (--bccd, default the embedded originals), the augmented
+set (its dataset2-master folder) and a folder of centred single-cell images from another lab with
 
-    python -m bccd_jax.localize --bccd BCCD_DATA_DIR --augmented DATASET2_DIR --foreign FOLDER [--examples DIR]
+    python -m bccd_jax.localize --augmented DATASET2_DIR --foreign FOLDER [--examples DIR]
 
-(--bccd defaults to the embedded originals; see `main` for what is printed).
+which printed, for the 364 BCCD originals, all 12,444 augmented TRAIN+TEST images and 400 CellaVision
+images of the PBC data set (Acevedo et al. 2020; evaluation only, nothing here is fitted to them):
+
+    BCCD, 358 with a WBC box: centre inside a WBC box 100.0% (358/358); centre error median 10.3 px,
+      90th percentile 26.4 px; IoU with the best WBC box mean 0.787, median 0.799;
+      one 350, several 8 (each of them an image with two WBC boxes), none 0
+    BCCD, 6 without a WBC box: one 6 (each shows an unannotated white cell at the edge)
+    augmented: one 12395 (99.6%), several 39 (0.3%), none 10 (0.1%); centre on black fill 0
+    PBC: one 398, several 2, none 0; distance from the image centre over the shorter side median 0.019,
+      90th percentile 0.060
 """
 
 from __future__ import annotations
