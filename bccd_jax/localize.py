@@ -157,7 +157,8 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 
 def fallback_location(height: int, width: int, reason: str) -> CellLocation:
-    """No nucleus: the image centre, sized so the crop is the largest centred square (like crop "center")."""
+    """No nucleus: the image centre, with a cell size that makes the crop as tall as the image's shorter side
+    (a square output gets the largest centred square), so nothing is zoomed in on a guess."""
     side = min(height, width) / (1 + 2 * DEFAULT_MARGIN)
     cx, cy = width / 2, height / 2
     return CellLocation("none", (cx, cy), side, (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2),
