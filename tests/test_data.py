@@ -144,6 +144,14 @@ def test_crop_rect_keeps_aspect_and_handles_borders() -> None:
     assert x0 < 0 and y0 < 0 and x1 > 640 and y1 > 480
 
 
+def test_crop_rect_centred_keeps_the_box_centre_at_the_border() -> None:
+    b = sources.Box("WBC", 600, 440, 640, 480)
+    x0, y0, x1, y1 = pixels.crop_rect(b, 640, 480, (120, 160), 0.25, centred=True)
+    assert (x0 + x1) / 2 == pytest.approx(620, abs=1) and (y0 + y1) / 2 == pytest.approx(460, abs=1)
+    assert x1 > 640 and y1 > 480  # padded, not shifted
+    assert pixels.crop_rect(b, 640, 480, (120, 160), 0.25)[2:] == (640, 480)  # the originals' rule is unchanged
+
+
 def test_split_file_disjoint() -> None:
     split = sources.read_split_csv(EMBEDDED / "original_split.csv")
     assert len(split) == 351

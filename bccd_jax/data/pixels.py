@@ -41,11 +41,13 @@ def load_resized(path: Path, image_size: tuple[int, int]) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
-def crop_rect(box: Box, img_w: int, img_h: int, out_hw: tuple[int, int], margin: float) -> tuple[int, int, int, int]:
+def crop_rect(box: Box, img_w: int, img_h: int, out_hw: tuple[int, int], margin: float,
+              centred: bool = False) -> tuple[int, int, int, int]:
     """Crop rectangle around a box, widened by `margin` per side, with the output aspect ratio.
 
     The rectangle is shifted to stay inside the image when it fits; when it is larger than the image
     it is centred and the outside is padded black by PIL's crop (like the Kaggle augmentation's fill).
+    `centred=True` always centres it on the box (a located cell stays in the middle of its crop).
     """
     out_h, out_w = out_hw
     bw, bh = box.xmax - box.xmin, box.ymax - box.ymin
@@ -58,6 +60,8 @@ def crop_rect(box: Box, img_w: int, img_h: int, out_hw: tuple[int, int], margin:
     cx, cy = (box.xmin + box.xmax) / 2, (box.ymin + box.ymax) / 2
 
     def place(c: float, size: float, limit: int) -> float:
+        if centred:
+            return c - size / 2
         if size <= limit:
             return min(max(c - size / 2, 0.0), limit - size)
         return (limit - size) / 2
