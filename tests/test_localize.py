@@ -158,7 +158,9 @@ def test_finds_the_annotated_white_cell_in_embedded_originals() -> None:
 
 
 def test_cli_reports_a_bad_folder_in_one_line(capsys, tmp_path) -> None:
-    assert run_cli(localize.main, ["--foreign", str(tmp_path / "missing")]) == 2
+    from experiments import localiser
+
+    assert run_cli(localiser.main, ["--foreign", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--foreign" in err and "not a folder" in err
-    assert run_cli(localize.main, ["--sample", "-1"]) == 2
+    assert run_cli(localiser.main, ["--sample", "-1"]) == 2
