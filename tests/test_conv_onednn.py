@@ -39,19 +39,21 @@ def _close(a, b, tol, msg=""):
 
 
 @built
+@pytest.mark.parametrize("channels", [3, 16])  # 3: the kernel gradient is XLA's (ONEDNN_MIN_KERNEL_GRAD_CHANNELS)
 @pytest.mark.parametrize("batch", [1, 10, 33])
 @pytest.mark.parametrize("use_bias,padding", [(True, "VALID"), (False, "VALID"), (True, "SAME"), (False, "SAME")])
-def test_onednn_bfloat16_forward_and_gradients_match_lax_conv(monkeypatch, batch, use_bias, padding):
+def test_onednn_bfloat16_forward_and_gradients_match_lax_conv(monkeypatch, batch, use_bias, padding, channels):
     monkeypatch.setenv(conv_mod.PATH_ENV, "onednn")
     rng = np.random.default_rng(batch)
-    x = jnp.asarray(rng.standard_normal((batch, 9, 11, 5)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((batch, 9, 11, channels)), jnp.float32)
     m = Conv(6, (3, 3), padding=padding, use_bias=use_bias, dtype=jnp.bfloat16)
     params = m.init(jax.random.key(0), x)
     params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias
     assert conv_mod.conv_path(jnp.bfloat16) == "onednn"
     text = jax.jit(jax.grad(_loss(m), argnums=(0, 1))).lower(params, x).as_text()
     assert text.count("bccd_onednn_conv_fwd") == 1 and "bccd_onednn_conv_bwd_data" in text
-    assert "bccd_onednn_conv_bwd_weights" in text and "convolution" not in text
+    onednn_dk = channels >= conv_mod.ONEDNN_MIN_KERNEL_GRAD_CHANNELS
+    assert ("bccd_onednn_conv_bwd_weights" in text) == onednn_dk and ("convolution" in text) != onednn_dk
 
     y = m.apply(params, x)
     assert y.dtype == jnp.bfloat16
@@ -77,7 +79,7 @@ def test_onednn_bfloat16_forward_and_gradients_match_lax_conv(monkeypatch, batch
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
 def test_onednn_float32_matches_lax_conv_to_float32_rounding(monkeypatch, padding):
     monkeypatch.setenv(conv_mod.PATH_ENV, "onednn")
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((7, 8, 10, 4)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((7, 8, 10, 16)), jnp.float32)
     m = Conv(5, (3, 3), padding=padding)
     params = m.init(jax.random.key(1), x)
     assert "bccd_onednn_conv_fwd" in jax.jit(m.apply).lower(params, x).as_text()
@@ -94,7 +96,7 @@ def test_onednn_float32_matches_lax_conv_to_float32_rounding(monkeypatch, paddin
 @built
 def test_onednn_path_lowers_to_xla_convolutions_for_cuda(monkeypatch):
     monkeypatch.setenv(conv_mod.PATH_ENV, "onednn")
-    x = jnp.zeros((4, 9, 11, 3), jnp.float32)
+    x = jnp.zeros((4, 9, 11, 16), jnp.float32)
     m = Conv(4, (3, 3), dtype=jnp.bfloat16)
     params = m.init(jax.random.key(0), x)
     grad = jax.jit(jax.grad(_loss(m), argnums=(0, 1)))
@@ -106,7 +108,7 @@ def test_onednn_path_lowers_to_xla_convolutions_for_cuda(monkeypatch):
 @built
 def test_onednn_under_vmap_matches_per_example(monkeypatch):
     monkeypatch.setenv(conv_mod.PATH_ENV, "onednn")
-    x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 3, 6, 7, 2)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 3, 6, 7, 16)), jnp.float32)
     m = Conv(3, (3, 3), dtype=jnp.bfloat16)
     params = jax.vmap(lambda k: m.init(k, x[0]))(jax.random.split(jax.random.key(0), 2))
     g = jax.jit(jax.vmap(jax.grad(_loss(m))))(params, x)

@@ -88,6 +88,10 @@ struct Entry {
   dnnl::reorder reorder_prim;
   memory wbuf;
   memory::desc user_w;       // the weights as XLA holds them (hwio)
+  // bwd_weights with few input channels: x and dy laid out as the primitive prefers
+  bool reorder_act = false;
+  dnnl::reorder src_reorder, ddst_reorder;
+  memory src_buf, ddst_buf;
   std::string impl;
 };
 
@@ -220,9 +224,17 @@ ffi::Error ConvBwdWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<f
     Entry* e = lookup(g.key("bwd_weights"), [&](Entry& e) {
       auto hint = g.fwd_pd(true);
       auto bias = memory::desc({g.oc}, dt::f32, tag::a);
+      e.reorder_act = g.ic < 16;  // nhwc with few channels takes a slow kernel (10x at 3 channels)
+      tag act = e.reorder_act ? tag::any : tag::nhwc;
       auto pd = dnnl::convolution_backward_weights::primitive_desc(
-          cpu_engine(), dnnl::algorithm::convolution_direct, g.src(), g.weights(dt::f32, tag::any), bias, g.dst(),
-          g.strides(), g.pad_l(), g.pad_r(), hint, user_scratchpad());
+          cpu_engine(), dnnl::algorithm::convolution_direct, g.src(act), g.weights(dt::f32, tag::any), bias,
+          g.dst(act), g.strides(), g.pad_l(), g.pad_r(), hint, user_scratchpad());
+      if (e.reorder_act) {
+        e.src_buf = memory(pd.src_desc(), cpu_engine());
+        e.ddst_buf = memory(pd.diff_dst_desc(), cpu_engine());
+        e.src_reorder = dnnl::reorder(memory(g.src(), cpu_engine(), DNNL_MEMORY_NONE), e.src_buf);
+        e.ddst_reorder = dnnl::reorder(memory(g.dst(), cpu_engine(), DNNL_MEMORY_NONE), e.ddst_buf);
+      }
       e.prim = dnnl::convolution_backward_weights(pd);
       e.scratch = memory(pd.scratchpad_desc(), cpu_engine());
       e.user_w = g.weights(dt::f32, tag::hwio);
@@ -236,8 +248,13 @@ ffi::Error ConvBwdWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<f
     std::lock_guard<std::mutex> lock(e->mu);
     auto& s = cpu_stream();
     memory wu(e->user_w, cpu_engine(), dw->untyped_data());
-    e->prim.execute(s, {{DNNL_ARG_SRC, memory(g.src(), cpu_engine(), x.untyped_data())},
-                        {DNNL_ARG_DIFF_DST, memory(g.dst(), cpu_engine(), dy.untyped_data())},
+    memory src(g.src(), cpu_engine(), x.untyped_data()), ddst(g.dst(), cpu_engine(), dy.untyped_data());
+    if (e->reorder_act) {
+      e->src_reorder.execute(s, src, e->src_buf);
+      e->ddst_reorder.execute(s, ddst, e->ddst_buf);
+    }
+    e->prim.execute(s, {{DNNL_ARG_SRC, e->reorder_act ? e->src_buf : src},
+                        {DNNL_ARG_DIFF_DST, e->reorder_act ? e->ddst_buf : ddst},
                         {DNNL_ARG_DIFF_WEIGHTS, e->reorder ? e->wbuf : wu},
                         {DNNL_ARG_DIFF_BIAS, memory(memory::desc({g.oc}, dt::f32, tag::a), cpu_engine(),
                                                     db->untyped_data())},

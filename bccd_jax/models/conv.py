@@ -40,6 +40,9 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 OPT_OUT_ENV = "BCCD_JAX_CONV_GRAD"
 PATH_ENV = "BCCD_JAX_CONV"
 PATHS = ("auto", "onednn", "xla")
+ONEDNN_MIN_KERNEL_GRAD_CHANNELS = 16
+"""Below this many input channels (the first layer's 3) the oneDNN path's kernel gradient is XLA's chunked one:
+oneDNN's bfloat16 kernel gradient with 3 input channels took 4x its time (benchmarks/onednn_ab.py)."""
 
 
 def _conv(x, kernel, padding):
@@ -163,7 +166,12 @@ def _onednn_bwd(pads, res, dy):
 
     def cpu(x, kernel, dy):
         dx = onednn.conv_bwd_data(dy, kernel, pads, x.shape)
-        dk, db = onednn.conv_bwd_weights(x, dy, pads, kernel.shape)
+        if x.shape[-1] < ONEDNN_MIN_KERNEL_GRAD_CHANNELS:  # XLA's chunked float32 kernel gradient is faster here
+            x32, dy32 = x.astype(jnp.float32), dy.astype(jnp.float32)
+            dk = kernel_grad_chunked(x32, kernel.astype(jnp.float32), dy32, pads)
+            db = dy32.sum(axis=(0, 1, 2))
+        else:
+            dk, db = onednn.conv_bwd_weights(x, dy, pads, kernel.shape)
         return dx, dk.astype(kernel.dtype), db
 
     def default(x, kernel, dy):
