@@ -88,6 +88,9 @@ def main(argv=None):
                                  "loadavg_end": os.getloadavg(), "rows": rows, "table": table,
                                  "onednn_primitives": onednn.describe().splitlines()}, indent=1))
     print("\n".join(table))
+    if a.out.parent == HERE:  # the section of benchmarks/RESULTS.md
+        from benchmarks.report import write_report
+        write_report(HERE)
 
 
 if __name__ == "__main__":
