@@ -4,7 +4,8 @@
 
 Sides (each a MultiSeedTrainer.run_epoch step of one seed, as benchmarks.bench times it): `xla_f32`
 (float32, XLA's convolutions), `xla_bf16` (bfloat16 compute, XLA's convolutions), `onednn_bf16`
-(bfloat16, bccd_jax.models.conv's oneDNN custom calls), `onednn_f32` (float32 through oneDNN) and, with
+(bfloat16, bccd_jax.models.conv's oneDNN custom calls), `onednn_f32` (float32 through oneDNN),
+`onednn_mixed` (a float32 model whose convolutions are oneDNN bfloat16 ones: BCCD_JAX_CONV=onednn-bf16) and, with
 --torch, `torch_f32` and `torch_bf16` (autocast) eager steps. BCCD_JAX_CONV is set while a side is built
 and compiled (it is read when the program is traced). Every round times the sides in turn, A B C A B C,
 so that other load hits all alike; prints median step times, images per second and each side's speed
@@ -26,6 +27,7 @@ from benchmarks.bench import jax_runner, parse_size, synthetic, timed_steps, tor
 HERE = Path(__file__).resolve().parent
 SIDES = {"xla_f32": ("jax", "float32", "xla"), "xla_bf16": ("jax", "bfloat16", "xla"),
          "onednn_bf16": ("jax", "bfloat16", "onednn"), "onednn_f32": ("jax", "float32", "onednn"),
+         "onednn_mixed": ("jax", "float32", "onednn-bf16"),
          "torch_f32": ("torch", "float32", None), "torch_bf16": ("torch", "bfloat16", None)}
 
 

@@ -161,3 +161,35 @@ def test_build_reports_missing_onednn_in_one_line(monkeypatch, tmp_path, capsys)
     assert build.main(["--out", str(tmp_path / "x.so")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "oneDNN headers missing" in err and not (tmp_path / "x.so").exists()
+
+
+@built
+@pytest.mark.parametrize("channels", [3, 16])
+@pytest.mark.parametrize("use_bias,padding", [(True, "VALID"), (False, "SAME")])
+def test_onednn_bf16_in_a_float32_model_rounds_like_bfloat16_and_returns_float32(monkeypatch, use_bias, padding,
+                                                                                  channels):
+    monkeypatch.setenv(conv_mod.PATH_ENV, "onednn-bf16")
+    x = jnp.asarray(np.random.default_rng(channels).standard_normal((10, 9, 11, channels)), jnp.float32)
+    m = Conv(6, (3, 3), padding=padding, use_bias=use_bias)  # float32
+    params = jax.tree.map(lambda p: p + 0.1, m.init(jax.random.key(0), x))
+    assert conv_mod.conv_path(jnp.float32) == "onednn-bf16" and conv_mod.conv_path(jnp.bfloat16) == "onednn"
+    text = jax.jit(jax.grad(_loss(m), argnums=(0, 1))).lower(params, x).as_text()
+    assert "bccd_onednn_conv_fwd" in text and "bccd_onednn_conv_bwd_data" in text
+    y = m.apply(params, x)
+    assert y.dtype == jnp.float32
+    y_ref = jax.jit(lambda p, x: _ref_out(p, x, padding))(params, x)
+    _close(y, y_ref, 1e-2, "forward")
+    g = jax.jit(jax.grad(_loss(m), argnums=(0, 1)))(params, x)
+    g_ref = jax.jit(jax.grad(_ref_loss(padding, jnp.bfloat16), argnums=(0, 1)))(params, x)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g), jax.tree.leaves(g_ref)):
+        assert a.dtype == jnp.float32, path
+        _close(a, b, 3e-2, jax.tree_util.keystr(path))
+    cuda = export.export(jax.jit(jax.grad(_loss(m), argnums=(0, 1))), platforms=["cuda"])(params, x).mlir_module()
+    assert "bccd_onednn" not in cuda and "xbf16>" not in cuda  # XLA's float32 convolutions off CPU
+
+
+def _ref_out(params, x, padding):
+    k = params["params"]["kernel"].astype(jnp.bfloat16).astype(jnp.float32)
+    y = lax.conv_general_dilated(x.astype(jnp.bfloat16).astype(jnp.float32), k, (1, 1), padding,
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + params["params"]["bias"] if "bias" in params["params"] else y

@@ -16,7 +16,9 @@ bfloat16 `Conv` runs its forward pass, input gradient and kernel/bias gradients 
 on CPU (`conv_bias_onednn`: bfloat16 kernels with float32 accumulation; the float32 kernel and bias go
 in as they are and their gradients come back in float32). `BCCD_JAX_CONV` (read when a program is
 traced) chooses: `auto` (default) oneDNN for bfloat16 on a CPU with native bfloat16 instructions,
-`onednn` oneDNN for float32 and bfloat16, `xla` never. Without the extension every choice falls back
+`onednn` oneDNN for float32 and bfloat16, `onednn-bf16` oneDNN bfloat16 convolutions in a float32 model
+too (their inputs rounded to bfloat16, their outputs and gradients converted back to float32, the other
+layers float32, as autocast), `xla` never. Without the extension every choice falls back
 to the XLA path above (`onednn` with a warning). On other platforms the program lowers to XLA's
 convolutions either way (`lax.platform_dependent`).
 """
@@ -39,7 +41,7 @@ MAX_CHUNKS = 8
 _DIMS = ("NHWC", "HWIO", "NHWC")
 OPT_OUT_ENV = "BCCD_JAX_CONV_GRAD"
 PATH_ENV = "BCCD_JAX_CONV"
-PATHS = ("auto", "onednn", "xla")
+PATHS = ("auto", "onednn", "onednn-bf16", "xla")
 ONEDNN_MIN_KERNEL_GRAD_CHANNELS = 16
 """Below this many input channels (the first layer's 3) the oneDNN path's kernel gradient is XLA's chunked one:
 oneDNN's bfloat16 kernel gradient with 3 input channels took 4x its time (benchmarks/onednn_ab.py)."""
@@ -114,7 +116,8 @@ _warned: set[str] = set()
 
 
 def conv_path(dtype) -> str:
-    """"onednn" or "xla": the path a `Conv` computing in `dtype` takes on CPU (see the module's docstring)."""
+    """"onednn", "onednn-bf16" or "xla": the path a `Conv` computing in `dtype` takes on CPU (see the module's
+    docstring)."""
     choice = (os.environ.get(PATH_ENV) or "auto").lower()
     if choice not in PATHS:
         raise ValueError(f"{PATH_ENV} must be one of {PATHS}, got {choice!r}")
@@ -126,14 +129,14 @@ def conv_path(dtype) -> str:
     from bccd_jax.ext import onednn
 
     if not onednn.available():
-        if choice == "onednn" and "missing" not in _warned:
+        if choice.startswith("onednn") and "missing" not in _warned:
             _warned.add("missing")
-            warnings.warn(f"{PATH_ENV}=onednn but the oneDNN extension is not available "
+            warnings.warn(f"{PATH_ENV}={choice} but the oneDNN extension is not available "
                           f"({onednn.load_error()}); using XLA's convolutions", stacklevel=3)
         return "xla"
     if choice == "auto" and not onednn.native_bf16():
         return "xla"
-    return "onednn"
+    return "onednn-bf16" if choice == "onednn-bf16" and dtype == jnp.dtype(jnp.float32) else "onednn"
 
 
 def _conv_ref(x, kernel, bias, pads):
@@ -142,36 +145,42 @@ def _conv_ref(x, kernel, bias, pads):
     return y if bias is None else y + bias.astype(x.dtype).reshape((1, 1, 1, -1))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def conv_bias_onednn(x, kernel, bias, pads):
-    """`x * kernel (+ bias)` in NHWC/HWIO, stride 1, explicit `pads` ((top, bottom), (left, right)), in x's
-    dtype (float32 or bfloat16); kernel and bias keep their own dtype (float32 master weights) and get
-    gradients in it. oneDNN custom calls where the program is lowered for CPU, `_conv_ref` elsewhere."""
-    return _onednn_fwd(x, kernel, bias, pads)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def conv_bias_onednn(x, kernel, bias, pads, compute_dtype=None):
+    """`x * kernel (+ bias)` in NHWC/HWIO, stride 1, explicit `pads` ((top, bottom), (left, right)), returned
+    in x's dtype (float32 or bfloat16); kernel and bias keep their own dtype (float32 master weights) and get
+    gradients in it. Where the program is lowered for CPU: oneDNN custom calls in `compute_dtype` (default
+    x's; bfloat16 with float32 x rounds x and the output gradient to bfloat16 for them and converts their
+    results back). Elsewhere: `_conv_ref` in x's dtype, XLA's convolution."""
+    return _onednn_fwd(x, kernel, bias, pads, compute_dtype)[0]
 
 
-def _onednn_fwd(x, kernel, bias, pads):
+def _onednn_fwd(x, kernel, bias, pads, compute_dtype):
     from bccd_jax.ext import onednn
 
-    y = lax.platform_dependent(x, kernel, cpu=lambda x, k: onednn.conv_fwd(x, k, bias, pads),
-                               default=lambda x, k: _conv_ref(x, k, bias, pads))
+    compute = x.dtype if compute_dtype is None else jnp.dtype(compute_dtype)
+    y = lax.platform_dependent(
+        x, kernel, cpu=lambda x, k: onednn.conv_fwd(x.astype(compute), k, bias, pads).astype(x.dtype),
+        default=lambda x, k: _conv_ref(x, k, bias, pads))
     return y, (x, kernel, bias)
 
 
-def _onednn_bwd(pads, res, dy):
+def _onednn_bwd(pads, compute_dtype, res, dy):
     from bccd_jax.ext import onednn
 
     x, kernel, bias = res
     dy = dy.astype(x.dtype)
+    compute = x.dtype if compute_dtype is None else jnp.dtype(compute_dtype)
 
     def cpu(x, kernel, dy):
-        dx = onednn.conv_bwd_data(dy, kernel, pads, x.shape)
+        xc, dyc = x.astype(compute), dy.astype(compute)
+        dx = onednn.conv_bwd_data(dyc, kernel, pads, x.shape).astype(x.dtype)
         if x.shape[-1] < ONEDNN_MIN_KERNEL_GRAD_CHANNELS:  # XLA's chunked float32 kernel gradient is faster here
-            x32, dy32 = x.astype(jnp.float32), dy.astype(jnp.float32)
+            x32, dy32 = xc.astype(jnp.float32), dyc.astype(jnp.float32)
             dk = kernel_grad_chunked(x32, kernel.astype(jnp.float32), dy32, pads)
             db = dy32.sum(axis=(0, 1, 2))
         else:
-            dk, db = onednn.conv_bwd_weights(x, dy, pads, kernel.shape)
+            dk, db = onednn.conv_bwd_weights(xc, dyc, pads, kernel.shape)
         return dx, dk.astype(kernel.dtype), db
 
     def default(x, kernel, dy):
@@ -207,7 +216,10 @@ class Conv(nn.Module):
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         dtype = nn.dtypes.canonicalize_dtype(x, kernel, bias, dtype=self.dtype)
         pads = explicit_padding(self.padding, self.kernel_size)
-        if pads is not None and kernel.dtype in (jnp.float32, jnp.bfloat16) and conv_path(dtype) == "onednn":
+        path = conv_path(dtype) if pads is not None and kernel.dtype in (jnp.float32, jnp.bfloat16) else "xla"
+        if path == "onednn-bf16":  # a bfloat16 convolution between float32 activations
+            return conv_bias_onednn(jnp.asarray(x, dtype), kernel, bias, pads, "bfloat16")
+        if path == "onednn":
             return conv_bias_onednn(jnp.asarray(x, dtype), kernel, bias, pads)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         return conv_bias(x, kernel, bias, self.padding)
