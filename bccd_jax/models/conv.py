@@ -43,8 +43,9 @@ OPT_OUT_ENV = "BCCD_JAX_CONV_GRAD"
 PATH_ENV = "BCCD_JAX_CONV"
 PATHS = ("auto", "onednn", "onednn-bf16", "xla")
 ONEDNN_MIN_KERNEL_GRAD_CHANNELS = 16
-"""Below this many input channels (the first layer's 3) the oneDNN path's kernel gradient is XLA's chunked one:
-oneDNN's bfloat16 kernel gradient with 3 input channels took 4x its time (benchmarks/onednn_ab.py)."""
+"""Below this many input channels (the first layer's 3) the oneDNN path's kernel gradient is XLA's chunked float32
+one: the deep CNN's first layer at 60x80, batch 32, took oneDNN 48 ms in bfloat16 (537 ms over NHWC) against
+XLA's 12 ms."""
 
 
 def _conv(x, kernel, padding):
