@@ -331,7 +331,7 @@ def main(argv=None):
     p.add_argument("--out-dir", type=Path, default=HERE)
     p.add_argument("--note", action="append", default=[], help="a hand-written line for the Notes (shown with this command)")
     p.add_argument("--append", action="store_true", help="add to the rows of an existing results.json")
-    p.add_argument("--conv", choices=["auto", "onednn", "xla"],
+    p.add_argument("--conv", choices=["auto", "onednn", "onednn-bf16", "xla"],
                    help="BCCD_JAX_CONV for the JAX rows (default: the environment's, else auto)")
     a = p.parse_args(argv)
     if a.conv:

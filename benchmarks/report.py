@@ -247,8 +247,9 @@ def onednn_ab_section(od: dict) -> list[str]:
     """The section of onednn_ab.json."""
     return ["", "## Convolutions through oneDNN custom calls (bccd_jax.ext)", "",
             "A train step (MultiSeedTrainer.run_epoch, one seed) with `Conv`'s forward pass and gradients as "
-            "oneDNN bfloat16 custom calls (`onednn_bf16`) against XLA's convolutions in float32 and bfloat16 and "
-            "PyTorch eager, the sides interleaved in one process (medians over rounds; ratios are the measurement, "
+            "oneDNN bfloat16 custom calls in a bfloat16 model (`onednn_bf16`) and in a float32 one (`onednn_mixed`, "
+            "BCCD_JAX_CONV=onednn-bf16: only the convolutions in bfloat16, as PyTorch's autocast) against XLA's "
+            "convolutions in float32 and bfloat16 and PyTorch eager, the sides interleaved in one process (medians over rounds; ratios are the measurement, "
             "absolute times depend on the machine's other load).", "", f"`{od['command']}` ({od['date']}, load "
             f"average at the end {', '.join(f'{v:.1f}' for v in od.get('loadavg_end') or [])})", ""] + od["table"]
 
