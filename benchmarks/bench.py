@@ -11,7 +11,8 @@ size, the same init family, Adam eps=1e-7). bfloat16: ModelConfig(dtype="bfloat1
 (float32 parameters, bfloat16 compute), torch.autocast(bfloat16) around forward and loss for
 PyTorch. Each cell is built once per framework and timed in rounds, JAX torch JAX torch
 (`--rounds`), so that other load on the machine hits both alike; every round gives a JAX/torch
-ratio, reported with its median. A batch size is skipped for a framework when its step,
+ratio, reported with its median. `--conv` sets BCCD_JAX_CONV (bccd_jax.models.conv: oneDNN
+custom calls for the convolutions when the extension is built); each JAX row records the path taken. A batch size is skipped for a framework when its step,
 extrapolated from the previous batch size, would take longer than --max-step-seconds.
 `img_per_s` is images x seeds per second; compile_s = first step minus a warm step. On a CPU
 shared with other work, PyTorch's OpenMP threads can stall behind it (try --torch-threads 1).
@@ -86,6 +87,7 @@ def jax_runner(model, dtype, batch_size, seeds, strategy, images, labels):
 
     from bccd_jax.config import TrainConfig
     from bccd_jax.models import build_model
+    from bccd_jax.models.conv import conv_path
     from bccd_jax.optimizers import make_optimizer
     from bccd_jax.runtime import seed_sharding
     from bccd_jax.seeds import MultiSeedTrainer, resolve_seed_strategy
@@ -106,7 +108,7 @@ def jax_runner(model, dtype, batch_size, seeds, strategy, images, labels):
             steps -= tr.steps_per_epoch
         jax.block_until_ready((state, m))
 
-    return run, dict(strategy=resolve_seed_strategy(strategy, seeds), init_s=init_s)
+    return run, dict(strategy=resolve_seed_strategy(strategy, seeds), init_s=init_s, conv=conv_path(dtype))
 
 
 def torch_runner(model, dtype, batch_size, images, labels, device):
@@ -291,6 +293,8 @@ def make_parser() -> ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=HERE)
     p.add_argument("--note", action="append", default=[], help="a hand-written line for the Notes (shown with this command)")
     p.add_argument("--append", action="store_true", help="add to the rows of an existing results.json")
+    p.add_argument("--conv", choices=["auto", "onednn", "onednn-bf16", "xla"],
+                   help="BCCD_JAX_CONV for the JAX rows (default: the environment's, else auto)")
     return p
 
 
@@ -307,7 +311,8 @@ def start_results(a: argparse.Namespace, argv) -> dict:
     res = {"machine": f"{platform.node()}: {cpu_name()}" + (f", {jax.device_count()}x {device}" if backend != "cpu" else ""),
            "cpu_flags": cpu_flags(), "cpu_threads": os.cpu_count(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "command": [command], "backend": backend, "device": device, "versions": versions(),
-           "xla_flags": os.environ.get("XLA_FLAGS", ""), "rows": [], "skipped": [],
+           "xla_flags": os.environ.get("XLA_FLAGS", ""), "conv_env": os.environ.get("BCCD_JAX_CONV", ""),
+           "rows": [], "skipped": [],
            "notes": [{"text": t, "command": command} for t in a.note],
            "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
     out_json = a.out_dir / "results.json"
@@ -370,6 +375,8 @@ def epoch_rows(a: argparse.Namespace, hw, res: dict, base_row: dict) -> None:
 
 def main(argv=None):
     a = make_parser().parse_args(argv)
+    if a.conv:
+        os.environ["BCCD_JAX_CONV"] = a.conv
     sizes = [parse_size(s) for s in a.sizes]
     from bccd_jax.models.cnn import feature_map_size
 

@@ -64,7 +64,17 @@ def versions() -> dict[str, str]:
             "flax": flax.__version__, "optax": optax.__version__, "orbax_checkpoint": orbax.checkpoint.__version__,
             "numpy": np.__version__, "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()], "platform": platform.platform(),
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), **conv_provenance()}
+
+
+def conv_provenance() -> dict[str, str]:
+    """The convolution path's switch ($BCCD_JAX_CONV) and the oneDNN extension, when one is built."""
+    from bccd_jax.ext import onednn
+
+    out = {"conv_env": os.environ.get("BCCD_JAX_CONV", "")}
+    if onednn.library_path().is_file():
+        out["onednn_extension"] = str(onednn.library_path()) + ("" if onednn.available() else " (not loadable)")
+    return out
 
 
 def git_commit() -> str | None:
