@@ -1,16 +1,21 @@
 """How a trained run does on a labelled folder of images from anywhere.
 
     python -m bccd_jax.evaluate --run RUN_DIR FOLDER [FOLDER...] [--variant NAME] [--seed K]
-                                [--tta none|flips] [--crop none|center] [--out DIR] [--json] [--strict]
+                                [--tta none|flips] [--crop cell|none|center] [--out DIR] [--json] [--strict]
 
 Each FOLDER holds one sub-folder per class with images inside (`CLASS/*.{jpg,jpeg,png,bmp,tif}`).
 Class folders are matched to the four classes case-insensitively, singular or plural
 (NEUTROPHIL, neutrophils, Neutrophil); other classes (basophil, platelet, ...) are counted and
-skipped. Images are prepared like predict's (bccd_jax.images.prepare) and the probabilities
-averaged over the run's seeds (or `--seed K` alone). Printed: accuracy, balanced accuracy,
-per-class precision/recall/F1 and the confusion matrix, with each seed's own accuracy; written
-to `--out`: evaluation.json and confusion.png. An unreadable image is skipped and counted,
-unless `--strict`. Errors are one line with exit code 2.
+skipped. Images are prepared by the same function as predict's (bccd_jax.images.prepare): by
+default (`--crop cell`) cropped around the white cell found by bccd_jax.localize, whose status
+per image is "one" (cropped at the cell), "several" (cropped at the largest nucleus) or "none"
+(no nucleus: the image centre at the image's own scale); `--crop none|center` as in predict.
+The probabilities are averaged over the run's seeds (or `--seed K` alone). Printed: accuracy,
+balanced accuracy, per-class precision/recall/F1 and the confusion matrix, with each seed's own
+accuracy, and with crop "cell" a count per localiser status and the accuracy on the images of
+status "one"; written to `--out`: evaluation.json (also per image: path, true and predicted
+class, cell_status, cell_center, cell_box, cell_crop, cell_note) and confusion.png. An
+unreadable image is skipped and counted, unless `--strict`. Errors are one line with exit code 2.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from bccd_jax import CLASS_NAMES
 from bccd_jax.config import EVAL_TTA
 from bccd_jax.data.sources import IMAGE_SUFFIXES
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
-from bccd_jax.images import CROPS, prepare
+from bccd_jax.images import CROP_HELP, CROPS, DEFAULT_CROP, Prepared, cell_fields, prepare
+from bccd_jax.localize import STATUSES
 from bccd_jax.metrics import balanced_accuracy, confusion_matrix, per_class_report, softmax
 
 CHUNK = 512  # images prepared and classified at a time
@@ -76,48 +82,53 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, metavar="K", help="use seed K only (default: average over all seeds)")
     p.add_argument("--checkpoint", default="latest", metavar="latest|EPOCH")
     p.add_argument("--tta", choices=EVAL_TTA, help="test-time averaging (default: the run's own, TrainConfig.eval_tta)")
-    p.add_argument("--crop", choices=CROPS, default="none",
-                   help="none: resize the whole image; center: the largest centred region of the run's aspect first")
+    p.add_argument("--crop", choices=CROPS, default=DEFAULT_CROP, help=CROP_HELP)
     p.add_argument("--out", default="evaluation", help="folder for evaluation.json and confusion.png")
     p.add_argument("--json", action="store_true", help="print the JSON object instead of the tables")
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error instead of skipped")
     return p
 
 
+def prepare_item(item: tuple[Path, int], hw: tuple[int, int], crop: str) -> Prepared:
+    """One labelled image as the model's input: bccd_jax.images.prepare without an annotation, like predict's."""
+    return prepare(item[0], None, hw, crop)
+
+
 def evaluate(restored, items: Sequence[tuple[Path, int]], crop: str, strict: bool
-             ) -> tuple[np.ndarray, np.ndarray, Counter, Counter, list[str]]:
-    """(probabilities [S, N, C] per seed, labels [N], preparation counts, skip counts, notes)."""
+             ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], Counter, list[str]]:
+    """(probabilities [S, N, C] per seed, labels [N], per kept image its path, preparation and cell fields,
+    skip counts, notes)."""
     from bccd_jax.data.pixels import parallel_map
 
     hw = restored.image_size
-    how: Counter = Counter()
+    kept: list[dict[str, Any]] = []
     skipped: Counter = Counter()
     notes: list[str] = []
     probs, labels = [], []
 
     def load(item):
         try:
-            return prepare(item[0], None, hw, crop), item[1]
+            return prepare_item(item, hw, crop), item
         except UserError as e:
             if strict:
                 raise
             notes.append(str(e))
-            return None, item[1]
+            return None, item
 
     for start in range(0, len(items), CHUNK):
         arrays = []
-        for got, label in parallel_map(load, items[start:start + CHUNK]):
+        for got, (path, label) in parallel_map(load, items[start:start + CHUNK]):
             if got is None:
                 skipped["unreadable image"] += 1
                 continue
-            arrays.append(got[0])
-            how[got[1]] += 1
+            arrays.append(got.array)
+            kept.append({"path": str(path), "preparation": got.how, **cell_fields(got)})
             labels.append(label)
         if arrays:
             probs.append(softmax(restored.logits(np.stack(arrays))))
     if not probs:
         raise UserError("no image could be read; see --strict for the first error")
-    return np.concatenate(probs, axis=1), np.asarray(labels), how, skipped, notes
+    return np.concatenate(probs, axis=1), np.asarray(labels), kept, skipped, notes
 
 
 def report(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -131,8 +142,28 @@ def report(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
             "class_counts": {c: int((labels == i).sum()) for i, c in enumerate(CLASS_NAMES)}}
 
 
+def localiser_report(probs: np.ndarray, labels: np.ndarray, kept: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per image its true and predicted class with the cell fields; with crop "cell", a count per localiser status
+    and the accuracy on the images of status "one" (None when there are none)."""
+    pred = probs.mean(axis=0).argmax(-1)
+    images = [{**k, "class": CLASS_NAMES[int(t)], "predicted": CLASS_NAMES[int(p)]}
+              for k, t, p in zip(kept, labels, pred)]
+    status = np.array([k["cell_status"] for k in kept], dtype=object)
+    if not any(s is not None for s in status):
+        return {"localiser": None, "accuracy_status_one": None, "n_status_one": 0, "images": images}
+    one = status == "one"
+    return {"localiser": {s: int((status == s).sum()) for s in STATUSES},
+            "accuracy_status_one": float((pred[one] == labels[one]).mean()) if one.any() else None,
+            "n_status_one": int(one.sum()), "images": images}
+
+
 def format_report(r: dict[str, Any], seeds: Sequence[int]) -> str:
     lines = [f"images {r['n_images']}: accuracy {r['accuracy']:.4f}, balanced accuracy {r['balanced_accuracy']:.4f}"]
+    if r.get("localiser"):
+        one = r["accuracy_status_one"]
+        lines.append("localiser: " + ", ".join(f"{s} {n}" for s, n in r["localiser"].items())
+                     + f"; accuracy on status one ({r['n_status_one']} images): "
+                     + (f"{one:.4f}" if one is not None else "n/a"))
     if len(seeds) > 1:
         lines.append("per seed: " + ", ".join(f"{s}: {a:.4f}" for s, a in zip(seeds, r["accuracy_per_seed"])))
     lines += ["", f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
@@ -156,12 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     restored = restore(args.run, args.variant, args.seed, args.checkpoint, notes=notes)
     if args.tta:
         restored = restored.with_tta(args.tta)
-    probs, labels, how, unread, load_notes = evaluate(restored, items, args.crop, args.strict)
+    probs, labels, kept, unread, load_notes = evaluate(restored, items, args.crop, args.strict)
     skipped.update(unread)
+    how = Counter(k["preparation"] for k in kept)
     result = {"run": str(restored.folder), "variant": restored.variant.name, "checkpoint_epoch": restored.epoch,
               "seeds": restored.seeds, "folders": [str(f) for f in args.folders],
               "model_input": restored.preprocessing(), "preparation": dict(how), "skipped": dict(skipped),
-              **report(probs, labels)}
+              **report(probs, labels), **localiser_report(probs, labels, kept)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "evaluation.json", result)

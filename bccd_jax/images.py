@@ -2,27 +2,47 @@
 
 - a full 640x480 BCCD original with its VOC annotation: crop around the single WBC box exactly
   like the `originals` data set (bccd_jax.data.pixels.load_crop), then resize;
-- any other image: `crop="none"` resizes the whole image to the run's H x W (what the augmented
-  set's 320x240 cell images get); `crop="center"` first cuts the largest centred region with the
-  run's aspect ratio, so an image of another shape is not squashed.
+- any other image: `crop="cell"` (the default) finds the white cell with
+  bccd_jax.localize.locate_cell and crops around it at the cell's own scale (localize.crop_cell);
+  the localiser's status says how sure it is: "one" (cropped at the cell), "several" (cropped at
+  the largest of several nuclei) or "none" (no nucleus: the image centre at the image's own
+  scale). `crop="none"` resizes the whole image to the run's H x W (what the augmented set's
+  320x240 cell images get); `crop="center"` first cuts the largest centred region with the run's
+  aspect ratio, so an image of another shape is not squashed.
 
-`prepare` returns the array and one line saying what was done to it.
+`prepare` returns a `Prepared`: the array, one line saying what was done to it, and the cell's
+location (crop "cell" only); `cell_fields` turns that location into the fields predict and
+evaluate report.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from bccd_jax.data import pixels, sources
 from bccd_jax.errors import UserError
+from bccd_jax.localize import CellLocation, cell_crop_rect, crop_cell, locate_cell
 
 ORIGINAL_SIZE = (640, 480)   # (W, H) of a BCCD original
 AUGMENTED_SIZE = (320, 240)  # (W, H) of an image of the Kaggle augmented set
 MIN_SIDE = 32
-CROPS = ("none", "center")
+CROPS = ("cell", "none", "center")
+DEFAULT_CROP = "cell"
+CROP_HELP = ("cell (default): crop around the located white cell at its own scale; none: resize the whole image; "
+             "center: the largest centred region of the run's aspect first (images without --xml)")
+
+
+class Prepared(NamedTuple):
+    """One image as the model's input: the uint8 (H, W, 3) array, how it got there, and (crop "cell") the cell."""
+
+    array: np.ndarray
+    how: str
+    cell: CellLocation | None = None
+    crop_rect: tuple[int, int, int, int] | None = None
 
 _BOX_PROBLEMS = {
     "no_wbc_box": "has no WBC box (objects: {names}); the cell to classify must be annotated as WBC",
@@ -82,9 +102,42 @@ def center_crop_resized(path: Path, hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
-def prepare(path_text: str | Path, xml: Path | None, hw: tuple[int, int], crop: str = "none",
-            notes: list[str] | None = None) -> tuple[np.ndarray, str]:
-    """One image as the model's uint8 (H, W, 3) input, and how it got there."""
+def cell_note(location: CellLocation) -> str:
+    """What crop "cell" did with a location, in a few words."""
+    if location.status == "one":
+        return "one nucleus: cropped at the cell"
+    if location.status == "several":
+        return f"several nuclei ({location.candidates} candidates): cropped at the largest nucleus"
+    return f"no nucleus ({location.reason}): fell back to the image centre at the image's scale"
+
+
+def cell_fields(prepared: Prepared) -> dict[str, Any]:
+    """The localiser's report on one prepared image (all None unless it was prepared with crop "cell")."""
+    loc = prepared.cell
+    if loc is None:
+        return {"cell_status": None, "cell_center": None, "cell_box": None, "cell_crop": None, "cell_note": None}
+    return {"cell_status": loc.status, "cell_center": [round(v, 1) for v in loc.center],
+            "cell_box": [round(v, 1) for v in loc.box], "cell_crop": list(prepared.crop_rect),
+            "cell_note": cell_note(loc)}
+
+
+def cell_crop(path: Path, hw: tuple[int, int]) -> Prepared:
+    """Crop "cell": locate the white cell in the decoded image and crop around it (bccd_jax.localize)."""
+    rgb = np.asarray(pixels.open_rgb(path), dtype=np.uint8)
+    location = locate_cell(rgb)
+    h, w = hw
+    rect = cell_crop_rect(location, rgb.shape[:2], hw)
+    where = {"one": "the located cell", "several": "the largest of several nuclei",
+             "none": "the image centre (no nucleus found)"}[location.status]
+    return Prepared(crop_cell(rgb, hw, location), f"crop around {where} at {w}:{h}, resized to {w}x{h}",
+                    location, rect)
+
+
+def prepare(path_text: str | Path, xml: Path | None, hw: tuple[int, int], crop: str = DEFAULT_CROP,
+            notes: list[str] | None = None) -> Prepared:
+    """One image as the model's uint8 (H, W, 3) input, how it got there and (crop "cell") where its cell is."""
+    if crop not in CROPS:
+        raise UserError(f"unknown crop {crop!r}; expected one of {', '.join(CROPS)}")
     path = Path(path_text).expanduser()
     size, mode = probe(path)
     if min(size) < MIN_SIDE:
@@ -96,16 +149,23 @@ def prepare(path_text: str | Path, xml: Path | None, hw: tuple[int, int], crop: 
         box = wbc_box(xml, path, size)
         if size != ORIGINAL_SIZE and notes is not None:
             notes.append(f"{path}: {size[0]}x{size[1]}, not a 640x480 original; cropping the WBC box of {xml} anyway")
-        return (pixels.load_crop(path, box, hw, sources.DEFAULT_MARGIN),
-                f"WBC box of {xml.name} widened by {sources.DEFAULT_MARGIN:g} per side, cropped at {w}:{h}, "
-                f"resized to {w}x{h}")
+        return Prepared(pixels.load_crop(path, box, hw, sources.DEFAULT_MARGIN),
+                        f"WBC box of {xml.name} widened by {sources.DEFAULT_MARGIN:g} per side, cropped at {w}:{h}, "
+                        f"resized to {w}x{h}")
     if size == ORIGINAL_SIZE:
         hint = sibling_xml(path)
-        raise UserError(f"{path} is a full 640x480 BCCD original: pass its VOC annotation with --xml "
-                        f"{hint if hint else 'PATH'} so the WBC can be cropped like the training data")
+        if crop != "cell":
+            raise UserError(f"{path} is a full 640x480 BCCD original: pass its VOC annotation with --xml "
+                            f"{hint if hint else 'PATH'} so the WBC can be cropped like the training data")
+        if notes is not None:
+            notes.append(f"{path}: 640x480 like a BCCD original but no --xml; the cell is located (--xml "
+                         f"{hint if hint else 'PATH'} crops its annotated WBC box like the training data)")
+    if crop == "cell":
+        return cell_crop(path, hw)
     if crop == "center":
-        return center_crop_resized(path, hw), f"centre crop at {w}:{h} of {size[0]}x{size[1]}, resized to {w}x{h}"
+        return Prepared(center_crop_resized(path, hw),
+                        f"centre crop at {w}:{h} of {size[0]}x{size[1]}, resized to {w}x{h}")
     if size != AUGMENTED_SIZE and notes is not None:
         notes.append(f"{path}: {size[0]}x{size[1]} resized to {w}x{h} (the data set's cell images are "
                      f"{AUGMENTED_SIZE[0]}x{AUGMENTED_SIZE[1]}, 4:3; --crop center keeps the aspect)")
-    return pixels.load_resized(path, hw), f"whole {size[0]}x{size[1]} image resized to {w}x{h}"
+    return Prepared(pixels.load_resized(path, hw), f"whole {size[0]}x{size[1]} image resized to {w}x{h}")

@@ -1,20 +1,27 @@
 """Classify white-cell images with a trained run folder.
 
     python -m bccd_jax.predict IMAGE [IMAGE...] --run RUN_DIR [--variant NAME] [--seed K]
-                               [--xml PATH] [--crop none|center] [--checkpoint latest|EPOCH] [--json] [--debug]
+                               [--xml PATH] [--crop cell|none|center] [--checkpoint latest|EPOCH] [--json] [--debug]
 
 The run folder's config rebuilds the model and the variant's latest (or chosen) Orbax
 checkpoint supplies the weights of every seed (bccd_jax.run.restore). Images get the
 training data's preprocessing (bccd_jax.images.prepare): a 640x480 BCCD original with its
-VOC annotation (`--xml`) is cropped around its single WBC box like the originals data set;
-any other image is resized to the run's size (`--crop center` first cuts the largest centred
-region of the run's aspect ratio).
+VOC annotation (`--xml`) is cropped around its single WBC box like the originals data set.
+Any other image is by default (`--crop cell`) cropped around its white cell, found by
+bccd_jax.localize, at the cell's own scale; the localiser's status is reported per image:
+"one" (cropped at the cell), "several" (cropped at the largest nucleus, with the number of
+candidates) or "none" (no nucleus found: the image centre at the image's own scale).
+`--crop none` resizes the whole image to the run's size; `--crop center` first cuts the
+largest centred region of the run's aspect ratio.
 
 By default the softmax probabilities are averaged over the run's seeds and the number of
 seeds whose own argmax agrees with the averaged class is reported; `--seed K` uses seed K
-only. Human output is one line per image on stdout; `--json` prints exactly one JSON object.
-Notes (the variant chosen, the preprocessing) go to stderr. Every user error is one stderr
-line and exit code 2 (`--debug` shows the traceback).
+only. Human output is one line per image on stdout, ending with the localiser's status;
+`--json` prints exactly one JSON object whose predictions carry cell_status, cell_center
+(x, y), cell_box (the cell's square x0, y0, x1, y1), cell_crop (the crop rectangle in the
+image) and cell_note (all null when the crop was not "cell"). Notes (the variant chosen, the
+preprocessing) go to stderr. Every user error is one stderr line and exit code 2 (`--debug`
+shows the traceback).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import numpy as np
 
 from bccd_jax import CLASS_NAMES
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
-from bccd_jax.images import CROPS, prepare
+from bccd_jax.images import CROP_HELP, CROPS, DEFAULT_CROP, Prepared, cell_fields, prepare
 from bccd_jax.metrics import softmax
 
 
@@ -37,15 +44,14 @@ def make_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m bccd_jax.predict",
                        description="Classify white-cell images with a trained run folder (probabilities averaged over seeds).")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="images: 640x480 originals (with --xml) "
-                   "or cell images of any size >= 32 px (resized to the run's image size)")
+                   "or cell images of any size >= 32 px (cropped around the located cell by default)")
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder written by an experiment")
     p.add_argument("--variant", help="which variant of the run (default: best final mean test accuracy)")
     p.add_argument("--seed", type=int, metavar="K", help="use seed K only (default: average over all seeds)")
     p.add_argument("--xml", action="append", default=[], metavar="PATH",
                    help="VOC annotation of a 640x480 original (its single WBC box is cropped); give one per "
                         "image in order, one for a single image, or a folder holding <image stem>.xml")
-    p.add_argument("--crop", choices=CROPS, default="none",
-                   help="none: resize the whole image; center: the largest centred region of the run's aspect first")
+    p.add_argument("--crop", choices=CROPS, default=DEFAULT_CROP, help=CROP_HELP)
     p.add_argument("--checkpoint", default="latest", metavar="latest|EPOCH", help="which checkpoint (default latest)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of one line per image")
     return p
@@ -64,6 +70,20 @@ def pair_xmls(images: Sequence[str], xmls: Sequence[str]) -> list[Path | None]:
     return [Path(x).expanduser() for x in xmls]
 
 
+def prepare_all(images: Sequence[str], xmls: Sequence[Path | None], hw: tuple[int, int], crop: str,
+                notes: list[str] | None = None) -> list[Prepared]:
+    """Every image as the model's input (bccd_jax.images.prepare, as evaluate does), in order."""
+    return [prepare(p, x, hw, crop, notes) for p, x in zip(images, xmls)]
+
+
+def cell_text(fields: dict[str, Any]) -> str:
+    """The localiser's part of a human output line ("" when the crop was not "cell")."""
+    if fields["cell_status"] is None:
+        return ""
+    x, y = fields["cell_center"]
+    return f"  cell {fields['cell_status']} at ({x:.0f}, {y:.0f}): {fields['cell_note']}"
+
+
 def classify(restored, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, C] averaged over the restored seeds, per-seed argmax [S, N])."""
     probs = softmax(restored.logits(images))  # [S, N, C]
@@ -79,15 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     enable_compilation_cache()
     restored = restore(args.run, args.variant, args.seed, args.checkpoint, notes=notes)
     hw = restored.image_size
-    prepared = [prepare(p, x, hw, args.crop, notes) for p, x in zip(args.images, pair_xmls(args.images, args.xml))]
-    mean_probs, seed_classes = classify(restored, np.stack([a for a, _ in prepared]))
+    prepared = prepare_all(args.images, pair_xmls(args.images, args.xml), hw, args.crop, notes)
+    mean_probs, seed_classes = classify(restored, np.stack([p.array for p in prepared]))
     used = restored.seeds
     preds: list[dict[str, Any]] = []
     for i, path in enumerate(args.images):
         k = int(mean_probs[i].argmax())
         preds.append({"path": path, "class": CLASS_NAMES[k],
                       "probabilities": {c: float(p) for c, p in zip(CLASS_NAMES, mean_probs[i])},
-                      "seeds_agreeing": int((seed_classes[:, i] == k).sum())})
+                      "seeds_agreeing": int((seed_classes[:, i] == k).sum()), **cell_fields(prepared[i])})
     notes.append(f"{restored.folder} variant {restored.variant.name!r}, checkpoint epoch {restored.epoch}, "
                  + (f"probabilities averaged over {len(used)} seeds" if len(used) > 1 else f"seed {used[0]}"))
     notes.append(f"model input: {restored.preprocessing()}")
@@ -96,12 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"run": str(restored.folder), "variant": restored.variant.name,
                           "checkpoint_epoch": restored.epoch, "seeds": len(used), "seed_values": used,
-                          "preprocessing": [how for _, how in prepared], "predictions": preds}))
+                          "preprocessing": [p.how for p in prepared], "predictions": preds}))
         return 0
     width = max(len(p) for p in args.images)
     for p in preds:
         probs = "  ".join(f"{c[:3]} {v:.3f}" for c, v in p["probabilities"].items())
-        print(f"{p['path']:<{width}}  {p['class']:<10}  {probs}  seeds agreeing {p['seeds_agreeing']}/{len(used)}")
+        print(f"{p['path']:<{width}}  {p['class']:<10}  {probs}  seeds agreeing {p['seeds_agreeing']}/{len(used)}"
+              + cell_text(p))
     return 0
 
 

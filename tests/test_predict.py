@@ -98,7 +98,7 @@ ERROR_CASES = {
     "non_image": (lambda r, i, b: [i["text"], "--run", r], ["not an image"]),
     "truncated_jpeg": (lambda r, i, b: [i["truncated"], "--run", r, "--xml", ORIG_XML], ["cannot decode"]),
     "tiny_image": (lambda r, i, b: [i["tiny"], "--run", r], ["16x12", "32 px"]),
-    "original_without_xml": (lambda r, i, b: [ORIG, "--run", r], ["640x480", "--xml", str(ORIG_XML)]),
+    "original_without_xml": (lambda r, i, b: [ORIG, "--run", r, "--crop", "none"], ["640x480", "--xml", str(ORIG_XML)]),
     "xml_without_wbc": (lambda r, i, b: [ORIG, "--run", r, "--xml", i["xml_no_wbc"]], ["no WBC box"]),
     "xml_two_wbc": (lambda r, i, b: [ORIG, "--run", r, "--xml", i["xml_two_wbc"]], ["2 WBC boxes"]),
     "xml_malformed": (lambda r, i, b: [ORIG, "--run", r, "--xml", i["xml_bad"]], ["malformed XML"]),
@@ -142,7 +142,8 @@ def test_debug_shows_traceback(run_dir, images, env):
 
 
 def _check_prediction(p: dict, num_seeds: int) -> None:
-    assert set(p) == {"path", "class", "probabilities", "seeds_agreeing"}
+    assert set(p) == {"path", "class", "probabilities", "seeds_agreeing", "cell_status", "cell_center", "cell_box",
+                      "cell_crop", "cell_note"}
     assert list(p["probabilities"]) == list(CLASS_NAMES)
     probs = np.array(list(p["probabilities"].values()))
     assert np.all(probs >= 0) and abs(probs.sum() - 1.0) < 1e-6
@@ -153,7 +154,8 @@ def _check_prediction(p: dict, num_seeds: int) -> None:
 def test_json_prediction_on_real_images(run_dir, images, env):
     inputs = [ORIG, ORIG2, images["cell"], images["rgba"], images["gray"], images["odd"]]
     xml_dir = XMLS  # a folder: <stem>.xml is looked up for each image (none for the tmp images)
-    r = subprocess.run(predict_cmd(*inputs, "--run", run_dir, "--xml", xml_dir, "--json"), cwd=ROOT, env=env,
+    r = subprocess.run(predict_cmd(*inputs, "--run", run_dir, "--xml", xml_dir, "--json", "--crop", "none"), cwd=ROOT,
+                       env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
@@ -254,8 +256,8 @@ def evaluate_cmd(*args) -> list[str]:
 def test_evaluate_reproduces_the_runs_own_test_accuracy(eval_run, labelled_folder, env, tmp_path):
     """evaluate on the TEST images laid out as class folders gives each seed's accuracy as the run recorded it."""
     recorded = json.loads((eval_run / "metrics.json").read_text())["adam"]["final"]["test"]
-    r = subprocess.run(evaluate_cmd(labelled_folder, "--run", eval_run, "--json", "--out", tmp_path / "ev"), cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(evaluate_cmd(labelled_folder, "--run", eval_run, "--json", "--crop", "none", "--out",
+                                    tmp_path / "ev"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["n_images"] == 71 and out["skipped"] == {"class Basophil": 1}
@@ -264,10 +266,12 @@ def test_evaluate_reproduces_the_runs_own_test_accuracy(eval_run, labelled_folde
     assert sum(map(sum, out["confusion_matrix"])) == 71
     assert out["preparation"] == {"whole 40x32 image resized to 40x32": 71}
     assert (tmp_path / "ev" / "evaluation.json").is_file() and (tmp_path / "ev" / "confusion.png").is_file()
-    one = subprocess.run(evaluate_cmd(labelled_folder, "--run", eval_run, "--seed", "1", "--json", "--out",
-                                      tmp_path / "ev1"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    one = subprocess.run(evaluate_cmd(labelled_folder, "--run", eval_run, "--seed", "1", "--json", "--crop", "none",
+                                      "--out", tmp_path / "ev1"), cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
     assert json.loads(one.stdout)["accuracy"] == pytest.approx(recorded["acc_per_seed"][1], abs=1e-12)
-    human = subprocess.run(evaluate_cmd(labelled_folder, "--run", eval_run, "--out", tmp_path / "ev2"), cwd=ROOT,
+    human = subprocess.run(evaluate_cmd(labelled_folder, "--run", eval_run, "--crop", "none", "--out",
+                                        tmp_path / "ev2"), cwd=ROOT,
                            env=env, capture_output=True, text=True, timeout=300)
     assert "balanced accuracy" in human.stdout and "confusion matrix" in human.stdout
     assert "model input: 40x32 RGB, pixels / 255" in human.stderr
@@ -304,8 +308,8 @@ def test_ship_keeps_one_seed_that_predicts_like_the_run(eval_run, labelled_folde
     seed = json.loads((shipped / "metrics.json").read_text())["adam"]["seeds"]
     assert len(seed) == 1
     assert not [f for f in shipped.rglob("*") if f.is_file() and str(tmp_path).encode() in f.read_bytes()]
-    r = subprocess.run(evaluate_cmd(labelled_folder, "--run", shipped, "--json", "--out", tmp_path / "ev"), cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(evaluate_cmd(labelled_folder, "--run", shipped, "--json", "--crop", "none", "--out",
+                                    tmp_path / "ev"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     # float32 storage (no --data-dir to check float16): the same weights, the same predictions
     assert json.loads(r.stdout)["accuracy"] == pytest.approx(recorded[0 if seed == [0] else 1], abs=1e-9)
