@@ -39,6 +39,9 @@ def make_parser(exp: Experiment) -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=["originals", "augmented"], default=None,
                    help="default: augmented when --data-dir is given, else the embedded originals")
     p.add_argument("--data-dir", help="the augmented Kaggle folder (dataset2-master) or an export file")
+    p.add_argument("--crop", choices=["frame", "cell"], default="frame",
+                   help="frame: whole augmented images / the originals' WBC box (default); cell: each image cropped "
+                        "around the white cell the localiser finds, at the cell's scale (bccd_jax.localize)")
     p.add_argument("--cache-dir", help="where built data sets are cached (default ~/.cache/bccd_jax)")
     p.add_argument("--out", default="runs", help="root of run folders (default ./runs)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
@@ -125,14 +128,15 @@ def load_data(args: argparse.Namespace):
     """The data set named by the flags (embedded originals unless --data-dir)."""
     from bccd_jax.data import load_dataset
 
-    return load_dataset(args.dataset, data_dir=args.data_dir, image_size=args.image_size, cache_dir=args.cache_dir)
+    return load_dataset(args.dataset, data_dir=args.data_dir, image_size=args.image_size, cache_dir=args.cache_dir,
+                        crop=getattr(args, "crop", "frame"))
 
 
 def data_record(ds, data_dir: str | None) -> DataRecord:
     return DataRecord(dataset=ds.name, image_shape=tuple(ds.image_shape), fingerprint=ds.fingerprint,
                       train_mean=tuple(float(m) for m in ds.train_mean()),
                       splits={s: int(sp.labels.size) for s, sp in ds.splits.items()},
-                      source=Path(data_dir).name if data_dir else "embedded")
+                      source=Path(data_dir).name if data_dir else "embedded", crop=getattr(ds, "crop", "frame"))
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -146,17 +150,18 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def open_run(exp: Experiment, args: argparse.Namespace) -> tuple[RunFolder, RunRecord | None]:
     """The run folder to write (new, or the one to resume) and its old record; a resume on another
-    data set or image size is refused here, before any data is loaded."""
+    data set, image size or crop is refused here, before any data is loaded."""
     if not args.resume:
         return RunFolder.create(args.out, exp.name), None
     folder = RunFolder.latest(args.out, exp.name) if args.resume == "latest" else RunFolder(args.resume)
     if not folder.exists():
         raise UserError(f"--resume {folder}: no config.json there; not a run folder")
     old = folder.record()
-    have = [old.data.dataset, list(old.data.image_size)]
-    if not args.force and have != [args.dataset, list(args.image_size)]:
-        raise UserError(f"cannot resume: the run was trained on {have[0]} at {'x'.join(map(str, have[1]))}, now "
-                        f"{args.dataset} at {args.image_size[0]}x{args.image_size[1]} (start a new run, or pass --force)")
+    have = [old.data.dataset, list(old.data.image_size), old.data.crop]
+    if not args.force and have != [args.dataset, list(args.image_size), args.crop]:
+        raise UserError(f"cannot resume: the run was trained on {have[0]} at {'x'.join(map(str, have[1]))} "
+                        f"({have[2]} crop), now {args.dataset} at {args.image_size[0]}x{args.image_size[1]} "
+                        f"({args.crop} crop) (start a new run, or pass --force)")
     return folder, old
 
 

@@ -10,6 +10,12 @@ sorted generation order); every call reads them back through TFDS's own data sou
 build is keyed by the sha256 fingerprint of the source files and the build settings, so changed
 sources or settings give a new build. An index keyed by the files' (name, size, mtime) avoids
 re-hashing 100 MB of JPEGs on every load.
+
+`crop` chooses what each image shows: "frame" (the default) resizes an augmented image whole and
+crops an original around its annotated WBC box; "cell" decodes each image whole and crops it
+around the white cell that `bccd_jax.localize.locate_cell` finds, at the cell's own scale
+(`crop_cell`), the same crop any other image gets at predict time. A cell build records per split
+how often the localiser found one nucleus, several, or none (`Dataset.localiser`).
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ from bccd_jax.data import hashing, sources
 from bccd_jax.errors import UserError
 from bccd_jax.files import write_atomic
 
-__all__ = ["Split", "Dataset", "load_dataset", "load_export", "default_cache_dir", "DATASET_NAMES", "SPLITS"]
+__all__ = ["Split", "Dataset", "load_dataset", "load_export", "default_cache_dir", "DATASET_NAMES", "SPLITS", "CROPS"]
 
 DATASET_NAMES = ("originals", "augmented")
+CROPS = ("frame", "cell")
+"""frame: the whole augmented image / the original's WBC box; cell: around the located cell (bccd_jax.localize)."""
 SPLITS = {"originals": ("train", "test"), "augmented": ("train", "test", "test_simple")}
 CACHE_ENV = "BCCD_JAX_CACHE"
 BUILD_FORMAT = 1
@@ -67,6 +75,8 @@ class Dataset:
     skipped: dict[str, int]
     build_dir: str
     _train_mean: np.ndarray | None = field(default=None, repr=False, compare=False)
+    crop: str = "frame"                # "frame" | "cell" (see CROPS)
+    localiser: dict[str, dict[str, int]] = field(default_factory=dict)  # cell crop: {split: {status: count}}
 
     def train_mean(self) -> np.ndarray:
         """float32 (3,): per-channel mean of the train images on the 0..255 scale (cached at build time)."""
@@ -112,6 +122,7 @@ def load_dataset(
     image_size: tuple[int, int] = (120, 160),
     cache_dir: str | None = None,
     trace_csv: str | None = None,
+    crop: str = "frame",
 ) -> Dataset:
     """Build (once) and load a data set.
 
@@ -119,20 +130,26 @@ def load_dataset(
     (or shared-data) layout, default the embedded data/; for augmented the dataset2-master folder or
     its images/ folder (required); for either, a compact export file (.npz) loads that instead.
     image_size: (H, W). trace_csv: the dataset2 source-trace table (default: beside the data, else
-    the embedded copy).
+    the embedded copy). crop: "frame" or "cell" (see the module docstring).
     """
     if name not in DATASET_NAMES:
         raise UserError(f"unknown data set {name!r} (expected one of {', '.join(DATASET_NAMES)})")
+    if crop not in CROPS:
+        raise UserError(f"unknown crop {crop!r} (expected one of {', '.join(CROPS)})")
     size = sources.check_image_size(image_size)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     if data_dir is not None and Path(data_dir).expanduser().is_file():
         from bccd_jax.data.export import load_export_as
 
+        if crop != "frame":
+            raise UserError(f"crop={crop!r} needs the source images; an export file holds frame-cropped images only")
         return load_export_as(Path(data_dir).expanduser(), name, size)
     if name == "augmented" and data_dir is None:
         raise UserError("the augmented data set needs --data-dir .../blood-cells/dataset2-master (or its images/ folder)")
 
     files, settings = _sources_and_settings(name, data_dir, size, trace_csv)
+    if crop != "frame":  # frame builds keep the fingerprints they had before crops existed
+        settings["crop"] = crop
     try:
         cache.mkdir(parents=True, exist_ok=True)
         (cache / "index").mkdir(exist_ok=True)
@@ -148,9 +165,10 @@ def load_dataset(
         t = time.time()
         fp = hashing.fingerprint(files, settings)
         log(f"hashed {len(files)} source files in {time.time() - t:.1f}s")
-    build_dir = cache / f"{name}-{size[0]}x{size[1]}-{fp[:16]}-v{CACHE_LAYOUT}"
+    label = name if crop == "frame" else f"{name}-{crop}"
+    build_dir = cache / f"{label}-{size[0]}x{size[1]}-{fp[:16]}-v{CACHE_LAYOUT}"
     if not (build_dir / "meta.json").is_file():
-        _build(name, data_dir, size, trace_csv, fp, settings, build_dir)
+        _build(name, data_dir, size, trace_csv, fp, settings, build_dir, crop)
     write_atomic(index_file, json.dumps({"fingerprint": fp, "build_dir": build_dir.name}))
     return read_build(build_dir)
 
@@ -187,7 +205,7 @@ def _sources_and_settings(name: str, data_dir: str | None, size: tuple[int, int]
 
 
 def _build(name: str, data_dir: str | None, size: tuple[int, int], trace_csv: str | None, fp: str,
-           settings: dict[str, Any], build_dir: Path) -> None:
+           settings: dict[str, Any], build_dir: Path, crop: str = "frame") -> None:
     """Run the TFDS builder into a temporary folder, then rename it into place."""
     import tensorflow_datasets as tfds
 
@@ -196,11 +214,11 @@ def _build(name: str, data_dir: str | None, size: tuple[int, int], trace_csv: st
     tmp = build_dir.parent / f".tmp-{build_dir.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     t0 = time.time()
-    log(f"building {name} at {size[0]}x{size[1]} into {build_dir} ...")
+    log(f"building {name} at {size[0]}x{size[1]} ({crop} crop) into {build_dir} ...")
     try:
         tfds.disable_progress_bar()
         builder = BccdWbc(config=name, data_dir=str(tmp / "tfds"), file_format="array_record",
-                          image_size=size, source_dir=data_dir, trace_csv=trace_csv)
+                          image_size=size, source_dir=data_dir, trace_csv=trace_csv, crop=crop)
         dl_config = tfds.download.DownloadConfig(
             manual_dir=data_dir if name == "augmented" else None, try_download_gcs=False)
         with contextlib.redirect_stdout(sys.stderr):
@@ -213,6 +231,9 @@ def _build(name: str, data_dir: str | None, size: tuple[int, int], trace_csv: st
                                 "skipped": dict(builder.info.metadata.get("skipped", {})),
                                 "trace_csv": Path(builder.info.metadata.get("trace_csv", "")).name,
                                 "train_mean": _channel_mean(train.images).tolist(), "tfds_dir": str(tfds_dir)}
+        if crop != "frame":
+            meta["crop"] = crop
+            meta["localiser"] = {s: dict(c) for s, c in builder.localiser_counts.items()}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         log(f"built in {time.time() - t0:.1f}s")
         try:
@@ -251,4 +272,6 @@ def read_build(build_dir: Path) -> Dataset:
         raise UserError(f"cached build {build_dir} is unreadable ({e}); delete it to rebuild") from None
     return Dataset(name=meta["name"], splits=splits, image_shape=tuple(meta["image_shape"]),  # type: ignore[arg-type]
                    fingerprint=meta["fingerprint"], skipped={k: int(v) for k, v in meta["skipped"].items()},
-                   build_dir=str(build_dir), _train_mean=np.asarray(meta["train_mean"], np.float32))
+                   build_dir=str(build_dir), _train_mean=np.asarray(meta["train_mean"], np.float32),
+                   crop=meta.get("crop", "frame"),
+                   localiser={s: {k: int(v) for k, v in c.items()} for s, c in meta.get("localiser", {}).items()})

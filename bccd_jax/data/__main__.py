@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=(120, 160))
         sp.add_argument("--cache-dir", default=None, help="default: $BCCD_JAX_CACHE or ~/.cache/bccd_jax")
         sp.add_argument("--trace-csv", default=None, help="dataset2_source_trace.csv (default: beside the data, else embedded)")
+        sp.add_argument("--crop", choices=("frame", "cell"), default="frame",
+                        help="frame: the whole image / the originals' WBC box (default); cell: around the located cell")
 
     common(sub.add_parser("info", help="build if needed and print counts as one JSON object"), need_data=False)
     ex = sub.add_parser("export", help="write a compact WebP export of a data set")
@@ -41,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     t0 = time.time()
     ds = load_dataset(args.dataset, data_dir=args.data_dir, image_size=tuple(args.image_size),
-                      cache_dir=args.cache_dir, trace_csv=args.trace_csv)
+                      cache_dir=args.cache_dir, trace_csv=args.trace_csv, crop=args.crop)
     if args.command == "info":
         out = {
             "dataset": ds.name,
@@ -51,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fingerprint": ds.fingerprint,
             "build_dir": ds.build_dir,
         }
+        if ds.crop != "frame":
+            out["crop"] = ds.crop
+            out["localiser"] = ds.localiser
         print(f"[bccd_jax.data] loaded in {time.time() - t0:.2f}s", file=sys.stderr)
         print(json.dumps(out))
         return 0

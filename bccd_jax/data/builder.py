@@ -7,7 +7,7 @@ same sequence of examples on every machine. TFDS keeps a split in memory while w
 needs TensorFlow to spill a split over its 1000 MiB buffer, so a size whose largest split would
 exceed that is refused (the augmented training split reaches it near 180x240).
 The build settings that are not part of a config (image size, source folder, trace table, crop
-margin) are constructor arguments; `bccd_jax.data.load_dataset` puts each distinct setting in its
+margin, crop kind) are constructor arguments; `bccd_jax.data.load_dataset` puts each distinct setting in its
 own data_dir, so two settings never share a TFDS folder.
 
 Standalone use::
@@ -69,6 +69,7 @@ class BccdWbc(tfds.core.GeneratorBasedBuilder):
         trace_csv: str | os.PathLike[str] | None = None,
         margin: float = DEFAULT_MARGIN,
         workers: int | None = None,
+        crop: str = "frame",
         **kwargs: Any,
     ):
         self.image_size = sources.check_image_size(image_size)
@@ -76,6 +77,11 @@ class BccdWbc(tfds.core.GeneratorBasedBuilder):
         self.trace_csv = trace_csv
         self.margin = float(margin)
         self.workers = workers
+        if crop not in ("frame", "cell"):
+            raise UserError(f"unknown crop {crop!r} (expected frame or cell)")
+        self.crop = crop
+        self.localiser_counts: dict[str, dict[str, int]] = {}
+        """crop="cell": per split, how often the localiser found one nucleus, several, or none."""
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -129,7 +135,9 @@ class BccdWbc(tfds.core.GeneratorBasedBuilder):
             raise UserError(f"image size {h}x{w} makes the {split} split {len(items) * h * w * 3 / 2**20:.0f} MiB; TFDS "
                             f"writes a split over {shuffle.MAX_MEM_BUFFER_SIZE / 2**20:.0f} MiB through TensorFlow, "
                             "which this project does not install: choose a smaller --image-size")
-        if self.builder_config.name == "originals":
+        if self.crop == "cell":
+            yield from self._generate_cells(items, split)
+        elif self.builder_config.name == "originals":
             yield from self._generate_originals(items)
         else:
             yield from self._generate_augmented(items)
@@ -150,3 +158,27 @@ class BccdWbc(tfds.core.GeneratorBasedBuilder):
             cls = CLASS_NAMES[it.label]
             yield f"{cls}/{it.path.name}", {"image": img, "label": it.label, "original_id": it.original_id,
                                             "filename": f"{cls}/{it.path.name}"}
+
+    def _generate_cells(self, items: list[Any], split: str) -> Iterator[tuple[str, dict]]:
+        """crop="cell": each image decoded whole (no WBC box) and cropped around the cell the localiser finds."""
+        from bccd_jax.data import log
+        from bccd_jax.localize import STATUSES, crop_cell, locate_cell
+
+        def crop(path: Path) -> tuple[np.ndarray, str]:
+            rgb = np.asarray(pixels.open_rgb(path, None), dtype=np.uint8)
+            loc = locate_cell(rgb)
+            return crop_cell(rgb, self.image_size, loc), loc.status
+
+        originals = self.builder_config.name == "originals"
+        counts = dict.fromkeys(STATUSES, 0)
+        paths = [it.image if originals else it.path for it in items]
+        for it, (img, status) in zip(items, pixels.parallel_map(crop, paths, self.workers)):
+            counts[status] += 1
+            if originals:
+                yield it.original_id, {"image": img, "label": it.label, "original_id": it.original_id,
+                                       "filename": it.image.name}
+            else:
+                name = f"{CLASS_NAMES[it.label]}/{it.path.name}"
+                yield name, {"image": img, "label": it.label, "original_id": it.original_id, "filename": name}
+        self.localiser_counts[split] = counts
+        log(f"localiser on {split.upper()}: " + ", ".join(f"{s} {n}" for s, n in counts.items()))

@@ -64,6 +64,7 @@ class DataRecord:
     train_mean: tuple[float, float, float]
     splits: dict[str, int]
     source: str = ""  # the data folder's name (dataset2-master, an export file), never its path
+    crop: str = "frame"  # how images were cropped (bccd_jax.data.CROPS); records without it are "frame"
 
     @property
     def image_size(self) -> tuple[int, int]:
