@@ -6,8 +6,9 @@
 Each FOLDER holds one sub-folder per class with images inside (`CLASS/*.{jpg,jpeg,png,bmp,tif}`).
 Class folders are matched to the four classes case-insensitively, singular or plural
 (NEUTROPHIL, neutrophils, Neutrophil); other classes (basophil, platelet, ...) are counted and
-skipped. Images are prepared by the same function as predict's (bccd_jax.images.prepare): by
-default (`--crop cell`) cropped around the white cell found by bccd_jax.localize, whose status
+skipped. Images are prepared by the same function as predict's (bccd_jax.images.prepare), framed
+as the run's training images were (`--crop` overrides): for a run trained on cell crops, cropped
+around the white cell found by bccd_jax.localize, whose status
 per image is "one" (cropped at the cell), "several" (cropped at the largest nucleus) or "none"
 (no nucleus: the image centre at the image's own scale); `--crop none|center` as in predict.
 The probabilities are averaged over the run's seeds (or `--seed K` alone). Printed: accuracy,
@@ -33,7 +34,7 @@ from bccd_jax import CLASS_NAMES
 from bccd_jax.config import EVAL_TTA
 from bccd_jax.data.sources import IMAGE_SUFFIXES
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
-from bccd_jax.images import CROP_HELP, CROPS, DEFAULT_CROP, Prepared, cell_fields, prepare
+from bccd_jax.images import CROP_HELP, CROPS, Prepared, cell_fields, prepare, run_crop
 from bccd_jax.localize import STATUSES
 from bccd_jax.metrics import balanced_accuracy, confusion_matrix, per_class_report, softmax
 
@@ -82,7 +83,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, metavar="K", help="use seed K only (default: average over all seeds)")
     p.add_argument("--checkpoint", default="latest", metavar="latest|EPOCH")
     p.add_argument("--tta", choices=EVAL_TTA, help="test-time averaging (default: the run's own, TrainConfig.eval_tta)")
-    p.add_argument("--crop", choices=CROPS, default=DEFAULT_CROP, help=CROP_HELP)
+    p.add_argument("--crop", choices=CROPS, help=CROP_HELP)
     p.add_argument("--out", default="evaluation", help="folder for evaluation.json and confusion.png")
     p.add_argument("--json", action="store_true", help="print the JSON object instead of the tables")
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error instead of skipped")
@@ -187,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     restored = restore(args.run, args.variant, args.seed, args.checkpoint, notes=notes)
     if args.tta:
         restored = restored.with_tta(args.tta)
-    probs, labels, kept, unread, load_notes = evaluate(restored, items, args.crop, args.strict)
+    probs, labels, kept, unread, load_notes = evaluate(restored, items, run_crop(args.crop, restored.data.crop), args.strict)
     skipped.update(unread)
     how = Counter(k["preparation"] for k in kept)
     result = {"run": str(restored.folder), "variant": restored.variant.name, "checkpoint_epoch": restored.epoch,

@@ -32,8 +32,17 @@ AUGMENTED_SIZE = (320, 240)  # (W, H) of an image of the Kaggle augmented set
 MIN_SIDE = 32
 CROPS = ("cell", "none", "center")
 DEFAULT_CROP = "cell"
-CROP_HELP = ("cell (default): crop around the located white cell at its own scale; none: resize the whole image; "
-             "center: the largest centred region of the run's aspect first (images without --xml)")
+CROP_HELP = ("cell: crop around the located white cell at its own scale; none: resize the whole image; center: the "
+             "largest centred region of the run's aspect first (images without --xml). Default: the run's own, "
+             "cell for a run trained on cell crops (--crop cell), none for one trained on whole images")
+
+
+def run_crop(crop: str | None, training_crop: str) -> str:
+    """The crop for images without --xml: the one asked for, else the one the run was trained with
+    (DataRecord.crop): the network sees a foreign image framed as it saw its training images."""
+    if crop is not None:
+        return crop
+    return "cell" if training_crop == "cell" else "none"
 
 
 class Prepared(NamedTuple):

@@ -7,12 +7,13 @@ The run folder's config rebuilds the model and the variant's latest (or chosen) 
 checkpoint supplies the weights of every seed (bccd_jax.run.restore). Images get the
 training data's preprocessing (bccd_jax.images.prepare): a 640x480 BCCD original with its
 VOC annotation (`--xml`) is cropped around its single WBC box like the originals data set.
-Any other image is by default (`--crop cell`) cropped around its white cell, found by
-bccd_jax.localize, at the cell's own scale; the localiser's status is reported per image:
+Any other image is framed as the run's training images were (`--crop` overrides): a run trained
+on cell crops (`--crop cell` of the experiments) gets each image cropped around its white cell,
+found by bccd_jax.localize, at the cell's own scale, and the localiser's status is reported per image:
 "one" (cropped at the cell), "several" (cropped at the largest nucleus, with the number of
 candidates) or "none" (no nucleus found: the image centre at the image's own scale).
-`--crop none` resizes the whole image to the run's size; `--crop center` first cuts the
-largest centred region of the run's aspect ratio.
+A run trained on whole images gets `--crop none`: the whole image resized to the run's size;
+`--crop center` first cuts the largest centred region of the run's aspect ratio.
 
 By default the softmax probabilities are averaged over the run's seeds and the number of
 seeds whose own argmax agrees with the averaged class is reported; `--seed K` uses seed K
@@ -36,7 +37,7 @@ import numpy as np
 
 from bccd_jax import CLASS_NAMES
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
-from bccd_jax.images import CROP_HELP, CROPS, DEFAULT_CROP, Prepared, cell_fields, prepare
+from bccd_jax.images import CROP_HELP, CROPS, Prepared, cell_fields, prepare, run_crop
 from bccd_jax.metrics import softmax
 
 
@@ -44,14 +45,14 @@ def make_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m bccd_jax.predict",
                        description="Classify white-cell images with a trained run folder (probabilities averaged over seeds).")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="images: 640x480 originals (with --xml) "
-                   "or cell images of any size >= 32 px (cropped around the located cell by default)")
+                   "or cell images of any size >= 32 px (framed as the run's training images: see --crop)")
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder written by an experiment")
     p.add_argument("--variant", help="which variant of the run (default: best final mean test accuracy)")
     p.add_argument("--seed", type=int, metavar="K", help="use seed K only (default: average over all seeds)")
     p.add_argument("--xml", action="append", default=[], metavar="PATH",
                    help="VOC annotation of a 640x480 original (its single WBC box is cropped); give one per "
                         "image in order, one for a single image, or a folder holding <image stem>.xml")
-    p.add_argument("--crop", choices=CROPS, default=DEFAULT_CROP, help=CROP_HELP)
+    p.add_argument("--crop", choices=CROPS, help=CROP_HELP)
     p.add_argument("--checkpoint", default="latest", metavar="latest|EPOCH", help="which checkpoint (default latest)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of one line per image")
     return p
@@ -99,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     enable_compilation_cache()
     restored = restore(args.run, args.variant, args.seed, args.checkpoint, notes=notes)
     hw = restored.image_size
-    prepared = prepare_all(args.images, pair_xmls(args.images, args.xml), hw, args.crop, notes)
+    prepared = prepare_all(args.images, pair_xmls(args.images, args.xml), hw, run_crop(args.crop, restored.data.crop), notes)
     mean_probs, seed_classes = classify(restored, np.stack([p.array for p in prepared]))
     used = restored.seeds
     preds: list[dict[str, Any]] = []

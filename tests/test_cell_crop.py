@@ -136,10 +136,24 @@ def env(tmp_path_factory) -> dict[str, str]:
     return cache_env(tmp_path_factory.getbasetemp())
 
 
+def test_the_default_crop_is_the_runs_own():
+    """A run trained on cell crops frames foreign images around their cell, one trained on whole images resizes
+    them whole; --crop overrides either."""
+    from bccd_jax.images import run_crop
+
+    assert run_crop(None, "cell") == "cell" and run_crop(None, "frame") == "none"
+    assert run_crop("center", "cell") == "center" and run_crop("cell", "frame") == "cell"
+
+
 def test_predict_reports_the_localiser(inputs, env):
-    """The default crop is "cell"; --json carries each image's status, centre, box, crop and note."""
+    """With crop "cell", --json carries each image's status, centre, box, crop and note; the shipped model,
+    trained on whole images, resizes them whole by default and reports no cell."""
     orig = JPEGS / f"{ORIGINALS[0]}.jpg"
-    args = [inputs["centred"], orig, inputs["blank"], "--run", MODEL]
+    default = subprocess.run([sys.executable, "-m", "bccd_jax.predict", str(inputs["centred"]), "--run", str(MODEL),
+                              "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert default.returncode == 0, default.stderr
+    assert json.loads(default.stdout)["predictions"][0]["cell_status"] is None
+    args = [inputs["centred"], orig, inputs["blank"], "--run", MODEL, "--crop", "cell"]
     r = subprocess.run([sys.executable, "-m", "bccd_jax.predict", *map(str, args), "--json"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -163,8 +177,9 @@ def test_evaluate_counts_the_statuses(inputs, env, tmp_path):
     for name, cls in classes.items():
         (root / cls).mkdir(parents=True, exist_ok=True)
         (root / cls / inputs[name].name).write_bytes(inputs[name].read_bytes())
-    r = subprocess.run([sys.executable, "-m", "bccd_jax.evaluate", str(root), "--run", str(MODEL), "--out",
-                        str(tmp_path / "ev")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "bccd_jax.evaluate", str(root), "--run", str(MODEL), "--crop", "cell",
+                        "--out", str(tmp_path / "ev")], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr
     assert "localiser: one 2, several 1, none 1; accuracy on status one (2 images): " in r.stdout
     out = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
