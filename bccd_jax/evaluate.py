@@ -8,7 +8,7 @@ Class folders are matched to the four classes case-insensitively, singular or pl
 (NEUTROPHIL, neutrophils, Neutrophil); other classes (basophil, platelet, ...) are counted and
 skipped. Images are prepared by the same function as predict's (bccd_jax.images.prepare), framed
 as the run's training images were (`--crop` overrides): for a run trained on cell crops, cropped
-around the white cell found by bccd_jax.localize, whose status
+around the white cell found by bccd_jax.data.localize, whose status
 per image is "one" (cropped at the cell), "several" (cropped at the largest nucleus) or "none"
 (no nucleus: the image centre at the image's own scale); `--crop none|center` as in predict.
 The probabilities are averaged over the run's seeds (or `--seed K` alone). Printed: accuracy,
@@ -35,7 +35,7 @@ from bccd_jax.config import EVAL_TTA
 from bccd_jax.data.sources import IMAGE_SUFFIXES
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
 from bccd_jax.images import CROP_HELP, CROPS, Prepared, cell_fields, prepare, run_crop
-from bccd_jax.localize import STATUSES
+from bccd_jax.data.localize import STATUSES
 from bccd_jax.metrics import balanced_accuracy, confusion_matrix, per_class_report, softmax
 
 CHUNK = 512  # images prepared and classified at a time

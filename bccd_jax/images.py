@@ -3,7 +3,7 @@
 - a full 640x480 BCCD original with its VOC annotation: crop around the single WBC box exactly
   like the `originals` data set (bccd_jax.data.pixels.load_crop), then resize;
 - any other image: `crop="cell"` (the default) finds the white cell with
-  bccd_jax.localize.locate_cell and crops around it at the cell's own scale (localize.crop_cell);
+  bccd_jax.data.localize.locate_cell and crops around it at the cell's own scale (localize.crop_cell);
   the localiser's status says how sure it is: "one" (cropped at the cell), "several" (cropped at
   the largest of several nuclei) or "none" (no nucleus: the image centre at the image's own
   scale). `crop="none"` resizes the whole image to the run's H x W (what the augmented set's
@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from bccd_jax.data import pixels, sources
 from bccd_jax.errors import UserError
-from bccd_jax.localize import CellLocation, cell_crop_rect, crop_cell, locate_cell
+from bccd_jax.data.localize import CellLocation, cell_crop_rect, crop_cell, locate_cell
 
 ORIGINAL_SIZE = (640, 480)   # (W, H) of a BCCD original
 AUGMENTED_SIZE = (320, 240)  # (W, H) of an image of the Kaggle augmented set
@@ -131,7 +131,7 @@ def cell_fields(prepared: Prepared) -> dict[str, Any]:
 
 
 def cell_crop(path: Path, hw: tuple[int, int]) -> Prepared:
-    """Crop "cell": locate the white cell in the decoded image and crop around it (bccd_jax.localize)."""
+    """Crop "cell": locate the white cell in the decoded image and crop around it (bccd_jax.data.localize)."""
     rgb = np.asarray(pixels.open_rgb(path), dtype=np.uint8)
     location = locate_cell(rgb)
     h, w = hw

@@ -9,7 +9,7 @@ training data's preprocessing (bccd_jax.images.prepare): a 640x480 BCCD original
 VOC annotation (`--xml`) is cropped around its single WBC box like the originals data set.
 Any other image is framed as the run's training images were (`--crop` overrides): a run trained
 on cell crops (`--crop cell` of the experiments) gets each image cropped around its white cell,
-found by bccd_jax.localize, at the cell's own scale, and the localiser's status is reported per image:
+found by bccd_jax.data.localize, at the cell's own scale, and the localiser's status is reported per image:
 "one" (cropped at the cell), "several" (cropped at the largest nucleus, with the number of
 candidates) or "none" (no nucleus found: the image centre at the image's own scale).
 A run trained on whole images gets `--crop none`: the whole image resized to the run's size;

@@ -41,7 +41,7 @@ def make_parser(exp: Experiment) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="the augmented Kaggle folder (dataset2-master) or an export file")
     p.add_argument("--crop", choices=["frame", "cell"], default="frame",
                    help="frame: whole augmented images / the originals' WBC box (default); cell: each image cropped "
-                        "around the white cell the localiser finds, at the cell's scale (bccd_jax.localize)")
+                        "around the white cell the localiser finds, at the cell's scale (bccd_jax.data.localize)")
     p.add_argument("--cache-dir", help="where built data sets are cached (default ~/.cache/bccd_jax)")
     p.add_argument("--out", default="runs", help="root of run folders (default ./runs)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",

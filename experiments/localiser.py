@@ -1,4 +1,4 @@
-"""How well the white-cell localiser (bccd_jax.localize) finds the cell: on the BCCD originals against
+"""How well the white-cell localiser (bccd_jax.data.localize) finds the cell: on the BCCD originals against
 their WBC boxes (hit rate, centre error, IoU), on the augmented set (how often it finds none or several, and
 whether a centre ever lands on the black rotation fill), and on a folder of centred single-cell images from
 another lab (status counts, distance from the image centre). Evaluation only: nothing is fitted to them.
@@ -16,7 +16,7 @@ import numpy as np
 
 from bccd_jax.data.sources import Box
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
-from bccd_jax.localize import FILL_LEVEL, STATUSES, CellLocation, crop_cell, locate_cell
+from bccd_jax.data.localize import FILL_LEVEL, STATUSES, CellLocation, crop_cell, locate_cell
 
 def _iou(a: tuple[float, float, float, float], b: Box) -> float:
     ix = max(0.0, min(a[2], b.xmax) - max(a[0], b.xmin))

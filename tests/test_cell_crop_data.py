@@ -13,7 +13,7 @@ from PIL import Image
 from bccd_jax import CLASS_NAMES
 from bccd_jax.data import _sources_and_settings, hashing, load_dataset
 from bccd_jax.errors import UserError
-from bccd_jax.localize import STATUSES
+from bccd_jax.data.localize import STATUSES
 from bccd_jax.run import DataRecord, RunRecord
 
 SIZE = (32, 40)

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from bccd_jax import localize
+from bccd_jax.data import localize
 from bccd_jax.data import pixels, sources
 from bccd_jax.errors import run_cli
 

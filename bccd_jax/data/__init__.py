@@ -13,7 +13,7 @@ re-hashing 100 MB of JPEGs on every load.
 
 `crop` chooses what each image shows: "frame" (the default) resizes an augmented image whole and
 crops an original around its annotated WBC box; "cell" decodes each image whole and crops it
-around the white cell that `bccd_jax.localize.locate_cell` finds, at the cell's own scale
+around the white cell that `bccd_jax.data.localize.locate_cell` finds, at the cell's own scale
 (`crop_cell`), the same crop any other image gets at predict time. A cell build records per split
 how often the localiser found one nucleus, several, or none (`Dataset.localiser`).
 """
@@ -42,7 +42,7 @@ __all__ = ["Split", "Dataset", "load_dataset", "load_export", "default_cache_dir
 
 DATASET_NAMES = ("originals", "augmented")
 CROPS = ("frame", "cell")
-"""frame: the whole augmented image / the original's WBC box; cell: around the located cell (bccd_jax.localize)."""
+"""frame: the whole augmented image / the original's WBC box; cell: around the located cell (bccd_jax.data.localize)."""
 SPLITS = {"originals": ("train", "test"), "augmented": ("train", "test", "test_simple")}
 CACHE_ENV = "BCCD_JAX_CACHE"
 BUILD_FORMAT = 1

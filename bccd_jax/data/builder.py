@@ -162,7 +162,7 @@ class BccdWbc(tfds.core.GeneratorBasedBuilder):
     def _generate_cells(self, items: list[Any], split: str) -> Iterator[tuple[str, dict]]:
         """crop="cell": each image decoded whole (no WBC box) and cropped around the cell the localiser finds."""
         from bccd_jax.data import log
-        from bccd_jax.localize import STATUSES, crop_cell, locate_cell
+        from bccd_jax.data.localize import STATUSES, crop_cell, locate_cell
 
         def crop(path: Path) -> tuple[np.ndarray, str]:
             rgb = np.asarray(pixels.open_rgb(path, None), dtype=np.uint8)
