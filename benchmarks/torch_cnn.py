@@ -44,6 +44,8 @@ class TorchCNN(tnn.Module):
                             f"{' with batch norm' if cfg.batch_norm else ''}")
         if cfg.feature_centering and train_mean is None:
             raise UserError("feature_centering needs the training-set mean (train_mean)")
+        if cfg.input_norm not in ("scale", "image"):
+            raise UserError(f"the PyTorch reference normalises inputs by scale or image, not {cfg.input_norm}")
         feature_map_size(cfg, hw)
         self.cfg = cfg
         mean = torch.as_tensor(np.asarray(train_mean if cfg.feature_centering else [0.0, 0.0, 0.0]), dtype=torch.float32)

@@ -74,6 +74,22 @@ def test_batch_norm_running_statistics_follow_bn_momentum(momentum):
         ModelConfig.preset("base", bn_momentum=1.0).validate()
 
 
+def test_density_normalisation_ignores_the_strength_of_the_stain():
+    """input_norm="density": a stain k times as strong multiplies each channel's optical density by k
+    (transmittance T -> T**k); the standardised density, and so the network's input, stays the same. "image"
+    (standardised pixel levels) does not have that property."""
+    from bccd_jax.models.cnn import normalize_inputs
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(30, 250, (2, 12, 16, 3))
+    k = np.array([1.8, 0.6, 1.3])  # per channel
+    stronger = 256.0 * ((x + 1.0) / 256.0) ** k - 1.0
+    norm = lambda v, how: np.asarray(normalize_inputs(jnp.asarray(v, jnp.float32), None, how, False, jnp.float32))  # noqa: E731
+    np.testing.assert_allclose(norm(stronger, "density"), norm(x, "density"), atol=2e-4)
+    assert not np.allclose(norm(stronger, "image"), norm(x, "image"), atol=1e-2)
+    assert ModelConfig.preset("base", input_norm="density").validate().input_norm == "density"
+
+
 def test_feature_centering_needs_and_uses_the_mean():
     cfg = ModelConfig.preset("base", feature_centering=True, **SMALL)
     with pytest.raises(UserError, match="train_mean"):

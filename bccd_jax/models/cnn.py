@@ -29,15 +29,21 @@ def normalize_inputs(x: jnp.ndarray, input_mean: Sequence[float] | None, input_n
     "scale": x/255 (after subtracting `input_mean`, the training set's per-channel mean, when
     feature centering is on). "image": each image minus its own per-channel mean, divided by
     its own per-channel standard deviation, so a global colour cast or brightness change of a
-    foreign microscope does not reach the network. `grayscale` averages the channels first.
+    foreign microscope does not reach the network. "density": the same on each channel's optical
+    density -ln((x + 1) / 256), which by Beer-Lambert is proportional to the amount of stain: a
+    lab's stronger or weaker staining (density scaled per channel) does not reach the network.
+    `grayscale` averages the channels first.
     """
     x = x.astype(jnp.float32)
     if grayscale:
         x = jnp.broadcast_to(x.mean(axis=-1, keepdims=True), x.shape)
-    if input_norm == "image":
+    if input_norm in ("image", "density"):
+        floor = 1.0  # pixel levels: a flat image is not blown up
+        if input_norm == "density":
+            x, floor = -jnp.log((x + 1.0) / 256.0), 1e-2
         mean = x.mean(axis=(-3, -2), keepdims=True)
         std = x.std(axis=(-3, -2), keepdims=True)
-        return ((x - mean) / jnp.maximum(std, 1.0)).astype(dtype)
+        return ((x - mean) / jnp.maximum(std, floor)).astype(dtype)
     if input_mean is not None:
         x = x - jnp.asarray(input_mean, jnp.float32)
     return (x / 255.0).astype(dtype)
