@@ -209,7 +209,6 @@ class MultiSeedTrainer:
 
 
 _STEP_IN_AXES = (0, None, None, 0, None, None, None)
-_GRADS_IN_AXES = (0, 0, 0, None, None, 0, None, None, None)
 
 
 def _num_seeds(args: Sequence[Any], in_axes: tuple) -> int:
@@ -235,12 +234,11 @@ def _lift_train_step(fns: StepFns, strategy: str) -> Callable:
         return _auto(lambda s: _lift_train_step(fns, s), _STEP_IN_AXES)
     if strategy not in ("unroll", "sequential"):
         return lift_seeds(fns.train_step, _STEP_IN_AXES, strategy)
-    grads_per_seed = lift_seeds(fns.step_grads, _GRADS_IN_AXES, "unroll")
+    grads_per_seed = _lift_step_grads(fns, "unroll")
     apply_per_seed = jax.vmap(fns.apply_grads)
 
     def step(state, images, labels, idx, mask, epoch, i):
-        grads, stats, metrics = grads_per_seed(state.params, state.batch_stats, state.key, images, labels,
-                                               idx, mask, epoch, i)
+        grads, stats, metrics = grads_per_seed(state, images, labels, idx, mask, epoch, i)
         return apply_per_seed(state, grads, stats), metrics
 
     return step

@@ -60,7 +60,8 @@ MIN_AREA_FRACTION = 0.002
 """A nucleus (all its pieces) covers at least this fraction of the unmasked image (smaller: platelets, specks)."""
 
 JOIN_RADII = 1.0
-"""Blobs within this many equivalent radii (of the largest blob) of each other are pieces of one nucleus."""
+"""Blobs within this many radii of the largest blob (the radius of a disc of its area) of each other are pieces of one
+nucleus."""
 
 JOIN_MIN_PIECE = 0.1
 """Only blobs at least this fraction of the largest one's area join it as pieces of one nucleus."""
@@ -199,8 +200,8 @@ def locate_cell(rgb: np.ndarray) -> CellLocation:
 def nucleus_groups(labels: np.ndarray, areas: np.ndarray) -> list[np.ndarray]:
     """Dark blobs grouped into nuclei, largest total area first (arrays of labels).
 
-    Pieces at least JOIN_MIN_PIECE of the largest blob's area that lie within JOIN_RADII of its
-    equivalent radius of each other, directly or through other pieces, are one nucleus (the lobes of a
+    Pieces at least JOIN_MIN_PIECE of the largest blob's area that lie within JOIN_RADII times its
+    radius (that of a disc of its area) of each other, directly or through other pieces, are one nucleus (the lobes of a
     neutrophil or an eosinophil); smaller specks (platelets, granules) stay apart.
     """
     largest = areas.max()
