@@ -193,6 +193,13 @@ def make_record(exp: Experiment, args, variants: Sequence[Variant], data: DataRe
                                resumed_from=old.resumed_from + [record.created])
 
 
+def finished_variant(result: VariantResult | None, v: Variant, vr: VariantRecord) -> bool:
+    """Whether a resumed run already holds `v` trained to its epochs with its seeds. Such a variant is kept, not
+    retrained: a run folder committed without its checkpoints resumes with the variants it had not finished."""
+    return (result is not None and not result.incomplete and result.epochs >= v.train.epochs
+            and result.seeds == list(vr.seeds))
+
+
 def train_variant(exp: Experiment, args, v: Variant, record: RunRecord, folder: RunFolder, ds, data, start=None):
     """fit() one variant with its checkpoints, progress bar and per-epoch log line; `start`: the per-seed
     weights a fine-tuning variant starts from (bccd_jax.run.start_weights)."""
@@ -255,6 +262,9 @@ def run_experiment(exp: Experiment, argv: Sequence[str] | None = None) -> int:
 
     results = folder.results()
     for v in variants:
+        if finished_variant(results.get(v.name), v, record.variants[v.name]):
+            print(f"[{exp.name}] {v.name}: finished in {folder}, kept", file=sys.stderr)
+            continue
         result = train_variant(exp, args, v, record, folder, ds, data, starts[v.name])
         if result.interrupted:
             results[v.name] = VariantResult(v.name, {"group": v.group, "seeds": result.seeds,

@@ -86,11 +86,40 @@ def test_pool_then_relu_is_relu_then_pool_values_and_gradients():
     np.testing.assert_array_equal(g0, g1)
 
 
-def test_cnn_with_conv_is_the_cnn_with_nn_conv(monkeypatch):
+@pytest.mark.parametrize("shape", [(3, 8, 10, 4), (2, 9, 11, 3)])
+def test_max_pool_relu_is_relu_of_pool_plus_bias(shape):
+    """Values equal relu(pool(y) + b) exactly; gradients equal autodiff's of that composition away from ties
+    (odd trailing rows/columns get none)."""
+    from bccd_jax.models.pool import max_pool_2x2, max_pool_relu
+
+    rng = np.random.default_rng(6)
+    y = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    b = jnp.asarray(rng.standard_normal(shape[-1:]) * 0.3, jnp.float32)
+    w = jnp.asarray(rng.standard_normal((shape[0], shape[1] // 2, shape[2] // 2, shape[3])), jnp.float32)
+    ref = lambda y, b: jax.nn.relu(max_pool_2x2(y + b))
+    np.testing.assert_array_equal(max_pool_relu(y, b), ref(y, b))
+    np.testing.assert_array_equal(max_pool_relu(y), jax.nn.relu(max_pool_2x2(y)))
+    got = jax.grad(lambda y, b: (max_pool_relu(y, b) * w).sum(), argnums=(0, 1))(y, b)
+    want = jax.grad(lambda y, b: (ref(y, b) * w).sum(), argnums=(0, 1))(y, b)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(got[0][:, -1]).sum() if shape[1] % 2 else 0.0) == 0.0
+
+
+def test_max_pool_relu_splits_a_tie_equally():
+    from bccd_jax.models.pool import max_pool_relu
+
+    y = jnp.zeros((1, 2, 2, 1)).at[0, 1, 1, 0].set(-1.0) + 0.5  # three of four tie at 0.5
+    g = jax.grad(lambda y: max_pool_relu(y).sum())(y)
+    np.testing.assert_allclose(np.asarray(g)[0, :, :, 0], [[1 / 3, 1 / 3], [1 / 3, 0.0]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_cnn_with_conv_is_the_cnn_with_nn_conv(monkeypatch, batch_norm):
     from bccd_jax.config import ModelConfig
     from bccd_jax.models import build_model, cnn
 
-    cfg = ModelConfig.preset("deep", conv_blocks=((4, 4), (8,)), dense_features=8)
+    cfg = ModelConfig.preset("deep", conv_blocks=((4, 4), (8,)), dense_features=8, batch_norm=batch_norm)
     x = np.random.default_rng(5).integers(0, 256, (6, 24, 32, 3)).astype(np.uint8)
     y = jnp.asarray([0, 1, 2, 3, 0, 1])
 
@@ -104,7 +133,13 @@ def test_cnn_with_conv_is_the_cnn_with_nn_conv(monkeypatch):
         return model.apply(params, x), jax.jit(jax.grad(loss))(params)
 
     ours = logits_and_grads()
-    monkeypatch.setattr(cnn, "Conv", nn.Conv)
+    class Conv(nn.Conv):  # flax's convolution (same name: same parameter paths); a block's end as flax's pool
+        def __call__(self, x, pool_relu=False):
+            y = super().__call__(x)
+            return jax.nn.relu(nn.max_pool(y, (2, 2), strides=(2, 2))) if pool_relu else y
+
+    monkeypatch.setattr(cnn, "Conv", Conv)
+    monkeypatch.setattr(cnn, "max_pool_relu", lambda y: jax.nn.relu(nn.max_pool(y, (2, 2), strides=(2, 2))))
     ref = logits_and_grads()
     np.testing.assert_array_equal(ours[0], ref[0])
     for a, b in zip(jax.tree.leaves(ours[1]), jax.tree.leaves(ref[1])):

@@ -15,6 +15,7 @@ from bccd_jax.models import conv as conv_mod
 from bccd_jax.models.conv import Conv
 
 built = pytest.mark.skipif(not onednn.available(), reason=f"oneDNN extension not built: {onednn.load_error()}")
+bf16 = pytest.mark.skipif(not onednn.native_bf16(), reason="oneDNN has no bfloat16 convolution on this CPU")
 
 
 def _loss(module):
@@ -39,6 +40,7 @@ def _close(a, b, tol, msg=""):
 
 
 @built
+@bf16
 @pytest.mark.parametrize("channels", [3, 16])  # 3: the kernel gradient is XLA's (ONEDNN_MIN_KERNEL_GRAD_CHANNELS)
 @pytest.mark.parametrize("batch", [1, 10, 33])
 @pytest.mark.parametrize("use_bias,padding", [(True, "VALID"), (False, "VALID"), (True, "SAME"), (False, "SAME")])
@@ -97,7 +99,7 @@ def test_onednn_float32_matches_lax_conv_to_float32_rounding(monkeypatch, paddin
 def test_onednn_path_lowers_to_xla_convolutions_for_cuda(monkeypatch):
     monkeypatch.setenv(conv_mod.PATH_ENV, "onednn")
     x = jnp.zeros((4, 9, 11, 16), jnp.float32)
-    m = Conv(4, (3, 3), dtype=jnp.bfloat16)
+    m = Conv(4, (3, 3))
     params = m.init(jax.random.key(0), x)
     grad = jax.jit(jax.grad(_loss(m), argnums=(0, 1)))
     assert "bccd_onednn" in grad.lower(params, x).as_text()
@@ -109,7 +111,7 @@ def test_onednn_path_lowers_to_xla_convolutions_for_cuda(monkeypatch):
 def test_onednn_under_vmap_matches_per_example(monkeypatch):
     monkeypatch.setenv(conv_mod.PATH_ENV, "onednn")
     x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 3, 6, 7, 16)), jnp.float32)
-    m = Conv(3, (3, 3), dtype=jnp.bfloat16)
+    m = Conv(3, (3, 3))
     params = jax.vmap(lambda k: m.init(k, x[0]))(jax.random.split(jax.random.key(0), 2))
     g = jax.jit(jax.vmap(jax.grad(_loss(m))))(params, x)
     for i in range(2):
@@ -141,6 +143,20 @@ def test_path_falls_back_to_xla_without_the_extension(monkeypatch, tmp_path):
         conv_mod.conv_path(jnp.bfloat16)
 
 
+@built
+def test_without_native_bf16_bfloat16_convolutions_stay_xla(monkeypatch):
+    monkeypatch.setattr(onednn, "native_bf16", lambda: False)
+    monkeypatch.setattr(conv_mod, "_warned", set())
+    monkeypatch.setenv(conv_mod.PATH_ENV, "auto")
+    assert conv_mod.conv_path(jnp.bfloat16) == "xla" and conv_mod.conv_path(jnp.float32) == "xla"
+    monkeypatch.setenv(conv_mod.PATH_ENV, "onednn")
+    with pytest.warns(UserWarning, match="no bfloat16"):
+        assert conv_mod.conv_path(jnp.bfloat16) == "xla"
+    assert conv_mod.conv_path(jnp.float32) == "onednn"
+    monkeypatch.setenv(conv_mod.PATH_ENV, "onednn-bf16")
+    assert conv_mod.conv_path(jnp.float32) == "onednn" and conv_mod.conv_path(jnp.bfloat16) == "xla"
+
+
 def test_float32_auto_and_xla_choice_never_take_onednn(monkeypatch):
     for choice, dtype in (("auto", jnp.float32), ("xla", jnp.bfloat16), ("xla", jnp.float32)):
         monkeypatch.setenv(conv_mod.PATH_ENV, choice)
@@ -164,6 +180,8 @@ def test_build_reports_missing_onednn_in_one_line(monkeypatch, tmp_path, capsys)
 
 
 @built
+@bf16
+@bf16
 @pytest.mark.parametrize("channels", [3, 16])
 @pytest.mark.parametrize("use_bias,padding", [(True, "VALID"), (False, "SAME")])
 def test_onednn_bf16_in_a_float32_model_rounds_like_bfloat16_and_returns_float32(monkeypatch, use_bias, padding,

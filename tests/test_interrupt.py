@@ -157,3 +157,18 @@ def test_run_folder_is_self_describing(runs):
         assert key in cfg["versions"]
     v = cfg["variants"]["adam"]
     assert v["seeds"] == [0, 1] and v["train"]["epochs"] == 4 and v["model"]["arch"] == "base"
+
+
+def test_a_finished_variant_without_checkpoints_is_kept_on_resume(runs, tmp_path):
+    """A run folder committed without its checkpoints resumes without retraining what it finished."""
+    import shutil
+
+    run = tmp_path / "optimizers" / runs["full_run"].name
+    shutil.copytree(runs["full_run"], run, ignore=shutil.ignore_patterns("checkpoints"))
+    before = (run / "metrics.json").read_text()
+    r = subprocess.run(experiment(tmp_path, "--resume", str(run)), cwd=ROOT, env=cache_env(tmp_path),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"adam: finished in {run}, kept" in r.stderr and "epoch 1/4" not in r.stderr
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(before)
+    assert not (run / "checkpoints" / "adam").exists() or not any((run / "checkpoints" / "adam").iterdir())

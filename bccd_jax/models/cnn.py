@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from bccd_jax.config import INITS, ModelConfig
 from bccd_jax.errors import UserError
 from bccd_jax.models.conv import Conv
+from bccd_jax.models.pool import max_pool_2x2, max_pool_relu  # noqa: F401 (max_pool_2x2: the CNN's pool)
 
 KERNEL_INITS = {name: getattr(nn.initializers, initializer)() for name, initializer in INITS.items()}
 _DEFAULT = ModelConfig()  # the fields' defaults are the config's
@@ -47,22 +48,6 @@ def normalize_inputs(x: jnp.ndarray, input_mean: Sequence[float] | None, input_n
     if input_mean is not None:
         x = x - jnp.asarray(input_mean, jnp.float32)
     return (x / 255.0).astype(dtype)
-
-
-def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
-    """2x2 max-pool, stride 2, VALID (odd trailing rows/columns dropped), as `nn.max_pool(x, (2, 2), (2, 2))`.
-
-    Written as the maximum of four strided slices: the same values, and on XLA:CPU a
-    3-5x cheaper backward pass than reduce_window's select_and_scatter (benchmarks/RESULTS.md).
-    Gradients match nn.max_pool except at exact ties inside a window (split instead of
-    sent to the first; either is a valid subgradient). The CNN pools before the block's last
-    ReLU: relu(max) = max(relu), and the gradients are the same as ReLU-then-pool's (a window
-    whose maximum is <= 0 passes none either way).
-    """
-    h, w = (x.shape[-3] // 2) * 2, (x.shape[-2] // 2) * 2
-    x = x[..., :h, :w, :]
-    return jnp.maximum(jnp.maximum(x[..., 0::2, 0::2, :], x[..., 0::2, 1::2, :]),
-                       jnp.maximum(x[..., 1::2, 0::2, :], x[..., 1::2, 1::2, :]))
 
 
 def feature_map_size(cfg, hw: tuple[int, int]) -> tuple[int, int]:
@@ -114,12 +99,12 @@ class CNN(nn.Module):
                                  use_bias=not self.batch_norm, kernel_init=kernel_init, dtype=self.dtype)
         for block in self.conv_blocks:
             for i, features in enumerate(block):
-                x = conv(features)(x)
+                last = i == len(block) - 1  # pool, then ReLU: the same values (ReLU is monotone), a quarter of the work
                 if self.batch_norm:
-                    x = batch_norm(x)
-                if i == len(block) - 1:  # pool, then ReLU: the same values (ReLU is monotone), a quarter of the work
-                    x = max_pool_2x2(x)
-                x = nn.relu(x)
+                    x = batch_norm(conv(features)(x))
+                    x = max_pool_relu(x) if last else nn.relu(x)
+                else:
+                    x = conv(features)(x, pool_relu=last) if last else nn.relu(conv(features)(x))
         x = x.reshape((x.shape[0], -1))
         x = nn.Dense(self.dense_features, kernel_init=kernel_init, dtype=self.dtype)(x)
         if self.batch_norm:

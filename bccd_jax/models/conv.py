@@ -18,7 +18,8 @@ in as they are and their gradients come back in float32). `BCCD_JAX_CONV` (read 
 traced) chooses: `auto` (default) oneDNN for bfloat16 on a CPU with native bfloat16 instructions,
 `onednn` oneDNN for float32 and bfloat16, `onednn-bf16` oneDNN bfloat16 convolutions in a float32 model
 too (their inputs rounded to bfloat16, their outputs and gradients converted back to float32, the other
-layers float32, as autocast), `xla` never. Without the extension every choice falls back
+layers float32, as autocast), `xla` never. On a CPU without bfloat16 instructions (oneDNN has no
+bfloat16 convolution there) bfloat16 convolutions stay XLA's, and `onednn-bf16` is `onednn`, with a warning. Without the extension every choice falls back
 to the XLA path above (`onednn` with a warning). On other platforms the program lowers to XLA's
 convolutions either way (`lax.platform_dependent`).
 """
@@ -34,6 +35,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from bccd_jax.models.pool import max_pool_relu
 
 KERNEL_GRAD_CHUNK = 4
 """Images per kernel-gradient chunk on CPU (at most `MAX_CHUNKS` chunks); measured by benchmarks.layers."""
@@ -135,8 +138,14 @@ def conv_path(dtype) -> str:
             warnings.warn(f"{PATH_ENV}={choice} but the oneDNN extension is not available "
                           f"({onednn.load_error()}); using XLA's convolutions", stacklevel=3)
         return "xla"
-    if choice == "auto" and not onednn.native_bf16():
-        return "xla"
+    bf16 = choice == "onednn-bf16" or dtype == jnp.dtype(jnp.bfloat16)
+    if bf16 and not onednn.native_bf16():  # oneDNN has no bfloat16 convolution for this CPU
+        if choice != "auto" and "no-bf16" not in _warned:
+            _warned.add("no-bf16")
+            warnings.warn(f"{PATH_ENV}={choice}: this CPU has no bfloat16 instructions for oneDNN; bfloat16 "
+                          f"convolutions use XLA's{', float32 ones oneDNN' if choice == 'onednn-bf16' else ''}",
+                          stacklevel=3)
+        return "onednn" if choice == "onednn-bf16" and dtype == jnp.dtype(jnp.float32) else "xla"
     return "onednn-bf16" if choice == "onednn-bf16" and dtype == jnp.dtype(jnp.float32) else "onednn"
 
 
@@ -211,16 +220,23 @@ class Conv(nn.Module):
     bias_init: Callable = nn.initializers.zeros_init()
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, pool_relu: bool = False) -> jnp.ndarray:
+        """The convolution; with `pool_relu`, relu(2x2 max-pool(conv) + bias) (`pool.max_pool_relu`: the bias
+        added after the pool, the same numbers)."""
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features),
                             self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         dtype = nn.dtypes.canonicalize_dtype(x, kernel, bias, dtype=self.dtype)
         pads = explicit_padding(self.padding, self.kernel_size)
         path = conv_path(dtype) if pads is not None and kernel.dtype in (jnp.float32, jnp.bfloat16) else "xla"
+        conv_bias_in = None if pool_relu else bias
         if path == "onednn-bf16":  # a bfloat16 convolution between float32 activations
-            return conv_bias_onednn(jnp.asarray(x, dtype), kernel, bias, pads, "bfloat16")
-        if path == "onednn":
-            return conv_bias_onednn(jnp.asarray(x, dtype), kernel, bias, pads)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return conv_bias(x, kernel, bias, self.padding)
+            y = conv_bias_onednn(jnp.asarray(x, dtype), kernel, conv_bias_in, pads, "bfloat16")
+        elif path == "onednn":
+            y = conv_bias_onednn(jnp.asarray(x, dtype), kernel, conv_bias_in, pads)
+        else:
+            x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+            y = conv_bias(x, kernel, None if pool_relu else bias, self.padding)
+        if not pool_relu:
+            return y
+        return max_pool_relu(y, bias)
