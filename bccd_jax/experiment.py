@@ -41,6 +41,9 @@ class Protocol:
     epochs: Mapping[str, int]  # "<experiment>" or "<experiment>/<group>" -> epochs
     group_seeds: Mapping[str, int] = dataclasses.field(default_factory=dict)  # "<experiment>/<group>" -> seeds
     checkpoint_every: int = 10  # epochs between checkpoints: 1 where an epoch takes minutes, so a kill loses one
+    crops: Mapping[str, str] = dataclasses.field(default_factory=dict)  # "<experiment>" -> crop (default "frame")
+    settings: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    """"<experiment>" -> FIELD=VALUE overrides of every variant, as `--set` writes them (which comes after)."""
 
     def epochs_for(self, experiment: str, group: str = "") -> int:
         key = f"{experiment}/{group}"
@@ -49,6 +52,9 @@ class Protocol:
         if experiment in self.epochs:
             return self.epochs[experiment]
         raise UserError(f"protocol {self.name!r} gives no epochs for {key}")
+
+    def crop_for(self, experiment: str) -> str:
+        return self.crops.get(experiment, "frame")
 
     def seeds_for(self, experiment: str, group: str) -> int | None:
         """A group's own seed count (None: the experiment's --seeds)."""

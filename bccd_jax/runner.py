@@ -39,8 +39,9 @@ def make_parser(exp: Experiment) -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=["originals", "augmented"], default=None,
                    help="default: augmented when --data-dir is given, else the embedded originals")
     p.add_argument("--data-dir", help="the augmented Kaggle folder (dataset2-master) or an export file")
-    p.add_argument("--crop", choices=["frame", "cell"], default="frame",
-                   help="frame: whole augmented images / the originals' WBC box (default); cell: each image cropped "
+    p.add_argument("--crop", choices=["frame", "cell"],
+                   help="frame: whole augmented images / the originals' WBC box (default, unless the protocol says "
+                        "otherwise for this experiment); cell: each image cropped "
                         "around the white cell the localiser finds, at the cell's scale (bccd_jax.data.localize)")
     p.add_argument("--cache-dir", help="where built data sets are cached (default ~/.cache/bccd_jax)")
     p.add_argument("--out", default="runs", help="root of run folders (default ./runs)")
@@ -71,6 +72,8 @@ def parse_args(exp: Experiment, argv: Sequence[str] | None) -> argparse.Namespac
         args.protocol = next((k for k, v in exp.protocols.items() if v.dataset == args.dataset),
                              next(iter(exp.protocols)))
     args.proto = exp.protocols[args.protocol]
+    args.crop = args.crop or args.proto.crop_for(exp.name)
+    args.set = [*args.proto.settings.get(exp.name, ()), *args.set]  # --set comes last: it wins
     args.seeds = args.proto.seeds if args.seeds is None else args.seeds
     args.batch_size = args.proto.batch_size if args.batch_size is None else args.batch_size
     args.checkpoint_every = args.proto.checkpoint_every if args.checkpoint_every is None else args.checkpoint_every
@@ -129,7 +132,7 @@ def load_data(args: argparse.Namespace):
     from bccd_jax.data import load_dataset
 
     return load_dataset(args.dataset, data_dir=args.data_dir, image_size=args.image_size, cache_dir=args.cache_dir,
-                        crop=getattr(args, "crop", "frame"))
+                        crop=args.crop)
 
 
 def data_record(ds, data_dir: str | None) -> DataRecord:

@@ -46,6 +46,21 @@ def test_protocols_fill_the_defaults_and_flags_win():
     assert v.train.augment.hue == 10 and v.train.schedule == "cosine"
 
 
+def test_the_quick_optimizers_see_cell_crops_and_set_wins_over_the_protocol():
+    from bccd_jax.runner import parse_args
+    from experiments import optimizers
+
+    args = parse_args(optimizers.EXPERIMENT, [])
+    assert args.crop == "cell"
+    v = apply_overrides(optimizers.variants(args)[0], args)
+    assert v.model.input_norm == "image" and v.train.augment.flip and v.train.augment.rot90
+    args = parse_args(optimizers.EXPERIMENT, ["--crop", "frame", "--set", "input_norm=scale"])
+    assert args.crop == "frame" and apply_overrides(optimizers.variants(args)[0], args).model.input_norm == "scale"
+    cpu = parse_args(optimizers.EXPERIMENT, ["--data-dir", "x"])
+    assert cpu.crop == "frame" and apply_overrides(optimizers.variants(cpu)[0], cpu).model.input_norm == "scale"
+    assert parse().crop == "frame"  # regularization: the study's own input
+
+
 def test_resume_reads_a_config_saved_before_a_field_existed():
     from bccd_jax.config import AugmentConfig, resume_problems, to_dict
 
