@@ -87,9 +87,10 @@ def acc_at(r: VariantResult, epoch: int, split: str = "test") -> np.ndarray:
     return r.curve(f"{split}_acc")[epoch - 1]
 
 
-def late_spread(r: VariantResult, key: str = "test_acc", window: int = LATE) -> np.ndarray:
-    """Per seed: the standard deviation of `key` over the run's last `window` epochs."""
-    return r.curve(key)[-window:].std(axis=0)
+def late_spread(r: VariantResult, key: str = "test_acc", window: int = LATE, end: int | None = None) -> np.ndarray:
+    """Per seed: the standard deviation of `key` over the `window` epochs up to epoch `end` (default: the last)."""
+    end = r.epochs if end is None else end
+    return r.curve(key)[max(end - window, 0):end].std(axis=0)
 
 
 def epochs_to(r: VariantResult, level: float, key: str = "test_acc") -> np.ndarray:
@@ -171,8 +172,8 @@ def optimizer_claims(res: dict[str, VariantResult], row: Row) -> list[ClaimRow]:
              "above 0 for each; SGD's spread over its last epochs shows its consistency",
         ours=f"SGD {fmt_ci(acc_at(sgd, at))}; " + "; ".join(
             f"{n} - SGD {diff_text(d, lo, hi, True)}" for (n, _), (_, d, lo, hi) in zip(adaptive, parts))
-             + f"; late spread (sd over the last {LATE} epochs) SGD {late_spread(sgd).mean():.3f}, "
-             + ", ".join(f"{n} {late_spread(r).mean():.3f}" for n, r in adaptive),
+             + f"; late spread (sd over epochs {at - LATE + 1}-{at}) SGD {late_spread(sgd, end=at).mean():.3f}, "
+             + ", ".join(f"{n} {late_spread(r, end=at).mean():.3f}" for n, r in adaptive),
         verdict="not reached at this budget" if short else combine([p[0] for p in parts]), rs=list(res.values())))
     for name, r in adaptive:
         out.append(row(
@@ -203,7 +204,7 @@ def optimizer_claims(res: dict[str, VariantResult], row: Row) -> list[ClaimRow]:
         test=f"TEST accuracy after epoch {at}, Adam minus the better of the other two, paired by seed: the 95 % "
              "interval above 0",
         ours=f"Adam {fmt_ci(acc_at(adam, at))}; Adam - {rival_name} {diff_text(d, lo, hi, True)}; late spread "
-             f"Adam {late_spread(adam).mean():.3f}, RMSProp {late_spread(res['rmsprop']).mean():.3f}",
+             f"Adam {late_spread(adam, end=at).mean():.3f}, RMSProp {late_spread(res['rmsprop'], end=at).mean():.3f}",
         verdict="not reached at this budget" if short else v, rs=[adam, res[rival_name]]))
     return out
 
@@ -419,8 +420,10 @@ def study_claims(experiment: str, res: dict[str, VariantResult], dataset: str, s
     def row(*, rs, **kw) -> ClaimRow:
         return ClaimRow(experiment=experiment, budget=budget_of(rs, dataset, size), **kw)
 
-    if experiment == "optimizers":
-        return optimizer_claims(res, row)
+    if experiment == "optimizers":  # an Adam run past the study's 50 epochs is also its overfitting run
+        adam = res.get("adam")
+        longer = adam is not None and adam.epochs > STUDY_EPOCHS
+        return optimizer_claims(res, row) + (overfit_claims(adam, row) if longer else [])
     if experiment == "regularization":
         overfit = [r for r in res.values() if r.group == "overfit"]
         return ((overfit_claims(overfit[0], row) if overfit else []) + dropout_claims(res, row)

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from bccd_jax.experiment import Experiment, Variant
+from bccd_jax.experiment import Experiment, Variant, preset_variant
 from bccd_jax.runner import main_for
 from experiments.protocol import PROTOCOLS
 
@@ -14,7 +14,11 @@ NAME = "optimizers"
 
 
 def variants(args) -> list[Variant]:
-    return [args.proto.variant(NAME, opt, "base", "optimizers", optimizer=opt) for opt in ("sgd", "rmsprop", "adam")]
+    """SGD, RMSProp, Adam; a protocol may give one of them its own epochs ("optimizers/adam": the cpu protocol's
+    Adam runs on past 50 epochs and is also the study's overfitting run)."""
+    proto = args.proto
+    return [preset_variant(opt, "base", proto.epochs_for(NAME, opt), group="optimizers", optimizer=opt,
+                           num_seeds=proto.seeds_for(NAME, "optimizers")) for opt in ("sgd", "rmsprop", "adam")]
 
 
 EXPECT = ("The study: ~60 % TEST after 50 epochs with RMSProp and Adam, less with SGD, on the augmented set, whose "

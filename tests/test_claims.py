@@ -87,3 +87,22 @@ def test_overfitting_run_needs_100_epochs_and_detects_divergence():
     assert rows['"training accuracy keeps improving" while the "test loss diverges"'] == "supported"
     short = result("overfit_15ep", "overfit", ramp(0.6, 15), test_loss=loss[:15])
     assert {v for _, v in verdicts("regularization", {"overfit_15ep": short})} == {"not reached at this budget"}
+
+
+def test_an_adam_run_past_50_epochs_is_also_the_overfitting_run():
+    """The cpu protocol's Adam runs 100 epochs: the optimizers are compared at epoch 50 (spreads too), and its
+    whole curve answers the overfitting claims."""
+    loss = np.concatenate([np.linspace(1.2, 0.8, 10), np.linspace(0.8, 2.0, 90)])[:, None].repeat(3, 1)
+    adam_acc = np.concatenate([ramp(0.64, 50), np.full((50, 3), 0.2)])  # after epoch 50 Adam collapses: nothing of it may reach the epoch-50 comparison
+    res = {n: result(n, "optimizers", ramp(end, 50)) for n, end in (("sgd", 0.3), ("rmsprop", 0.6))}
+    res["adam"] = result("adam", "optimizers", adam_acc, train_acc=ramp(0.99, 100), test_loss=loss)
+    rows = {r.quote: r for r in study_claims("optimizers", res, "augmented", "60x80")}
+    assert rows['Adam: "reaching 60 % accuracy after 50 epochs"'].verdict == "supported"
+    assert rows['Adam: "the superior of the three", and stable'].verdict == "supported"
+    assert "epochs 41-50" in rows['SGD: "consistent ... but slow and after 50 epochs has unimpressive accuracy"'].ours
+    overfit = rows['"training accuracy keeps improving" while the "test loss diverges"']
+    assert overfit.verdict == "supported" and overfit.budget.startswith("100 epochs, 3 seeds")
+    assert not any("test loss diverges" in q for q in
+                   (r.quote for r in study_claims("optimizers", {**res, "adam": result("adam", "optimizers",
+                                                                                         ramp(0.64, 50))},
+                                                  "augmented", "60x80")))

@@ -227,7 +227,7 @@ def test_cpu_protocol_gives_the_study_its_own_budgets():
         return {v.name: (v.train.epochs, v.num_seeds)
                 for v in module.variants(args)}
 
-    assert plan(optimizers) == {"sgd": (50, 3), "rmsprop": (50, 3), "adam": (50, 3)}
+    assert plan(optimizers) == {"sgd": (50, 3), "rmsprop": (50, 3), "adam": (100, 3)}  # Adam: the overfitting run too
     reg = plan(regularization)
     assert reg.pop("overfit_200ep") == (200, 3)
     assert reg.pop("dropout_0") == (30, 8) and reg.pop("centering_on") == (30, 8)
