@@ -29,8 +29,8 @@ def max_pool_relu(y: jnp.ndarray, bias: jnp.ndarray | None = None) -> jnp.ndarra
     The bias is added after the pool: max(y + b) = max(y) + b exactly (rounding is monotone), on a
     quarter of the elements, so a convolution before it can leave its bias out. The backward pass
     is one elementwise pass over the window: the gradient goes to the window's maximum, split
-    equally among exact ties (as `jnp.max`'s); XLA's backward of the four slices' maxima pads and
-    adds four full-size tensors, 2-3x slower on XLA:CPU for the base CNN (benchmarks/RESULTS.md).
+    equally among exact ties (as `jnp.max`'s), where autodiff of the four slices' maxima pads and
+    adds four tensors the size of `y`.
     """
     return _max_pool_relu_fwd(y, bias)[0]
 
