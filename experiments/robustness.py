@@ -22,10 +22,9 @@ from bccd_jax.metrics import ACC_BOUNDS, mean_ci
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bccd_jax.data import load_dataset
     from bccd_jax.plots import plot_robustness
     from bccd_jax.robustness import SUITE, evaluate_suite, subset
-    from bccd_jax.run import RunFolder, restore
+    from bccd_jax.run import RunFolder, restore, run_dataset
     from bccd_jax.runtime import enable_compilation_cache
 
     p = ArgumentParser(prog="python -m experiments.robustness", description=__doc__.splitlines()[0])
@@ -41,11 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not names:
         raise UserError(f"{folder} has no finished variant with checkpoints to evaluate")
     enable_compilation_cache()
-    ds = load_dataset(record.data.dataset, data_dir=args.data_dir, image_size=record.data.image_size,
-                      cache_dir=args.cache_dir)
-    if ds.fingerprint != record.data.fingerprint:
-        raise UserError(f"--data-dir holds other data (fingerprint {ds.fingerprint[:16]}) than {folder} was trained on "
-                        f"({record.data.fingerprint[:16]})")
+    ds = run_dataset(folder, args.data_dir, args.cache_dir)
     test = ds.splits["test"]
     idx = subset(len(test), args.stride)
     images, labels = np.asarray(test.images)[idx], np.asarray(test.labels)[idx]

@@ -30,8 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import jax
 
     from bccd_jax.checkpoints import InferenceState
-    from bccd_jax.data import load_dataset
-    from bccd_jax.run import RunFolder, export_model, restore
+    from bccd_jax.run import RunFolder, export_model, restore, run_dataset
     from bccd_jax.runtime import enable_compilation_cache
 
     p = ArgumentParser(prog="python -m experiments.ship", description=__doc__.splitlines()[0])
@@ -62,8 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                              everything.state))
     dtype = "float32"
     if args.data_dir:
-        record = chosen.folder.record()
-        ds = load_dataset(record.data.dataset, data_dir=args.data_dir, image_size=record.data.image_size)
+        ds = run_dataset(chosen.folder, args.data_dir)  # the run's own TEST images, framed as it was trained
         images = np.asarray(ds.splits["test"].images)
         half = dataclasses.replace(chosen, state=InferenceState(
             *(jax.tree.map(lambda a: np.asarray(a, np.float16).astype(np.float32), t)

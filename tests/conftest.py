@@ -28,11 +28,17 @@ def cache_env(tmp_root: Path) -> dict[str, str]:
             "BCCD_JAX_CACHE": str(tmp_root / "bccd_data"), "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
 
+PLAIN_INPUT = ("--crop", "frame", "--set", "input_norm=scale", "augment.flip=false", "augment.rot90=false")
+"""Flags that give the quick protocol's optimizers the study's own input."""
+
+
 def small_run(out: Path, env: dict[str, str], size: tuple[int, int], epochs: int = 2) -> Path:
-    """A real run folder: the optimizers experiment's adam variant, 2 seeds, on the embedded originals."""
+    """A real run folder: the optimizers experiment's adam variant, 2 seeds, on the embedded originals, with the
+    study's plain input (the WBC box, pixels / 255, no augmentation) instead of the quick protocol's cell crops."""
     proc = subprocess.run([sys.executable, "-m", "experiments.optimizers", "--variants", "adam", "--epochs", str(epochs),
                            "--seeds", "2", "--image-size", *map(str, size), "--out", str(out), "--no-progress",
-                           "--no-figures"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                           "--no-figures", *PLAIN_INPUT], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr
     (run,) = (out / "optimizers").iterdir()
     return run

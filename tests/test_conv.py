@@ -75,7 +75,7 @@ def test_chunks_cover_the_batch_at_most_max_chunks():
 
 
 def test_pool_then_relu_is_relu_then_pool_values_and_gradients():
-    from bccd_jax.models.cnn import max_pool_2x2
+    from bccd_jax.models.pool import max_pool_2x2
 
     x = jnp.asarray(np.random.default_rng(3).standard_normal((4, 9, 11, 5)), jnp.float32)
     x = x.at[0, :4, :4].set(0.5).at[1, :4, :4].set(-0.5)  # flat patches: ties above and below zero

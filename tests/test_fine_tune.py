@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cache_env, small_run
+from conftest import PLAIN_INPUT, cache_env, small_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = ("24", "32")
@@ -19,8 +19,8 @@ SIZE = ("24", "32")
 def tune(out: Path, env, *extra: str, sets: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """The adam variant fine-tuning the adam variant of another run, at learning rate 0 for one epoch."""
     cmd = [sys.executable, "-m", "experiments.optimizers", "--variants", "adam", "--epochs", "1", "--seeds", "2",
-           "--image-size", *SIZE, "--out", str(out), "--no-progress", "--no-figures", *extra,
-           "--set", "init_variant=adam", "learning_rate=0", *sets]
+           "--image-size", *SIZE, "--out", str(out), "--no-progress", "--no-figures", *extra, *PLAIN_INPUT,
+           "init_variant=adam", "learning_rate=0", *sets]  # PLAIN_INPUT ends in --set: the source run's input
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from bccd_jax.config import TrainConfig
 from bccd_jax.errors import UserError
-from bccd_jax.models.cnn import max_pool_2x2
+from bccd_jax.models.pool import max_pool_2x2
 from bccd_jax.runtime import seed_sharding
 from bccd_jax.seeds import resolve_epoch_mode, resolve_seed_strategy
 

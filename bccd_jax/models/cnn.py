@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from bccd_jax.config import INITS, ModelConfig
 from bccd_jax.errors import UserError
 from bccd_jax.models.conv import Conv
-from bccd_jax.models.pool import max_pool_2x2, max_pool_relu  # noqa: F401 (max_pool_2x2: the CNN's pool)
+from bccd_jax.models.pool import max_pool_relu
 
 KERNEL_INITS = {name: getattr(nn.initializers, initializer)() for name, initializer in INITS.items()}
 _DEFAULT = ModelConfig()  # the fields' defaults are the config's

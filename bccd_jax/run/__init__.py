@@ -8,7 +8,7 @@ Nothing outside this package reads or writes a run folder's files.
 
 from bccd_jax.config import resume_problems
 from bccd_jax.run.build import (Built, Restored, build, cached_cut, choose_variant, export_model, restore,
-                               start_weights)
+                               run_dataset, start_weights)
 from bccd_jax.run.folder import (CONFIG_FILE, METRICS_CSV, METRICS_FILE, DataRecord, RunFolder, RunRecord,
                                  VariantRecord, VariantResult, read_json)
 from bccd_jax.run.provenance import (DATA_DIR_PLACEHOLDER, command_line, cpu_flags, cpu_model, git_commit, hardware,
@@ -16,7 +16,7 @@ from bccd_jax.run.provenance import (DATA_DIR_PLACEHOLDER, command_line, cpu_fla
 from bccd_jax.files import write_json
 
 __all__ = ["Built", "Restored", "build", "cached_cut", "choose_variant", "export_model", "restore", "resume_problems",
-           "start_weights",
+           "run_dataset", "start_weights",
            "CONFIG_FILE", "METRICS_CSV", "METRICS_FILE", "DataRecord", "RunFolder", "RunRecord", "VariantRecord",
            "VariantResult", "read_json", "DATA_DIR_PLACEHOLDER", "command_line", "cpu_flags", "cpu_model",
            "git_commit", "hardware", "timestamp", "versions", "write_json"]

@@ -125,6 +125,20 @@ class Restored:
         return f"{w}x{h} RGB{' -> grey' if m.grayscale else ''}, {norm}{tta}"
 
 
+def run_dataset(folder: RunFolder, data_dir: str | None, cache_dir: str | None = None):
+    """The data a run was trained on (its data set, image size and crop) from `data_dir`; a UserError when that
+    holds other data than the run's fingerprint."""
+    from bccd_jax.data import load_dataset
+
+    data = folder.record().data
+    ds = load_dataset(data.dataset, data_dir=data_dir, image_size=tuple(data.image_size), cache_dir=cache_dir,
+                      crop=data.crop)
+    if ds.fingerprint != data.fingerprint:
+        raise UserError(f"{data_dir or 'the embedded data'} holds other data (fingerprint {ds.fingerprint[:16]}) "
+                        f"than {folder} was trained on ({data.fingerprint[:16]}); pass the run's own data set")
+    return ds
+
+
 def predict_logits(model: Any, state: Any, images, eval_batch_size: int = 256,
                    tta: str = "none") -> np.ndarray:
     """Logits [S, N, C] of every seed in `state` (leading seed axis) on `images` (0..255 NHWC)."""
