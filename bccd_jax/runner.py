@@ -173,12 +173,16 @@ def variant_seeds(v: Variant, args) -> tuple[int, ...]:
     return tuple(range(args.seed_offset, args.seed_offset + (v.num_seeds or args.seeds)))
 
 
+def variant_record(v: Variant, args) -> VariantRecord:
+    """How config.json records variant `v` as these flags train it."""
+    return VariantRecord(v.name, v.model, v.train, variant_seeds(v, args), v.group,
+                         v.train.optimizer if v.optimizer is None else repr(v.optimizer))
+
+
 def make_record(exp: Experiment, args, variants: Sequence[Variant], data: DataRecord, eval_splits,
                 old: RunRecord | None, folder: RunFolder, command: str) -> RunRecord:
     """config.json of this invocation; resuming with other settings is refused before it is written."""
-    records = {v.name: VariantRecord(v.name, v.model, v.train, variant_seeds(v, args),
-                                     v.group, v.train.optimizer if v.optimizer is None else repr(v.optimizer))
-               for v in variants}
+    records = {v.name: variant_record(v, args) for v in variants}
     record = RunRecord(experiment=exp.name, description=exp.description, protocol=args.protocol, data=data,
                        variants=records, eval_splits=tuple(eval_splits), command=command,
                        created=timestamp(), git_commit=git_commit(), versions=versions(), hardware=hardware())

@@ -20,13 +20,33 @@ from pathlib import Path
 from typing import Sequence
 
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
-from bccd_jax.run import RunFolder
+from bccd_jax.run import RunFolder, VariantRecord, resume_problems
 from experiments.protocol import ROBUSTNESS, ROBUSTNESS_OF, STEPS, Step
 
 
-def finished(folder: RunFolder) -> bool:
-    record, results = folder.record(), folder.results()
-    return bool(results) and all(v in results and not results[v].incomplete for v in record.variants)
+def planned(module, flags: list[str]) -> dict[str, VariantRecord]:
+    """The variants an experiment invocation would train, as its run folder would record them."""
+    from bccd_jax.runner import parse_args, select_variants, variant_record
+
+    args = parse_args(module.EXPERIMENT, flags)
+    return {v.name: variant_record(v, args) for v in select_variants(module.EXPERIMENT, args)}
+
+
+def stale(folder: RunFolder, plan: dict[str, VariantRecord]) -> list[str]:
+    """How a run folder's variants differ from the plan (seeds, model, optimizer, ... and epochs, which a resume of
+    one experiment may change but a study step's budget fixes): empty when it can be resumed (variants it lacks are
+    added to it)."""
+    saved = folder.record()
+    epochs = [f"{n} epochs {saved.variants[n].train.epochs} -> {v.train.epochs}" for n, v in plan.items()
+              if n in saved.variants and saved.variants[n].train.epochs != v.train.epochs]
+    return epochs + resume_problems(saved.to_json(), {"variants": {n: v.to_json() for n, v in plan.items()}})
+
+
+def finished(folder: RunFolder, names=None) -> bool:
+    """Whether the run holds every variant of `names` (default: of its record) finished."""
+    results = folder.results()
+    names = folder.record().variants if names is None else names
+    return bool(results) and all(v in results and not results[v].incomplete for v in names)
 
 
 def run_step(step: Step, protocol: str, args) -> RunFolder:
@@ -54,7 +74,12 @@ def run_step(step: Step, protocol: str, args) -> RunFolder:
         latest = RunFolder.latest(root, module.NAME)
     except UserError:
         pass
-    if latest is not None and finished(latest):
+    plan = planned(module, flags)
+    if latest is not None and stale(latest, plan):  # an earlier protocol's run: this step starts a new one
+        print(f"[study] {step.name}: {latest} was run with other settings ({'; '.join(stale(latest, plan)[:3])}); "
+              "a new run", file=sys.stderr)
+        latest = None
+    if latest is not None and finished(latest, plan):
         print(f"[study] {step.name}: finished in {latest}, skipped", file=sys.stderr)
         return latest
     if latest is not None:

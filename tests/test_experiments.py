@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -267,3 +268,21 @@ def test_init_from_flag_reaches_only_fine_tuning_variants():
     assert tuned.train.epochs == 3 and best.train.epochs == 8  # the cpu protocol's recipe/tuned epochs
     with pytest.raises(UserError, match="needs init_variant"):
         TrainConfig(init_from="runs/x").validate()
+
+
+def test_the_study_starts_a_new_run_where_the_latest_has_other_settings(tmp_path):
+    """A committed run of an earlier protocol (other epochs) is not "finished" for today's step: the study starts a
+    new run; a run recorded from today's plan resumes."""
+    from experiments import optimizers
+    from experiments.study import finished, planned, stale
+
+    old = _run_folder(tmp_path, "20260101-000000")  # 1 epoch, seeds (0, 1): finished, but not the cpu plan
+    plan = planned(optimizers, ["--protocol", "cpu", "--data-dir", "x"])
+    assert plan["adam"].train.epochs == 100 and plan["sgd"].seeds == (0, 1, 2)
+    problems = stale(old, plan)
+    assert finished(old) and "sgd epochs 1 -> 50" in problems and "adam epochs 1 -> 100" in problems, problems
+    now = RunFolder(tmp_path / "optimizers" / "20260101-000002")
+    now.path.mkdir(parents=True)
+    now.write_record(dataclasses.replace(old.record(), variants={"sgd": plan["sgd"]}))
+    assert stale(now, plan) == []  # rmsprop and adam are missing: resuming adds them
+    assert not finished(now, plan)
