@@ -143,6 +143,16 @@ def report(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
             "class_counts": {c: int((labels == i).sum()) for i, c in enumerate(CLASS_NAMES)}}
 
 
+def evaluation(restored, items: Sequence[tuple[Path, int]], crop: str, strict: bool = False
+               ) -> tuple[dict[str, Any], Counter, list[str]]:
+    """(how the images were prepared with `report` and `localiser_report`, skip counts, notes) of one set of
+    labelled images: the whole evaluation in one call, for this command and for comparisons of several runs."""
+    probs, labels, kept, skipped, notes = evaluate(restored, items, crop, strict)
+    result = {"preparation": dict(Counter(k["preparation"] for k in kept)), **report(probs, labels),
+              **localiser_report(probs, labels, kept)}
+    return result, skipped, notes
+
+
 def localiser_report(probs: np.ndarray, labels: np.ndarray, kept: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per image its true and predicted class with the cell fields; with crop "cell", a count per localiser status
     and the accuracy on the images of status "one" (None when there are none)."""
@@ -188,13 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     restored = restore(args.run, args.variant, args.seed, args.checkpoint, notes=notes)
     if args.tta:
         restored = restored.with_tta(args.tta)
-    probs, labels, kept, unread, load_notes = evaluate(restored, items, run_crop(args.crop, restored.data.crop), args.strict)
+    evaluated, unread, load_notes = evaluation(restored, items, run_crop(args.crop, restored.data.crop), args.strict)
     skipped.update(unread)
-    how = Counter(k["preparation"] for k in kept)
+    how = evaluated["preparation"]
     result = {"run": str(restored.folder), "variant": restored.variant.name, "checkpoint_epoch": restored.epoch,
               "seeds": restored.seeds, "folders": [str(f) for f in args.folders],
-              "model_input": restored.preprocessing(), "preparation": dict(how), "skipped": dict(skipped),
-              **report(probs, labels), **localiser_report(probs, labels, kept)}
+              "model_input": restored.preprocessing(), "preparation": how, "skipped": dict(skipped), **evaluated}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "evaluation.json", result)
