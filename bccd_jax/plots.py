@@ -96,3 +96,22 @@ def plot_robustness(results: Mapping[str, Mapping], path: str | Path, title: str
         fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_examples(rows: Sequence[Sequence[tuple[np.ndarray, str, bool]]], path: str | Path, title: str = "") -> Path:
+    """A grid of images, one row per group (e.g. a class), each under its caption; a caption marked False (a wrong
+    prediction) is red, so the misses stand out when looking at what a model saw."""
+    rows = [r for r in rows if r]
+    n_cols = max([len(r) for r in rows] + [1])
+    fig, axes = plt.subplots(max(len(rows), 1), n_cols, figsize=(1.9 * n_cols, 1.9 * max(len(rows), 1) + 0.5),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, row in enumerate(rows):
+        for c, (image, caption, right) in enumerate(row):
+            axes[r][c].imshow(image)
+            axes[r][c].set_title(caption, fontsize=7, color="black" if right else "red")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
