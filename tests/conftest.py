@@ -43,6 +43,26 @@ def small_run(out: Path, env: dict[str, str], size: tuple[int, int], epochs: int
     (run,) = (out / "optimizers").iterdir()
     return run
 
+def write_labelled_folder(root: Path, env: dict[str, str], size: tuple[int, int]) -> Path:
+    """The embedded originals' TEST crops at `size` as lossless PNGs in CLASS folders named as users do (plural,
+    lower case) under `root`, plus a class the model does not know (one image): bccd_jax.evaluate's input
+    made of images whose recorded accuracy is known."""
+    import numpy as np
+    from PIL import Image
+
+    from bccd_jax import CLASS_NAMES
+    from bccd_jax.data import load_dataset
+
+    test = load_dataset("originals", image_size=size, cache_dir=env["BCCD_JAX_CACHE"]).splits["test"]
+    for i, (img, label) in enumerate(zip(test.images, test.labels)):
+        folder = root / (CLASS_NAMES[label].lower() + "s")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(img)).save(folder / f"{i:03d}_{test.original_ids[i]}.png")
+    (root / "Basophil").mkdir()
+    Image.fromarray(np.asarray(test.images[0])).save(root / "Basophil" / "b.png")
+    return root
+
+
 DATA_ENV = "BCCD_DATA_DIR"
 """The full augmented set (the dataset2-master folder) for the tests that need it; they skip without it."""
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from bccd_jax import CLASS_NAMES
-from conftest import cache_env, small_run
+from conftest import cache_env, small_run, write_labelled_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 JPEGS = ROOT / "data" / "BCCD" / "JPEGImages"
@@ -230,23 +230,8 @@ def eval_run(tmp_path_factory, env) -> Path:
 
 @pytest.fixture(scope="module")
 def labelled_folder(tmp_path_factory, env) -> Path:
-    """The originals' TEST crops at the run's size as lossless PNGs in CLASS folders named as users do
-    (plural, lower case), plus a class the model does not know and one unreadable file."""
-    import os
-
-    from bccd_jax.data import load_dataset
-
-    os.environ["BCCD_JAX_CACHE"] = env["BCCD_JAX_CACHE"]
-    ds = load_dataset("originals", image_size=EVAL_SIZE)
-    root = tmp_path_factory.mktemp("labelled") / "lab"
-    test = ds.splits["test"]
-    for i, (img, label) in enumerate(zip(test.images, test.labels)):
-        folder = root / (CLASS_NAMES[label].lower() + "s")
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(img)).save(folder / f"{i:03d}_{test.original_ids[i]}.png")
-    (root / "Basophil").mkdir()
-    Image.fromarray(np.asarray(test.images[0])).save(root / "Basophil" / "b.png")
-    return root
+    """The originals' TEST crops at the run's size in CLASS folders, plus a class the model does not know."""
+    return write_labelled_folder(tmp_path_factory.mktemp("labelled") / "lab", env, EVAL_SIZE)
 
 
 def evaluate_cmd(*args) -> list[str]:
