@@ -1,0 +1,177 @@
+"""experiments.other_labs: the selection rule on hand-made numbers, the command end to end on one tiny real run
+(32x40, 2 epochs, 2 seeds: never eligible) against the embedded originals' TEST crops laid out as class
+folders, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bccd_jax.errors import run_cli
+from bccd_jax.metrics import balanced_accuracy
+from conftest import cache_env, small_run, write_labelled_folder
+from experiments import other_labs
+from experiments.other_labs import MIN_CLEAN_TEST, MIN_SEEDS, Standing, choose, ineligible_because
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = (32, 40)  # images of at least 32 px per side, as evaluate needs
+ALSO_CLASSES = ("eosinophils", "neutrophils")  # the second folder holds two classes only
+
+
+# ----------------------------------------------------------------------------- the rule
+
+
+def test_the_rule_needs_enough_seeds_and_clean_test_then_takes_the_best_dev_balanced_accuracy():
+    few_seeds = Standing("few_seeds", MIN_SEEDS - 1, 0.95, 0.90)  # best on dev, but too few seeds
+    weak = Standing("weak", 8, MIN_CLEAN_TEST - 0.001, 0.89)
+    edge = Standing("edge", MIN_SEEDS, MIN_CLEAN_TEST, 0.70)  # exactly at both thresholds: eligible
+    good = Standing("good", 5, 0.90, 0.80)
+    assert ineligible_because(few_seeds) == f"{MIN_SEEDS - 1} seeds (needs at least {MIN_SEEDS})"
+    assert "clean TEST mean 0.849" in ineligible_because(weak)
+    assert ineligible_because(edge) is None
+    label, why = choose([few_seeds, weak, edge, good])
+    assert label == "good"
+    assert "edge" in why and "few_seeds" not in why and "weak" not in why
+    assert choose([few_seeds, weak, edge])[0] == "edge"
+
+
+def test_a_tie_on_dev_goes_to_the_higher_clean_test_then_to_the_earlier_candidate():
+    a, b = Standing("a", 5, 0.88, 0.75), Standing("b", 6, 0.91, 0.75)
+    assert choose([a, b])[0] == "b" and choose([b, a])[0] == "b"
+    c = Standing("c", 5, 0.91, 0.75)
+    assert choose([b, c])[0] == "b" and choose([c, b])[0] == "c"
+
+
+def test_no_model_is_named_when_none_is_eligible():
+    both = Standing("both", 2, 0.60, 0.99)
+    label, why = choose([both, Standing("seeds", 3, 0.95, 0.5)])
+    assert label is None
+    assert why.startswith("no candidate is eligible")
+    assert "both: 2 seeds (needs at least 5); clean TEST mean 0.600 (needs at least 0.85)" in why
+    assert "seeds: 3 seeds" in why
+    assert choose([]) == (None, "no candidate is eligible: none was given")
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    return cache_env(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, env) -> Path:
+    return small_run(tmp_path_factory.mktemp("other_labs_runs"), env, SIZE)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, env) -> tuple[Path, Path]:
+    """lab_a: every TEST crop of the originals (and a Basophil folder); lab_b: two of its classes."""
+    root = tmp_path_factory.mktemp("labs")
+    dev = write_labelled_folder(root / "lab_a", env, SIZE)
+    also = root / "lab_b"
+    for cls in ALSO_CLASSES:
+        shutil.copytree(dev / cls, also / cls)
+    return dev, also
+
+
+@pytest.fixture(scope="module")
+def command(tmp_path_factory, run_dir, folders, env) -> tuple[subprocess.CompletedProcess, Path]:
+    """The command once, its outputs in <results>/other_labs."""
+    results = tmp_path_factory.mktemp("results")
+    out = results / other_labs.SECTION_DIR
+    r = subprocess.run([sys.executable, "-m", "experiments.other_labs", "--candidates", f"{run_dir}:adam",
+                        "--dev", str(folders[0]), "--also", str(folders[1]), "--out", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return r, out
+
+
+def _strings(obj):
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+
+
+def test_the_command_evaluates_the_run_as_it_recorded_itself_and_names_no_model(command, run_dir, folders):
+    r, out = command
+    assert r.returncode == 0, r.stderr
+    text = (out / other_labs.RESULTS_FILE).read_text()
+    result = json.loads(text)
+    assert set(result) == {"rule", "dev", "also", "candidates", "choice", "why", "examples_of", "examples"}
+    assert result["rule"] == {"text": other_labs.RULE, "min_seeds": 5, "min_clean_test_mean": 0.85,
+                              "selects_on": "balanced accuracy on the development folder"}
+    assert result["dev"] == "lab_a" and result["also"] == ["lab_b"]
+    assert result["choice"] is None and result["why"].startswith("no candidate is eligible: optimizers/adam: 2 seeds")
+    assert "no model chosen: no candidate is eligible" in r.stdout and "optimizers/adam" in r.stdout
+
+    (c,) = result["candidates"]
+    recorded = json.loads((run_dir / "metrics.json").read_text())["adam"]["final"]["test"]
+    assert c["label"] == "optimizers/adam" and c["run"] == run_dir.name and c["variant"] == "adam"
+    assert c["clean_test"]["acc_per_seed"] == recorded["acc_per_seed"] and c["clean_test"]["n_seeds"] == 2
+    assert c["clean_test"]["mean"] == pytest.approx(sum(recorded["acc_per_seed"]) / 2)
+    assert c["suite_mean"] is None and c["eligible"] is False and c["crop"] == "none"
+    dev, also = c["folders"]["lab_a"], c["folders"]["lab_b"]
+    # framed as the run was trained (whole image), seeds averaged: the run's own TEST numbers come back
+    assert dev["n_images"] == 71 and dev["skipped"] == {"class Basophil": 1}
+    assert dev["accuracy_per_seed"] == pytest.approx(recorded["acc_per_seed"], abs=1e-12)
+    assert dev["accuracy"] == pytest.approx(recorded["ensemble_acc"], abs=1e-12)
+    assert dev["balanced_accuracy"] == pytest.approx(balanced_accuracy(np.asarray(dev["confusion_matrix"])))
+    assert dev["localiser"] is None
+    n_also = sum(len(list((folders[1] / cls).iterdir())) for cls in ALSO_CLASSES)
+    assert also["n_images"] == n_also == sum(map(sum, also["confusion_matrix"])) and also["skipped"] == {}
+
+    assert not [s for s in _strings(result) if s.startswith("/") or str(folders[0].parent) in s
+                or str(run_dir.parent) in s]
+    assert str(out) not in text
+    pngs = [dev["confusion_png"], also["confusion_png"], *result["examples"].values()]
+    assert result["examples_of"] == "optimizers/adam" and set(result["examples"]) == {"lab_a", "lab_b"}
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(pngs)
+    assert all((out / p).stat().st_size > 1000 for p in pngs)
+
+
+def _error(argv, capsys) -> str:
+    assert run_cli(other_labs.main, list(map(str, argv))) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_bad_inputs_are_one_line_errors(run_dir, folders, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # run_cli silences it for the exiting process
+    dev, also = folders
+    out = tmp_path / "out"
+    base = ["--dev", dev, "--out", out]
+    assert "has no config.json" in _error(["--candidates", dev, *base], capsys)  # a folder, not a run
+    assert "does not exist" in _error(["--candidates", tmp_path / "no_run", *base], capsys)
+    assert "unknown variant 'lion'" in _error(["--candidates", f"{run_dir}:lion", *base], capsys)
+    assert "given twice" in _error(["--candidates", run_dir, f"{run_dir}:adam", *base], capsys)
+    (tmp_path / "empty" / "platelets").mkdir(parents=True)
+    assert "no folder named after a class" in _error(["--candidates", run_dir, "--dev", tmp_path / "empty",
+                                                      "--out", out], capsys)
+    assert "two folders are named 'lab_a'" in _error(["--candidates", run_dir, *base, "--also", dev], capsys)
+    (tmp_path / "a_file").write_text("")
+    assert "is a file" in _error(["--candidates", run_dir, "--dev", dev, "--out", tmp_path / "a_file"], capsys)
+    assert not out.exists()  # nothing written before the inputs are checked
+
+
+def test_a_candidate_reads_its_suite_mean_from_the_runs_robustness_json(run_dir, tmp_path):
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    (copy / "robustness.json").write_text(json.dumps({"stride": 3, "n_images": 24, "variants": {
+        "adam": {"suite_mean": [0.5, 0.6]}}}))
+    (c,) = other_labs.load_candidates([str(copy)])
+    assert c.variant == "adam" and c.suite["mean"] == pytest.approx(0.55) and c.suite["per_seed"] == [0.5, 0.6]
+    assert other_labs.load_candidates([str(run_dir)])[0].suite is None
