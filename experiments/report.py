@@ -5,7 +5,8 @@
 Everything in the report comes from the run folders: the header (hardware, protocol, wall
 times, commits) from their config.json, the tables and verdicts from their metrics.json (and
 robustness.json where the robustness benchmark ran), the verdicts on the study's claims from
-experiments.claims.
+experiments.claims; the section on other labs' images from `<--out>/other_labs/other_labs.json` where
+experiments.other_labs wrote one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bccd_jax.metrics import ACC_BOUNDS, clip_interval, mean_ci
 from bccd_jax.run import RunFolder, RunRecord, VariantResult, write_json
 from bccd_jax.summary import format_ci, majority_baseline, markdown, table_columns
 from experiments.claims import STUDY_EXPERIMENTS, ClaimRow, study_claims
+from experiments.other_labs import report_section as other_labs_section
 from experiments.protocol import PARTS, step_of
 
 
@@ -289,8 +291,9 @@ def claims_section(claims: list[ClaimRow]) -> list[str]:
 
 
 def report_lines(runs, keys: list[str], sections: list[str], title: str | None, notes: str | None,
-                 command: str) -> list[str]:
-    """REPORT.md: the header, the claims, the robustness comparison, then one section per run."""
+                 command: str, other_labs: Sequence[str] = ()) -> list[str]:
+    """REPORT.md: the header, the claims, the robustness comparison, other labs' images, then one section per
+    run."""
     claims, untested = merged_claims(runs)
     lines = [f"# {title or 'bccd_jax: reproduction of the BCCD white-cell CNN study'}", ""]
     lines += header(runs, command)
@@ -307,7 +310,7 @@ def report_lines(runs, keys: list[str], sections: list[str], title: str | None, 
     if rob:
         lines += robustness_section(rob, [f"figures/{k}/{folder.robustness_figure.name}" for k, (folder, _, _) in
                                           zip(keys, runs) if folder.robustness_figure.is_file()])
-    return lines + sections
+    return lines + list(other_labs) + sections
 
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | None = None,
@@ -327,7 +330,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         written.update(copies)
         sections += experiment_section(folder, record, results, f"figures/{key}",
                                        [f.name for f in copies if f.name != folder.robustness_figure.name])
-    lines = report_lines(runs, keys, sections, title, notes, command or command_line())
+    lines = report_lines(runs, keys, sections, title, notes, command or command_line(), other_labs_section(out))
     remove_stale_figures(out / "figures", written)
     report = out / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")

@@ -1,6 +1,6 @@
 """experiments.other_labs: the selection rule on hand-made numbers, the command end to end on one tiny real run
 (32x40, 2 epochs, 2 seeds: never eligible) against the embedded originals' TEST crops laid out as class
-folders, and its one-line errors."""
+folders, its one-line errors, and the report's section rendered from what it wrote."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from bccd_jax.metrics import balanced_accuracy
 from conftest import cache_env, small_run, write_labelled_folder
 from experiments import other_labs
 from experiments.other_labs import MIN_CLEAN_TEST, MIN_SEEDS, Standing, choose, ineligible_because
+from experiments.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (32, 40)  # images of at least 32 px per side, as evaluate needs
@@ -84,7 +85,7 @@ def folders(tmp_path_factory, env) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def command(tmp_path_factory, run_dir, folders, env) -> tuple[subprocess.CompletedProcess, Path]:
-    """The command once, its outputs in <results>/other_labs."""
+    """The command once, written where experiments.report looks: <results>/other_labs."""
     results = tmp_path_factory.mktemp("results")
     out = results / other_labs.SECTION_DIR
     r = subprocess.run([sys.executable, "-m", "experiments.other_labs", "--candidates", f"{run_dir}:adam",
@@ -175,3 +176,37 @@ def test_a_candidate_reads_its_suite_mean_from_the_runs_robustness_json(run_dir,
     (c,) = other_labs.load_candidates([str(copy)])
     assert c.variant == "adam" and c.suite["mean"] == pytest.approx(0.55) and c.suite["per_seed"] == [0.5, 0.6]
     assert other_labs.load_candidates([str(run_dir)])[0].suite is None
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def test_the_report_renders_the_section_from_other_labs_json_and_omits_it_without(command, run_dir, tmp_path):
+    _, out = command
+    results = out.parent
+    text = write_report([run_dir], results)[0].read_text()
+    assert "## Other labs' images" in text and other_labs.RULE in text
+    assert "Development folder: **lab_a**; also evaluated: lab_b." in text
+    assert "| lab_a (dev): accuracy | lab_a: balanced | lab_b: accuracy | lab_b: balanced | eligible |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| optimizers/adam (run "))
+    assert f"`{run_dir.name}`) | 2 | " in row and "| no: 2 seeds (needs at least 5)" in row
+    assert "No model chosen: no candidate is eligible" in text
+    links = [line[line.index("](") + 2:-1] for line in text.splitlines() if line.startswith("![")]
+    assert len([p for p in links if p.startswith("other_labs/")]) == 4  # 2 confusion matrices, 2 example grids
+    assert all((results / p).is_file() for p in links)
+
+    # a choice and the localiser's counts (a run trained on cell crops) are rendered as well
+    written = json.loads((out / other_labs.RESULTS_FILE).read_text())
+    written["candidates"][0]["folders"]["lab_a"].update(localiser={"one": 60, "several": 8, "none": 3},
+                                                        accuracy_status_one=0.5)
+    chosen = tmp_path / "chosen"
+    (chosen / other_labs.SECTION_DIR).mkdir(parents=True)
+    (chosen / other_labs.SECTION_DIR / other_labs.RESULTS_FILE).write_text(
+        json.dumps(dict(written, choice="optimizers/adam", why="eligible: optimizers/adam")))
+    lines = other_labs.report_section(chosen)
+    assert "Chosen: **optimizers/adam** (eligible: optimizers/adam)." in lines
+    assert "- optimizers/adam on lab_a (71 images): localiser one 60, several 8, none 3; accuracy on status one " \
+           "0.500" in lines
+
+    without = write_report([run_dir], tmp_path / "plain")[0].read_text()
+    assert "## Other labs' images" not in without and other_labs.report_section(tmp_path / "plain") == []
