@@ -256,7 +256,21 @@ def write_figures(result: Mapping[str, Any], images: Mapping[str, Mapping[str, l
     return examples
 
 
-def run(candidates: Sequence[Candidate], folders, out: Path, notes: list[str]) -> dict[str, Any]:
+def parse_sources(items: Sequence[str], folders) -> dict[str, str]:
+    """--source FOLDER=TEXT items -> {folder name: text}; a one-line error for a folder not evaluated."""
+    sources = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not text.strip():
+            raise UserError(f"--source expects FOLDER=TEXT, got {item!r}")
+        if name not in folders:
+            raise UserError(f"--source {name}: not one of the evaluated folders {list(folders)}")
+        sources[name] = text.strip()
+    return sources
+
+
+def run(candidates: Sequence[Candidate], folders, out: Path, notes: list[str],
+        sources: dict[str, str] | None = None) -> dict[str, Any]:
     """Evaluate every candidate on every folder, apply the rule, write other_labs.json and the figures."""
     from bccd_jax.run import write_json
 
@@ -272,7 +286,7 @@ def run(candidates: Sequence[Candidate], folders, out: Path, notes: list[str]) -
     result: dict[str, Any] = {
         "rule": {"text": RULE, "min_seeds": MIN_SEEDS, "min_clean_test_mean": MIN_CLEAN_TEST,
                  "selects_on": "balanced accuracy on the development folder"},
-        "dev": dev, "also": also, "candidates": entries, "choice": choice, "why": why,
+        "dev": dev, "also": also, "sources": dict(sources or {}), "candidates": entries, "choice": choice, "why": why,
         "examples_of": choice or entries[0]["label"]}
     out.mkdir(parents=True, exist_ok=True)
     result["examples"] = write_figures(result, images, framing, out)
@@ -289,13 +303,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dev", required=True, metavar="FOLDER", help="the labelled folder the rule selects on")
     p.add_argument("--also", nargs="+", default=[], metavar="FOLDER", help="labelled folders reported, never selected on")
     p.add_argument("--out", required=True, help=f"folder for {RESULTS_FILE} and the figures")
+    p.add_argument("--source", nargs="+", default=[], metavar="FOLDER=TEXT",
+                   help="where a folder's images come from (lab, stain, licence, citation), for the report")
     args = p.parse_args(argv)
     out = out_folder(args.out)
     folders = scan_folders(args.dev, args.also)
+    sources = parse_sources(args.source, folders)
     candidates = load_candidates(args.candidates)
     enable_compilation_cache()
     notes: list[str] = []
-    result = run(candidates, folders, out, notes)
+    result = run(candidates, folders, out, notes, sources)
     for msg in notes[:10] + ([f"... and {len(notes) - 10} more"] if len(notes) > 10 else []):
         print(f"[other_labs] {msg}", file=sys.stderr)
     print(f"[other_labs] wrote {out / RESULTS_FILE} and {len(list(out.glob('*.png')))} figures", file=sys.stderr)
@@ -322,6 +339,7 @@ def report_section(results_dir: str | Path) -> list[str]:
              "bccd_jax.evaluate: probabilities averaged over seeds, images framed as each run was trained). "
              f"Development folder: **{r['dev']}**" + (f"; also evaluated: {', '.join(r['also'])}" if r["also"] else "")
              + ". The rule, fixed in `experiments/other_labs.py` before any folder was looked at: " + r["rule"]["text"],
+             *([""] + [f"- {n}: {text}" for n, text in r.get("sources", {}).items()] if r.get("sources") else []),
              "", "| candidate | seeds | clean TEST (95% CI) | suite mean (95% CI) | "
              + " | ".join(f"{n}{' (dev)' if n == r['dev'] else ''}: accuracy | {n}: balanced" for n in names)
              + " | eligible |", "|---|---|---|---|" + "---|---|" * len(names) + "---|"]

@@ -89,7 +89,8 @@ def command(tmp_path_factory, run_dir, folders, env) -> tuple[subprocess.Complet
     results = tmp_path_factory.mktemp("results")
     out = results / other_labs.SECTION_DIR
     r = subprocess.run([sys.executable, "-m", "experiments.other_labs", "--candidates", f"{run_dir}:adam",
-                        "--dev", str(folders[0]), "--also", str(folders[1]), "--out", str(out)],
+                        "--dev", str(folders[0]), "--also", str(folders[1]), "--out", str(out),
+                        "--source", "lab_b=the embedded originals again, as a second lab"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     return r, out
 
@@ -111,7 +112,8 @@ def test_the_command_evaluates_the_run_as_it_recorded_itself_and_names_no_model(
     assert r.returncode == 0, r.stderr
     text = (out / other_labs.RESULTS_FILE).read_text()
     result = json.loads(text)
-    assert set(result) == {"rule", "dev", "also", "candidates", "choice", "why", "examples_of", "examples"}
+    assert set(result) == {"rule", "dev", "also", "candidates", "choice", "why", "examples_of", "examples",
+                           "sources"}
     assert result["rule"] == {"text": other_labs.RULE, "min_seeds": 5, "min_clean_test_mean": 0.85,
                               "selects_on": "balanced accuracy on the development folder"}
     assert result["dev"] == "lab_a" and result["also"] == ["lab_b"]
@@ -165,6 +167,8 @@ def test_bad_inputs_are_one_line_errors(run_dir, folders, tmp_path, capsys, monk
     assert "two folders are named 'lab_a'" in _error(["--candidates", run_dir, *base, "--also", dev], capsys)
     (tmp_path / "a_file").write_text("")
     assert "is a file" in _error(["--candidates", run_dir, "--dev", dev, "--out", tmp_path / "a_file"], capsys)
+    assert "not one of the evaluated folders" in _error(["--candidates", run_dir, *base, "--source", "lab_z=x"], capsys)
+    assert "expects FOLDER=TEXT" in _error(["--candidates", run_dir, *base, "--source", "lab_a"], capsys)
     assert not out.exists()  # nothing written before the inputs are checked
 
 
@@ -187,6 +191,7 @@ def test_the_report_renders_the_section_from_other_labs_json_and_omits_it_withou
     text = write_report([run_dir], results)[0].read_text()
     assert "## Other labs' images" in text and other_labs.RULE in text
     assert "Development folder: **lab_a**; also evaluated: lab_b." in text
+    assert "- lab_b: the embedded originals again, as a second lab" in text
     assert "| lab_a (dev): accuracy | lab_a: balanced | lab_b: accuracy | lab_b: balanced | eligible |" in text
     row = next(line for line in text.splitlines() if line.startswith("| optimizers/adam (run "))
     assert f"`{run_dir.name}`) | 2 | " in row and "| no: 2 seeds (needs at least 5)" in row
