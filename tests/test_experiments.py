@@ -286,3 +286,13 @@ def test_the_study_starts_a_new_run_where_the_latest_has_other_settings(tmp_path
     now.write_record(dataclasses.replace(old.record(), variants={"sgd": plan["sgd"]}))
     assert stale(now, plan) == []  # rmsprop and adam are missing: resuming adds them
     assert not finished(now, plan)
+
+
+def test_a_run_records_its_command_without_the_machines_folders(tmp_path, monkeypatch):
+    from bccd_jax.run import command_line
+
+    monkeypatch.chdir(tmp_path)
+    line = command_line(["--out", str(tmp_path / "runs" / "study"), "--data-dir", "/data/set", "--seeds", "3",
+                         "--resume", "/elsewhere/run"], "experiments.optimizers")
+    assert line.endswith("-m experiments.optimizers --out runs/study --data-dir $BCCD_DATA_DIR --seeds 3 "
+                         "--resume /elsewhere/run")

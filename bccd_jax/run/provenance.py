@@ -91,12 +91,24 @@ def git_commit() -> str | None:
         return None
 
 
+def _relative(arg: str) -> str:
+    """An absolute path under the current directory as a relative one (a record names no folder of the machine
+    it ran on); any other argument as it is."""
+    if not arg.startswith("/"):
+        return arg
+    try:
+        return str(Path(arg).relative_to(Path.cwd()))
+    except ValueError:
+        return arg
+
+
 def command_line(argv: Sequence[str] | None = None, module: str | None = None) -> str:
-    """The command as typed (`python -m pkg.mod ...` for modules), with the data folder as $BCCD_DATA_DIR.
+    """The command as typed (`python -m pkg.mod ...` for modules), with the data folder as $BCCD_DATA_DIR and
+    absolute paths under the current directory made relative.
 
     `argv` and `module` describe a command run from inside another (the study runs each experiment
     in-process: its run folder records `python -m experiments.<name> <its flags>`)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [_relative(a) for a in (sys.argv[1:] if argv is None else argv)]
     for i, a in enumerate(argv):
         if a == "--data-dir" and i + 1 < len(argv):
             argv[i + 1] = DATA_DIR_PLACEHOLDER
