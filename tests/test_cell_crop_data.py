@@ -100,12 +100,12 @@ def test_data_record_crop_defaults_to_frame() -> None:
 
 
 def test_runner_crop_flag_and_record(builds) -> None:
-    from bccd_jax.runner import data_record, make_parser
+    from bccd_jax.runner import data_record, make_parser, parse_args
 
     from experiments.recipe import EXPERIMENT
 
-    assert make_parser(EXPERIMENT).parse_args([]).crop == "frame"
-    assert make_parser(EXPERIMENT).parse_args(["--crop", "cell"]).crop == "cell"
+    assert parse_args(EXPERIMENT, []).crop == "frame"  # the protocol's crop for the recipe
+    assert parse_args(EXPERIMENT, ["--crop", "cell"]).crop == "cell"
     with pytest.raises(UserError, match="invalid choice: 'box'"):
         make_parser(EXPERIMENT).parse_args(["--crop", "box"])
     frame, cell = builds
