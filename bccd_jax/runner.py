@@ -200,10 +200,10 @@ def make_record(exp: Experiment, args, variants: Sequence[Variant], data: DataRe
                                resumed_from=old.resumed_from + [record.created])
 
 
-def finished_variant(result: VariantResult | None, v: Variant, vr: VariantRecord) -> bool:
-    """Whether a resumed run already holds `v` trained to its epochs with its seeds. Such a variant is kept, not
+def finished_variant(result: VariantResult | None, vr: VariantRecord) -> bool:
+    """Whether a run already holds variant `vr` trained to its epochs with its seeds. Such a variant is kept, not
     retrained: a run folder committed without its checkpoints resumes with the variants it had not finished."""
-    return (result is not None and not result.incomplete and result.epochs >= v.train.epochs
+    return (result is not None and not result.incomplete and result.epochs >= vr.train.epochs
             and result.seeds == list(vr.seeds))
 
 
@@ -269,7 +269,7 @@ def run_experiment(exp: Experiment, argv: Sequence[str] | None = None) -> int:
 
     results = folder.results()
     for v in variants:
-        if finished_variant(results.get(v.name), v, record.variants[v.name]):
+        if finished_variant(results.get(v.name), record.variants[v.name]):
             print(f"[{exp.name}] {v.name}: finished in {folder}, kept", file=sys.stderr)
             continue
         result = train_variant(exp, args, v, record, folder, ds, data, starts[v.name])

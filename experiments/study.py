@@ -42,11 +42,13 @@ def stale(folder: RunFolder, plan: dict[str, VariantRecord]) -> list[str]:
     return epochs + resume_problems(saved.to_json(), {"variants": {n: v.to_json() for n, v in plan.items()}})
 
 
-def finished(folder: RunFolder, names=None) -> bool:
-    """Whether the run holds every variant of `names` (default: of its record) finished."""
+def finished(folder: RunFolder, plan: dict[str, VariantRecord] | None = None) -> bool:
+    """Whether the run holds every variant of `plan` (default: of its record) finished (runner.finished_variant)."""
+    from bccd_jax.runner import finished_variant
+
     results = folder.results()
-    names = folder.record().variants if names is None else names
-    return bool(results) and all(v in results and not results[v].incomplete for v in names)
+    plan = folder.record().variants if plan is None else plan
+    return bool(results) and all(finished_variant(results.get(n), vr) for n, vr in plan.items())
 
 
 def run_step(step: Step, protocol: str, args) -> RunFolder:
@@ -75,9 +77,10 @@ def run_step(step: Step, protocol: str, args) -> RunFolder:
     except UserError:
         pass
     plan = planned(module, flags)
-    if latest is not None and stale(latest, plan):  # an earlier protocol's run: this step starts a new one
-        print(f"[study] {step.name}: {latest} was run with other settings ({'; '.join(stale(latest, plan)[:3])}); "
-              "a new run", file=sys.stderr)
+    problems = stale(latest, plan) if latest is not None else []
+    if problems:  # an earlier protocol's run: this step starts a new one
+        print(f"[study] {step.name}: {latest} was run with other settings ({'; '.join(problems[:3])}); a new run",
+              file=sys.stderr)
         latest = None
     if latest is not None and finished(latest, plan):
         print(f"[study] {step.name}: finished in {latest}, skipped", file=sys.stderr)
