@@ -25,6 +25,7 @@ experiments.report renders `<its --out>/other_labs/other_labs.json` as the secti
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ def load_candidates(texts: Sequence[str]) -> list[Candidate]:
         label = c.label if labels.count(c.label) == 1 else f"{c.label}@{c.folder.path.name}"
         if label in [o.label for o in out]:
             raise UserError(f"candidate {label} ({c.folder}) is given twice; pass each run and variant once")
-        out.append(Candidate(c.folder, c.experiment, c.variant, label, c.clean_test, c.suite))
+        out.append(dataclasses.replace(c, label=label))
     return out
 
 
