@@ -33,12 +33,12 @@ PROTOCOLS = {
         "quick", "embedded originals, 32x40, minutes on a CPU", dataset="originals", image_size=(32, 40), seeds=5,
         batch_size=32,
         epochs={"optimizers": 50, "regularization": 30, "regularization/overfit": 200, "architecture": 30,
-                "recipe": 30, "recipe/tuned": 10, "vgg": 10},
+                "recipe": 30, "recipe/tuned": 10, "vgg": 10, "cell_crops": 30},
         group_seeds={"regularization/centering": 10},
         # the README's main command: 268 training photos tell the study's story only when the network sees the
         # cell (cropped around it at its own scale), in every orientation (as the augmented set's offline flips
         # and rotations gave it), with each image standardised (its stain's strength removed)
-        crops={"optimizers": "cell"},
+        crops={"optimizers": "cell", "cell_crops": "cell"},
         settings={"optimizers": ("input_norm=image", "augment.flip=true", "augment.rot90=true")}),
     "cpu": Protocol(
         "cpu", "augmented set, 60x80, 2 CPU cores", dataset="augmented", image_size=(60, 80), seeds=5,
@@ -46,18 +46,18 @@ PROTOCOLS = {
         epochs={"optimizers": 50, "optimizers/adam": 100, "regularization": 30, "regularization/overfit": 200,
                 "architecture": 3,
                 "architecture/centering": 30, "recipe": 8, "recipe/tuned": 3, "vgg/frozen_blocks1-4": 20,
-                "vgg/frozen_blocks1-3": 20, "vgg": 2},
+                "vgg/frozen_blocks1-3": 20, "vgg": 2, "cell_crops": 8},
         group_seeds={"optimizers/optimizers": 3, "regularization/overfit": 3, "regularization/dropout": 3,
                      "regularization/batchnorm": 3, "regularization/centering": 8, "architecture/depth": 3,
                      "architecture/centering": 3, "architecture/kernels": 3, "vgg/frozen_blocks1-4": 3,
                      "vgg/frozen_blocks1-3": 3, "vgg/all_trainable": 2, "vgg/scratch": 2},
-        checkpoint_every=1),
+        checkpoint_every=1, crops={"cell_crops": "cell"}),
     "gpu": Protocol(
         "gpu", "the study's own: augmented set, 120x160, 50 epochs", dataset="augmented", image_size=(120, 160),
         seeds=5, batch_size=32,
         epochs={"optimizers": 50, "regularization": 50, "regularization/overfit": 200, "architecture": 50,
-                "recipe": 50, "recipe/tuned": 15, "vgg": 20},
-        group_seeds={"regularization/centering": 10}, checkpoint_every=5),
+                "recipe": 50, "recipe/tuned": 15, "vgg": 20, "cell_crops": 50},
+        group_seeds={"regularization/centering": 10}, checkpoint_every=5, crops={"cell_crops": "cell"}),
 }
 
 
@@ -74,7 +74,8 @@ class Step:
 ROBUSTNESS = "robustness"  # a step that evaluates the run of another step, not an experiment of its own
 PARTS = {"study": "the study's experiments and its headline (the best recipe)",
          "robustness": "the robustness comparison (the best recipe's augmentation off, wider, zoom and JPEG "
-                       "on all or half, and fine-tuned under them on a half or a quarter)"}
+                       "on all or half, and fine-tuned under them on a half or a quarter)",
+         "other_labs": "models for other labs' images (the deep recipe on cell crops)"}
 
 # the same in both protocols: best's seeds fine-tuned, each step from the latest finished run of recipe-best
 FINE_TUNING = (
@@ -94,6 +95,7 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("recipe-best-zoom", "recipe", ("--variants", "best_zoom"), part="robustness"),
         Step("recipe-best-zoom-half", "recipe", ("--variants", "best_zoom_half"), part="robustness"),
         *FINE_TUNING,
+        Step("cell-crops", "cell_crops", ("--variants", "stain_jitter"), part="other_labs"),
         Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
         Step("optimizers", "optimizers"),
         Step("regularization", "regularization", ("--parts", "dropout", "batchnorm", "centering")),
