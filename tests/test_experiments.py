@@ -208,9 +208,9 @@ def test_header_splits_wall_time_by_study_part(tmp_path):
 
 
 def test_experiment_modules_expose_the_runner_interface():
-    from experiments import architecture, optimizers, recipe, vgg
+    from experiments import architecture, cell_crops, optimizers, recipe, vgg
 
-    for m in (optimizers, regularization, architecture, vgg, recipe):
+    for m in (optimizers, regularization, architecture, vgg, recipe, cell_crops):
         assert isinstance(m.NAME, str) and m.EXPERIMENT.name == m.NAME and callable(m.variants)
     args = parse("--parts", "depth", "centering", "kernels", "init", "--kernel-counts", "16", "--kernel-sizes",
                  "5", module=architecture)
@@ -234,6 +234,24 @@ def test_cpu_protocol_gives_the_study_its_own_budgets():
     assert reg.pop("dropout_0") == (30, 8) and reg.pop("centering_on") == (30, 8)
     assert all(epochs == 30 and seeds == 3 for epochs, seeds in reg.values()), reg
     assert plan(architecture, "--parts", "centering") == {"expanded": (30, 3), "expanded_centered": (30, 3)}
+
+
+@pytest.mark.parametrize("protocol", ["quick", "cpu", "gpu"])
+def test_cell_crops_train_on_cells_and_widen_only_the_colour(protocol):
+    """cell_crops' variants see cell crops under every protocol (the crop is the experiment's point, not a flag to
+    remember), and stain_jitter differs from best in colour augmentation alone."""
+    from experiments import cell_crops
+
+    args = parse("--protocol", protocol, module=cell_crops)
+    assert args.crop == "cell"
+    best, jitter = select_variants(cell_crops.EXPERIMENT, args)
+    assert best.model == jitter.model and best.model.input_norm == "image"
+    geometry = ("flip", "rot90", "rotate", "shift", "scale", "blur", "jpeg", "heavy_p")
+    assert all(getattr(best.train.augment, f) == getattr(jitter.train.augment, f) for f in geometry)
+    assert best.train.augment.rot90 and jitter.train.augment.colour
+    assert all(getattr(jitter.train.augment, f) > getattr(best.train.augment, f)
+               for f in ("hue", "saturation", "stain", "gamma", "contrast", "brightness"))
+    assert dataclasses.replace(jitter.train, augment=best.train.augment) == best.train
 
 
 @pytest.mark.parametrize("protocol", ["cpu", "gpu"])
