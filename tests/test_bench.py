@@ -1,4 +1,4 @@
-"""benchmarks.bench times bccd_jax alone where PyTorch is not installed."""
+"""benchmarks.bench times bccd_jax alone where PyTorch is not installed; benchmarks.roofline counts a step."""
 
 from __future__ import annotations
 
@@ -32,3 +32,29 @@ def test_bench_runs_jax_alone_without_torch(tmp_path):
     assert rows and {r["framework"] for r in rows} == {"jax"}
     assert all(r["img_per_s"] > 0 for r in rows)
     assert (tmp_path / "RESULTS.md").is_file()
+
+
+def test_roofline_counts_a_steps_flops_and_adams_bytes(tmp_path):
+    """XLA's FLOPs of a base-CNN train step lie near the convolutions' and dense layers' own count (forward 2 FLOPs
+    per multiply-add, backward twice that, less the first layer's input gradient) plus Adam's few per parameter,
+    Adam's bytes are 7 float32 per parameter, and RESULTS.md gets the section."""
+    from benchmarks import roofline
+    from benchmarks.bench import model_config
+    from benchmarks.layers import conv_shapes
+    from bccd_jax.models.cnn import feature_map_size
+
+    hw, batch = (24, 32), 4
+    res = roofline.main(["--models", "base", "--sizes", "24x32", "--batch-sizes", str(batch), "--calls", "1",
+                         "--matmul-n", "128", "--stream-mb", "8", "--out-dir", str(tmp_path)])
+    (row,) = res["rows"]
+    cfg = model_config("base")
+    convs = [(h - 2) * (w - 2) * cin * cout * 9 for h, w, cin, cout in conv_shapes(cfg, hw)]
+    fh, fw = feature_map_size(cfg, hw)
+    dense = [fh * fw * cfg.conv_blocks[-1][-1] * cfg.dense_features, cfg.dense_features * cfg.num_classes]
+    macs = batch * (sum(convs) + sum(dense))
+    expected = 6 * macs - 2 * batch * convs[0]
+    assert 0.9 * expected <= row["flops"] <= 1.1 * expected + 20 * row["params"], (row["flops"], expected)
+    assert row["adam_bytes"] == 28 * row["params"] and row["bytes"] > row["adam_bytes"]
+    assert row["bound"] in ("memory", "compute") and 0 < row["fraction"] and row["step_s"] > 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## The training step against this CPU's roofline" in text and "| base | 24x32 | 4 |" in text
