@@ -63,9 +63,11 @@ def summarize(res: dict) -> dict:
                           jax_compile_s=jax1[0]["compile_s"] if jax1 else None))
         for s, st in sorted({(r["seeds"], r.get("strategy_requested")) for r in rows if r["seeds"] > 1}):
             mr = [r for r in rows if r["seeds"] == s and r.get("strategy_requested") == st]
+            vs_torch = [m["img_per_s"] / t["img_per_s"] for m in mr for t in torch_ if m["round"] == t["round"]]
             multi.append(dict(model=model, size=size, dtype=dtype, batch_size=bs, seeds=s, strategy=st,
                               resolved=mr[0]["strategy"], img_per_s=med(mr), step_s=_median([r["step_s"] for r in mr]),
-                              compile_s=mr[0]["compile_s"], per_seed_vs_1=med(mr) / med(jax1) if jax1 else None))
+                              compile_s=mr[0]["compile_s"], per_seed_vs_1=med(mr) / med(jax1) if jax1 else None,
+                              per_seed_over_torch=_median(vs_torch) if vs_torch else None))
     by = {(c["model"], c["size"], c["dtype"], c["batch_size"]): c for c in cells}
     dtypes = []
     for (model, size, dtype, bs), c in by.items():
@@ -113,8 +115,20 @@ def computed_notes(res: dict, s: dict) -> list[str]:
                      + ", ".join(f"{r:.2f}" for r in c["jax_over_torch"]) + ").")
     for m in s["multi_seed"]:
         if m["per_seed_vs_1"] is not None:
+            vs = m.get("per_seed_over_torch")
             notes.append(f"{m['seeds']} seeds at once ({m['resolved']}), {m['model']} {m['size']} "
-                         f"{m['dtype']} b{m['batch_size']}: {m['per_seed_vs_1']:.2f}x the per-seed speed of one seed.")
+                         f"{m['dtype']} b{m['batch_size']}: {m['per_seed_vs_1']:.2f}x the per-seed speed of one seed"
+                         + (f", {vs:.2f}x PyTorch's img/s (median of the rounds' ratios)." if vs else "."))
+    for key in sorted({(c["model"], c["size"], c["dtype"], c["batch_size"]) for c in cells},
+                      key=lambda k: (k[0], _size_key(k[1]), k[2], k[3])):
+        sides = [(c["jax_over_torch_median"], "1 seed") for c in cells
+                 if (c["model"], c["size"], c["dtype"], c["batch_size"]) == key]
+        sides += [(m["per_seed_over_torch"], f"{m['seeds']} seeds {m['resolved']}") for m in s["multi_seed"]
+                  if (m["model"], m["size"], m["dtype"], m["batch_size"]) == key and m.get("per_seed_over_torch")]
+        if len(sides) > 1:
+            ratio, how = max(sides)
+            notes.append(f"Best per-seed JAX img/s over PyTorch's, {key[0]} {key[1]} {key[2]} b{key[3]}: "
+                         f"**{ratio:.2f}x** ({how} in one program).")
     load = res.get("loadavg_start")
     threads = res.get("cpu_threads")
     if load and threads and load[0] > 0.25 * threads:

@@ -58,3 +58,21 @@ def test_roofline_counts_a_steps_flops_and_adams_bytes(tmp_path):
     assert row["bound"] in ("memory", "compute") and 0 < row["fraction"] and row["step_s"] > 0
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## The training step against this CPU's roofline" in text and "| base | 24x32 | 4 |" in text
+
+
+def test_report_compares_several_seeds_in_one_program_with_pytorch():
+    """The best per-seed speed counts several seeds in one program, each round's ratio against the same round's
+    PyTorch row."""
+    from benchmarks.report import computed_notes, summarize
+
+    def row(framework, seeds, img_per_s, rnd):
+        return dict(kind="step", model="base", size="60x80", dtype="float32", batch_size=32, framework=framework,
+                    seeds=seeds, img_per_s=img_per_s, step_s=32 / img_per_s, compile_s=1.0, round=rnd,
+                    strategy="unroll" if seeds > 1 else "single", strategy_requested="unroll" if seeds > 1 else None)
+
+    res = {"rows": [row("torch", 1, 100.0, 0), row("jax", 1, 130.0, 0), row("jax", 3, 170.0, 0),
+                    row("torch", 1, 200.0, 1), row("jax", 1, 260.0, 1), row("jax", 3, 320.0, 1)]}
+    notes = computed_notes(res, summarize(res))
+    assert any("3 seeds at once (unroll)" in n and "1.65x PyTorch's img/s" in n for n in notes), notes
+    best = "Best per-seed JAX img/s over PyTorch's, base 60x80 float32 b32: **1.65x** (3 seeds unroll in one program)."
+    assert best in notes, notes
