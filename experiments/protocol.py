@@ -95,7 +95,7 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("recipe-best-zoom", "recipe", ("--variants", "best_zoom"), part="robustness"),
         Step("recipe-best-zoom-half", "recipe", ("--variants", "best_zoom_half"), part="robustness"),
         *FINE_TUNING,
-        Step("cell-crops", "cell_crops", ("--variants", "stain_jitter"), part="other_labs"),
+        Step("cell-crops", "cell_crops", ("--variants", "saturation"), part="other_labs"),
         Step("vgg", "vgg", ("--variants", "frozen_blocks1-4", "frozen_blocks1-3"), needs_weights=True),
         Step("optimizers", "optimizers"),
         Step("regularization", "regularization", ("--parts", "dropout", "batchnorm", "centering")),

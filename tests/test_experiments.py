@@ -239,19 +239,24 @@ def test_cpu_protocol_gives_the_study_its_own_budgets():
 @pytest.mark.parametrize("protocol", ["quick", "cpu", "gpu"])
 def test_cell_crops_train_on_cells_and_widen_only_the_colour(protocol):
     """cell_crops' variants see cell crops under every protocol (the crop is the experiment's point, not a flag to
-    remember), and stain_jitter differs from best in colour augmentation alone."""
+    remember), and each differs from best in its colour augmentation (or, density, its input normalisation) alone."""
     from experiments import cell_crops
 
     args = parse("--protocol", protocol, module=cell_crops)
     assert args.crop == "cell"
-    best, jitter = select_variants(cell_crops.EXPERIMENT, args)
-    assert best.model == jitter.model and best.model.input_norm == "image"
-    geometry = ("flip", "rot90", "rotate", "shift", "scale", "blur", "jpeg", "heavy_p")
-    assert all(getattr(best.train.augment, f) == getattr(jitter.train.augment, f) for f in geometry)
-    assert best.train.augment.rot90 and jitter.train.augment.colour
-    assert all(getattr(jitter.train.augment, f) > getattr(best.train.augment, f)
-               for f in ("hue", "saturation", "stain", "gamma", "contrast", "brightness"))
-    assert dataclasses.replace(jitter.train, augment=best.train.augment) == best.train
+    chosen = {v.name: v for v in select_variants(cell_crops.EXPERIMENT, args)}
+    best = chosen.pop("best")
+    assert best.model.input_norm == "image" and best.train.augment.rot90
+    colour = ("hue", "saturation", "stain", "gamma", "contrast", "brightness")
+    for name, v in chosen.items():
+        assert dataclasses.replace(v.model, input_norm=best.model.input_norm) == best.model, name
+        same = {f.name: getattr(best.train.augment, f.name) for f in dataclasses.fields(best.train.augment)
+                if f.name not in colour}
+        assert dataclasses.replace(v.train.augment, **same) == v.train.augment, name
+        assert dataclasses.replace(v.train, augment=best.train.augment) == best.train, name
+        assert all(getattr(v.train.augment, f) >= getattr(best.train.augment, f) for f in colour), name
+    assert chosen["saturation"].train.augment.saturation == 0.8 > best.train.augment.saturation
+    assert chosen["density"].model.input_norm == "density"
 
 
 @pytest.mark.parametrize("protocol", ["cpu", "gpu"])
