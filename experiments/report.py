@@ -108,7 +108,7 @@ def robustness_rows(runs) -> list[tuple[str, dict, VariantResult]]:
 
 
 def robust_choice(rows) -> tuple[str, str] | None:
-    """The model to ship: the best suite mean among the variants whose clean TEST mean lies inside the 95 %
+    """The suite's choice: the best suite mean among the variants whose clean TEST mean lies inside the 95 %
     interval of the variant with the best clean TEST mean (clean TEST = the run's own final TEST accuracy)."""
     if not rows:
         return None
@@ -124,7 +124,7 @@ def robust_choice(rows) -> tuple[str, str] | None:
 def robustness_section(rows, fig_paths: list[str]) -> list[str]:
     from bccd_jax.robustness import SUITE
 
-    lines = ["## Robustness to other labs' images", "",
+    lines = ["## Robustness to simulated shifts of BCCD's images", "",
              "TEST images under a fixed, seeded suite of shifts (`python -m experiments.robustness`, "
              "bccd_jax/robustness.py): hue, saturation, brightness, gamma, blur, JPEG, rescale and stain (H&E "
              "optical density) at several strengths; the suite mean averages every shift and strength. Means over "
@@ -145,7 +145,9 @@ def robustness_section(rows, fig_paths: list[str]) -> list[str]:
             lines.append(f"| {shift.name} ({shift.unit}) | {strength:g} | " + " | ".join(cells) + " |")
     choice = robust_choice(rows)
     if choice:
-        lines += ["", f"Model to ship (`results/model`): **{choice[0]}**: {choice[1]}."]
+        lines += ["", f"The suite's choice: **{choice[0]}**: {choice[1]}. The shipped model (`results/model`) is chosen "
+                  "on other labs' images instead (section \"Other labs' images\"): the suite shifts BCCD's own "
+                  "pictures, which did not foresee them."]
     lines.append("")
     lines += [f"![robustness]({p})" for p in fig_paths]
     return lines + [""]

@@ -1,4 +1,4 @@
-"""Robustness to other labs' images: a trained run on TEST under a fixed, seeded suite of shifts.
+"""Robustness to simulated shifts: a trained run on TEST under a fixed, seeded suite of shifts.
 
     python -m experiments.robustness --run RUN_DIR --data-dir DATA [--variants NAME...] [--stride 3]
 

@@ -61,17 +61,24 @@ def test_shipped_model_reproduces_its_recorded_test_accuracy(full_data_dir):
     assert got.tolist() == pytest.approx([recorded[s] for s in restored.seeds], abs=2.5 / len(test.labels))
 
 
-def test_shipped_model_is_the_robustness_rules_choice():
-    """results/model is the variant that experiments.report's rule picks from the committed runs: the best
-    suite mean among the variants whose clean TEST lies within the best clean TEST's interval."""
+def test_shipped_model_is_the_other_labs_rules_choice():
+    """results/model is the candidate that experiments.other_labs' rule named (results/other_labs/other_labs.json):
+    eligible by its seeds and clean TEST mean, the best balanced accuracy on the development folder; and it was
+    exported from a committed run folder whose clean TEST per seed it carries."""
     from bccd_jax.run import RunFolder
-    from experiments.report import robust_choice, robustness_rows
+    from experiments.other_labs import MIN_CLEAN_TEST, MIN_SEEDS
 
-    runs = [(f, f.record(), f.results()) for f in map(RunFolder, committed_runs())]
-    label, _ = robust_choice(robustness_rows(runs))
+    chosen = json.loads((RESULTS / "other_labs" / "other_labs.json").read_text())
     model = RunFolder(MODEL)
     ((name, result),) = model.results().items()
-    assert f"{model.record().experiment}/{name}" == label
-    sources = [f.path.name for f, record, results in runs
-               if f"{record.experiment}/{name}" == label and name in results and f.read_robustness()]
-    assert result.raw["exported_from"]["run"] in sources
+    label = f"{model.record().experiment}/{name}"
+    assert chosen["choice"] == label
+    (entry,) = [c for c in chosen["candidates"] if c["label"] == label]
+    assert entry["eligible"] and len(entry["clean_test"]["acc_per_seed"]) >= MIN_SEEDS
+    assert np.mean(entry["clean_test"]["acc_per_seed"]) >= MIN_CLEAN_TEST
+    dev = chosen["dev"]
+    best = max(c["folders"][dev]["balanced_accuracy"] for c in chosen["candidates"] if c["eligible"])
+    assert entry["folders"][dev]["balanced_accuracy"] == best
+    sources = {p.name: RunFolder(p) for p in committed_runs()}
+    source = sources[result.raw["exported_from"]["run"]]
+    assert source.results()[name].final("test")["acc_per_seed"] == result.final("test")["acc_per_seed"]
