@@ -3,9 +3,9 @@
     python -m experiments.ship --run RUN_DIR --variant best --data-dir DATA --out results/model
 
 Keeps the seed whose final TEST accuracy is closest to the variant's mean over seeds (or
-`--seeds all`), stores the weights as float16 when that changes no TEST prediction (checked on
-the run's own TEST set when --data-dir is given, else float32), and refuses a result over
-`--max-mb`. `python -m bccd_jax.predict IMAGE --run <out>` then works without training.
+`--seeds all`), with its part of the run's robustness.json where experiments.robustness ran; stores the
+weights as float16 when that changes no TEST prediction (checked on the run's own TEST set when
+--data-dir is given, else float32), and refuses a result over `--max-mb`. `python -m bccd_jax.predict IMAGE --run <out>` then works without training.
 """
 
 from __future__ import annotations
@@ -71,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes.append(f"float16 weights {'change none' if same else 'change some'} of the {len(images)} TEST "
                      f"predictions: stored as {dtype}")
     out = export_model(chosen, args.out, dtype)
+    rob = RunFolder(args.run).robustness_of(name, seeds)
+    if rob is not None:  # the shift suite of the seeds shipped, for whoever compares shipped models
+        out.write_robustness(rob)
+        notes.append(f"robustness.json: the shift suite of seeds {seeds}")
     size = sum(f.stat().st_size for f in Path(out.path).rglob("*") if f.is_file()) / 2**20
     for n in notes:
         print(f"[ship] {n}", file=sys.stderr)

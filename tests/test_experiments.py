@@ -319,3 +319,20 @@ def test_a_run_records_its_command_without_the_machines_folders(tmp_path, monkey
                          "--resume", "/elsewhere/run"], "experiments.optimizers")
     assert line.endswith("-m experiments.optimizers --out runs/study --data-dir $BCCD_DATA_DIR --seeds 3 "
                          "--resume /elsewhere/run")
+
+
+def test_a_shipped_seed_carries_its_part_of_the_shift_suite(tmp_path):
+    """RunFolder.robustness_of cuts robustness.json to the seeds a shipped model keeps (experiments.ship), and
+    says None where the suite never saw the variant or one of the seeds."""
+    folder = RunFolder(tmp_path)
+    entry = {"seeds": [0, 1, 2], "clean": [0.8, 0.9, 0.7], "suite_mean": [0.6, 0.65, 0.5], "epoch": 3,
+             "shifts": {"hue": {"unit": "degrees", "strengths": [10.0, 20.0],
+                                "acc": [[0.7, 0.8, 0.6], [0.5, 0.6, 0.4]]}}}
+    folder.write_robustness({"stride": 3, "n_images": 10, "fingerprint": "f", "variants": {"best": entry}})
+    cut = folder.robustness_of("best", [1])
+    assert cut["stride"] == 3 and list(cut["variants"]) == ["best"]
+    one = cut["variants"]["best"]
+    assert one["seeds"] == [1] and one["clean"] == [0.9] and one["suite_mean"] == [0.65]
+    assert one["shifts"]["hue"]["acc"] == [[0.8], [0.6]] and one["shifts"]["hue"]["strengths"] == [10.0, 20.0]
+    assert folder.robustness_of("best", [3]) is None and folder.robustness_of("other", [0]) is None
+    assert RunFolder(tmp_path / "none").robustness_of("best", [0]) is None

@@ -22,7 +22,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -299,6 +299,22 @@ class RunFolder:
     def read_robustness(self) -> dict[str, Any] | None:
         """robustness.json, or None where the suite has not run."""
         return read_json(self.robustness_path) if self.robustness_path.exists() else None
+
+    def robustness_of(self, variant: str, seeds: Sequence[int]) -> dict[str, Any] | None:
+        """robustness.json of `variant` cut to `seeds` (as a shipped model of those seeds carries it), or None
+        where the suite did not run on the variant or on one of the seeds."""
+        rob = self.read_robustness()
+        entry = (rob or {}).get("variants", {}).get(variant)
+        if entry is None or not set(seeds) <= set(entry["seeds"]):
+            return None
+        at = [entry["seeds"].index(s) for s in seeds]
+
+        def pick(values):
+            return [values[i] for i in at]
+
+        cut = dict(entry, seeds=list(seeds), clean=pick(entry["clean"]), suite_mean=pick(entry["suite_mean"]),
+                   shifts={k: dict(v, acc=[pick(a) for a in v["acc"]]) for k, v in entry["shifts"].items()})
+        return dict(rob, variants={variant: cut})
 
     # the frozen prefix of a variant trained on cached features (bccd_jax.features)
     def frozen_path(self, variant: str) -> Path:
