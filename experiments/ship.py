@@ -5,7 +5,8 @@
 Keeps the seed whose final TEST accuracy is closest to the variant's mean over seeds (or
 `--seeds all`), with its part of the run's robustness.json where experiments.robustness ran; stores the
 weights as float16 when that changes no TEST prediction (checked on the run's own TEST set when
---data-dir is given, else float32), and refuses a result over `--max-mb`. `python -m bccd_jax.predict IMAGE --run <out>` then works without training.
+--data-dir is given, else float32), and refuses a result over `--max-mb`.
+`python -m bccd_jax.predict IMAGE --run <out>` then works without training.
 """
 
 from __future__ import annotations
