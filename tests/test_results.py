@@ -46,14 +46,11 @@ def test_shipped_model_predicts_without_training(tmp_path_factory):
 
 
 def test_shipped_model_reproduces_its_recorded_test_accuracy(full_data_dir):
-    from bccd_jax.data import load_dataset
-    from bccd_jax.run import RunFolder, restore
+    from bccd_jax.run import RunFolder, restore, run_dataset
 
     restored = restore(MODEL)
-    record, (result,) = RunFolder(MODEL).record(), RunFolder(MODEL).results().values()
-    ds = load_dataset(record.data.dataset, data_dir=str(full_data_dir), image_size=record.data.image_size)
-    assert ds.fingerprint == record.data.fingerprint
-    test = ds.splits["test"]
+    (result,) = RunFolder(MODEL).results().values()
+    test = run_dataset(RunFolder(MODEL), str(full_data_dir)).splits["test"]  # framed (cropped) as it was trained
     got = (restored.logits(np.asarray(test.images)).argmax(-1) == test.labels[None]).mean(axis=1)
     recorded = dict(zip(result.raw["exported_from"]["seeds"], result.final("test")["acc_per_seed"]))
     # float16 storage was checked to change no prediction on the machine that shipped it; another CPU sums the
