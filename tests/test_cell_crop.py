@@ -20,6 +20,7 @@ from PIL import Image
 from bccd_jax.data.sources import parse_voc_xml, single_wbc_box
 from bccd_jax.errors import UserError
 from bccd_jax.images import cell_fields, prepare
+from bccd_jax.run import RunFolder
 from conftest import cache_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,12 +148,17 @@ def test_the_default_crop_is_the_runs_own():
 
 def test_predict_reports_the_localiser(inputs, env):
     """With crop "cell", --json carries each image's status, centre, box, crop and note; the shipped model,
-    trained on whole images, resizes them whole by default and reports no cell."""
+    trained on cell crops, crops by default (its run's crop), and `--crop none` resizes whole and reports no cell."""
     orig = JPEGS / f"{ORIGINALS[0]}.jpg"
-    default = subprocess.run([sys.executable, "-m", "bccd_jax.predict", str(inputs["centred"]), "--run", str(MODEL),
-                              "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert default.returncode == 0, default.stderr
-    assert json.loads(default.stdout)["predictions"][0]["cell_status"] is None
+
+    def status(*flags):
+        r = subprocess.run([sys.executable, "-m", "bccd_jax.predict", str(inputs["centred"]), "--run", str(MODEL),
+                            "--json", *flags], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["predictions"][0]["cell_status"]
+
+    assert RunFolder(MODEL).record().data.crop == "cell"
+    assert status() == "one" and status("--crop", "none") is None
     args = [inputs["centred"], orig, inputs["blank"], "--run", MODEL, "--crop", "cell"]
     r = subprocess.run([sys.executable, "-m", "bccd_jax.predict", *map(str, args), "--json"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
