@@ -174,15 +174,19 @@ def header(runs: list[tuple[RunFolder, RunRecord, dict[str, VariantResult]]], co
         # runs resumed before wall times were kept over processes record only the last process
         last_only = rec.resumed_from and not all(x.raw.get("wall_s_over_resumes") for x in res.values())
         lines.append(f"| `{folder.path.name}` | {rec.experiment} | {rec.protocol or '-'} | {rec.data.dataset} | "
-                     f"{rec.data.image_size[0]}x{rec.data.image_size[1]} | {variant_list(res)} | {wall:.0f} s "
+                     f"{rec.data.image_size[0]}x{rec.data.image_size[1]} | {variant_list(rec, res)} | {wall:.0f} s "
                      f"({wall / 60:.1f} min{', the last of its resumed processes only' if last_only else ''}) | "
                      f"`{(rec.git_commit or '?')[:10]}` |")
     return lines + [""]
 
 
-def variant_list(results: Mapping[str, VariantResult]) -> str:
-    """A run's variants for the header, an unfinished one marked with the epochs it reached."""
-    return ", ".join(f"{n} (stopped at epoch {r.epochs} of {r.raw.get('epochs', '?')})" if r.incomplete else n
+def variant_list(record: RunRecord, results: Mapping[str, VariantResult]) -> str:
+    """A run's variants for the header, an unfinished one marked with the epoch it reached of those planned."""
+    def planned(name):
+        v = record.variants.get(name)
+        return v.train.epochs if v is not None else "?"
+
+    return ", ".join(f"{n} (stopped at epoch {r.epochs} of {planned(n)})" if r.incomplete else n
                      for n, r in results.items())
 
 
