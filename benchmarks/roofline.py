@@ -21,9 +21,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -39,14 +37,10 @@ ADAM_BYTES_PER_PARAM = 7 * 4
 
 
 def median_seconds(fn, calls: int) -> float:
-    """Median seconds of `calls` calls of `fn` (which waits for its result), after one untimed call."""
-    fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of one call of `fn` (which waits for its result) over `calls` calls, after warm calls."""
+    from benchmarks.layers import timed
+
+    return timed(fn, 0.0, calls)
 
 
 def machine_limits(calls: int, matmul_n: int = 2048, stream_mb: int = 512) -> dict:
