@@ -140,11 +140,15 @@ def computed_notes(res: dict, s: dict) -> list[str]:
     return notes
 
 
+def _seeds_text(seeds: int) -> str:
+    return "1 seed" if seeds == 1 else f"{seeds} seeds (as training runs them on CPU: one after another)"
+
+
 def xla_ab_section(ab: dict) -> list[str]:
     sides = list(ab.get("sides", {})) or ["xla_defaults", "bccd_jax"]
     lines = ["", "## XLA:CPU settings side by side", "",
              f"`{ab.get('command', 'python -m benchmarks.xla_cpu_ab')}` ({ab.get('date', '?')}), each side in fresh "
-             f"processes, the order rotating every round, 1 seed, {ab.get('size', '120x160')} images, batch "
+             f"processes, the order rotating every round, {_seeds_text(ab.get('seeds', 1))}, {ab.get('size', '120x160')} images, batch "
              f"{ab.get('batch_size', 32)}, median step. Sides: "
              + "; ".join(f"`{s}` = {ab['sides'][s]}" for s in sides if s in ab.get("sides", {})) + ".", ""]
     return lines + list(ab.get("table", []))

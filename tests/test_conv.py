@@ -106,12 +106,17 @@ def test_max_pool_relu_is_relu_of_pool_plus_bias(shape):
     assert float(jnp.abs(got[0][:, -1]).sum() if shape[1] % 2 else 0.0) == 0.0
 
 
-def test_max_pool_relu_splits_a_tie_equally():
+@pytest.mark.parametrize("tied", [((0, 0), (0, 1), (1, 0)), ((0, 1), (1, 1)), ((1, 0), (1, 1))])
+def test_max_pool_relu_gives_a_tie_to_the_first_maximum_as_nn_max_pool(tied):
     from bccd_jax.models.pool import max_pool_relu
 
-    y = jnp.zeros((1, 2, 2, 1)).at[0, 1, 1, 0].set(-1.0) + 0.5  # three of four tie at 0.5
+    y = jnp.full((1, 2, 2, 1), -1.0)
+    for r, c in tied:
+        y = y.at[0, r, c, 0].set(0.5)
     g = jax.grad(lambda y: max_pool_relu(y).sum())(y)
-    np.testing.assert_allclose(np.asarray(g)[0, :, :, 0], [[1 / 3, 1 / 3], [1 / 3, 0.0]], rtol=1e-6)
+    want = jax.grad(lambda y: jax.nn.relu(nn.max_pool(y, (2, 2), strides=(2, 2))).sum())(y)
+    np.testing.assert_array_equal(g, want)
+    assert float(g[0, tied[0][0], tied[0][1], 0]) == 1.0 and float(g.sum()) == 1.0
 
 
 @pytest.mark.parametrize("batch_norm", [False, True])

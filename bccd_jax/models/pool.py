@@ -16,10 +16,12 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
                        jnp.maximum(x[..., 1::2, 0::2, :], x[..., 1::2, 1::2, :]))
 
 
-def _windows(y: jnp.ndarray) -> jnp.ndarray:
-    """(N, H, W, C) -> (N, H//2, 2, W//2, 2, C), odd trailing rows/columns dropped: 2x2 windows as axes 2 and 4."""
-    n, h, w, c = y.shape
-    return y[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+def _quarters(y: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
+    """The four positions of every 2x2 window, (top-left, top-right, bottom-left, bottom-right), each
+    (N, H//2, W//2, C); odd trailing rows/columns dropped."""
+    h, w = (y.shape[-3] // 2) * 2, (y.shape[-2] // 2) * 2
+    y = y[:, :h, :w]
+    return y[:, 0::2, 0::2], y[:, 0::2, 1::2], y[:, 1::2, 0::2], y[:, 1::2, 1::2]
 
 
 @jax.custom_vjp
@@ -27,28 +29,34 @@ def max_pool_relu(y: jnp.ndarray, bias: jnp.ndarray | None = None) -> jnp.ndarra
     """relu(max_pool_2x2(y) + bias), bias per channel (or None): the block's end in one op.
 
     The bias is added after the pool: max(y + b) = max(y) + b exactly (rounding is monotone), on a
-    quarter of the elements, so a convolution before it can leave its bias out. The backward pass
-    is one elementwise pass over the window: the gradient goes to the window's maximum, split
-    equally among exact ties (as `jnp.max`'s), where autodiff of the four slices' maxima pads and
-    adds four tensors the size of `y`.
+    quarter of the elements, so a convolution before it can leave its bias out. The forward pass keeps
+    which of the window's four positions held the maximum (one byte per pooled value; the first in
+    row-major order among exact ties, as `nn.max_pool`'s and PyTorch's gradients choose), and the backward
+    pass routes the gradient there in one elementwise pass: no copy of `y` is kept for it, where autodiff
+    of the four slices' maxima keeps `y` and pads and adds four tensors its size.
     """
     return _max_pool_relu_fwd(y, bias)[0]
 
 
 def _max_pool_relu_fwd(y, bias):
-    pooled = max_pool_2x2(y)
+    q = _quarters(y)
+    pooled = jnp.maximum(jnp.maximum(q[0], q[1]), jnp.maximum(q[2], q[3]))
+    which = jnp.where(q[0] == pooled, 0, jnp.where(q[1] == pooled, 1, jnp.where(q[2] == pooled, 2, 3)))
     z = pooled if bias is None else pooled + bias.astype(pooled.dtype)
-    return nn.relu(z), (y, pooled, z, bias)
+    out = nn.relu(z)
+    return out, (which.astype(jnp.int8), out > 0, bias, y.shape)
 
 
 def _max_pool_relu_bwd(res, g):
-    y, pooled, z, bias = res
-    dz = jnp.where(z > 0, g, jnp.zeros_like(g))
-    at_max = _windows(y) == pooled[:, :, None, :, None, :]
-    share = dz / at_max.sum(axis=(2, 4), dtype=dz.dtype)
-    dy = jnp.where(at_max, share[:, :, None, :, None, :], jnp.zeros((), dz.dtype)).reshape(
-        y.shape[0], pooled.shape[1] * 2, pooled.shape[2] * 2, y.shape[3])
-    dy = jnp.pad(dy, ((0, 0), (0, y.shape[1] - dy.shape[1]), (0, y.shape[2] - dy.shape[2]), (0, 0)))
+    which, live, bias, shape = res
+    dz = jnp.where(live, g, jnp.zeros_like(g))
+    n, hp, wp, c = dz.shape
+    position = (2 * jnp.arange(2, dtype=jnp.int8).reshape(1, 1, 2, 1, 1, 1)
+                + jnp.arange(2, dtype=jnp.int8).reshape(1, 1, 1, 1, 2, 1))  # window row a, column b: 2a + b
+    dy = jnp.where(which[:, :, None, :, None, :] == position, dz[:, :, None, :, None, :], jnp.zeros((), dz.dtype))
+    dy = dy.reshape(n, hp * 2, wp * 2, c)
+    if dy.shape[1:3] != tuple(shape[1:3]):
+        dy = jnp.pad(dy, ((0, 0), (0, shape[1] - dy.shape[1]), (0, shape[2] - dy.shape[2]), (0, 0)))
     db = None if bias is None else dz.astype(jnp.float32).sum(axis=(0, 1, 2)).astype(bias.dtype)
     return dy, db
 
