@@ -28,6 +28,12 @@ def cache_env(tmp_root: Path) -> dict[str, str]:
             "BCCD_JAX_CACHE": str(tmp_root / "bccd_data"), "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
 
+@pytest.fixture(scope="session")
+def env(tmp_path_factory) -> dict[str, str]:
+    """`cache_env` of this test run, for the tests that start subprocesses."""
+    return cache_env(tmp_path_factory.getbasetemp())
+
+
 PLAIN_INPUT = ("--crop", "frame", "--set", "input_norm=scale", "augment.flip=false", "augment.rot90=false")
 """Flags that give the quick protocol's optimizers the study's own input."""
 

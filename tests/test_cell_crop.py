@@ -21,7 +21,6 @@ from bccd_jax.data.sources import parse_voc_xml, single_wbc_box
 from bccd_jax.errors import UserError
 from bccd_jax.images import cell_fields, prepare
 from bccd_jax.run import RunFolder
-from conftest import cache_env
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "results" / "model"
@@ -130,11 +129,6 @@ def test_predict_and_evaluate_prepare_alike(inputs):
     assert [k["cell_status"] for k in kept] == [p.cell.status for p in from_predict]
     assert [k["cell_crop"] for k in kept] == [cell_fields(p)["cell_crop"] for p in from_predict]
     assert not skipped and labels.tolist() == [0] * len(paths)
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    return cache_env(tmp_path_factory.getbasetemp())
 
 
 def test_the_default_crop_is_the_runs_own():

@@ -15,7 +15,7 @@ import pytest
 
 from bccd_jax.errors import run_cli
 from bccd_jax.metrics import balanced_accuracy
-from conftest import cache_env, small_run, write_labelled_folder
+from conftest import small_run, write_labelled_folder
 from experiments import other_labs
 from experiments.other_labs import MIN_CLEAN_TEST, MIN_SEEDS, Standing, choose, ineligible_because
 from experiments.report import write_report
@@ -60,11 +60,6 @@ def test_no_model_is_named_when_none_is_eligible():
 
 
 # ----------------------------------------------------------------------------- the command
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    return cache_env(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

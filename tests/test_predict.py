@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from bccd_jax import CLASS_NAMES
-from conftest import cache_env, small_run, write_labelled_folder
+from conftest import small_run, write_labelled_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 JPEGS = ROOT / "data" / "BCCD" / "JPEGImages"
@@ -32,11 +32,6 @@ SIZE = (24, 32)
 
 def predict_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "bccd_jax.predict", *map(str, args)]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    return cache_env(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")
