@@ -5,8 +5,8 @@ defaults, and candidates.
 
 XLA reads XLA_FLAGS once per process, so each side runs `benchmarks.bench` (JAX step
 rows only) in a fresh subprocess, the order of the sides rotating every round so that
-machine load hits all alike. Prints a Markdown table of median step times (speed-up
-against the first side), writes benchmarks/xla_cpu_ab.json and regenerates RESULTS.md beside it.
+machine load hits all alike. Prints a Markdown table of median step times with the minor page
+faults per step in brackets (speed-up against the first side), writes benchmarks/xla_cpu_ab.json and regenerates RESULTS.md beside it.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def run_side(side: str, models, batch_size: int, steps: int, repeats: int, size:
         subprocess.run(cmd, env=env, cwd=str(HERE.parent), check=True, stdout=subprocess.DEVNULL)
         res = json.loads((Path(out) / "results.json").read_text())
     return [dict(side=side, xla_flags=res.get("xla_flags", ""), model=r["model"], seeds=seeds, step_s=r["step_s"],
-                 compile_s=r["compile_s"]) for r in res["rows"] if r["kind"] == "step" and r.get("seeds", 1) == seeds]
+                 compile_s=r["compile_s"], minor_faults_per_step=r.get("minor_faults_per_step"))
+            for r in res["rows"] if r["kind"] == "step" and r.get("seeds", 1) == seeds]
 
 
 def main(argv=None):
@@ -71,14 +72,18 @@ def main(argv=None):
             print(f"round {k + 1} {side}: " + ", ".join(f"{r['model']} {r['step_s'] * 1e3:.0f} ms"
                                                          for r in rows[-len(a.models):]), file=sys.stderr, flush=True)
     first = a.sides[0]
-    table = ["| model | size | batch | " + " | ".join(f"{s} step ms" for s in a.sides) + " | " +
+    table = ["| model | size | batch | " + " | ".join(f"{s} step ms (page faults)" for s in a.sides) + " | " +
              " | ".join(f"{s} vs {first}" for s in a.sides[1:]) + " |",
              "| --- | --- | ---: |" + " ---: |" * (2 * len(a.sides) - 1)]
     summary = {}
     for m in a.models:
         med = {s: statistics.median(r["step_s"] for r in rows if r["model"] == m and r["side"] == s) for s in a.sides}
-        summary[m] = dict(med, **{f"{s}_speedup_vs_{first}": med[first] / med[s] for s in a.sides[1:]})
-        table.append(f"| {m} | {a.size} | {a.batch_size} | " + " | ".join(f"{med[s] * 1e3:,.0f}" for s in a.sides) +
+        faults = {s: statistics.median(r.get("minor_faults_per_step") or 0.0 for r in rows
+                                       if r["model"] == m and r["side"] == s) for s in a.sides}
+        summary[m] = dict(med, **{f"{s}_speedup_vs_{first}": med[first] / med[s] for s in a.sides[1:]},
+                          **{f"{s}_minor_faults_per_step": faults[s] for s in a.sides})
+        table.append(f"| {m} | {a.size} | {a.batch_size} | " +
+                     " | ".join(f"{med[s] * 1e3:,.0f} ({faults[s]:,.0f})" for s in a.sides) +
                      " | " + " | ".join(f"{med[first] / med[s]:.2f}x" for s in a.sides[1:]) + " |")
     a.out.write_text(json.dumps({"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                                  "size": a.size, "batch_size": a.batch_size, "seeds": a.seeds, "sides": {s: SIDES[s] for s in a.sides},
