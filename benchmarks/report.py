@@ -4,7 +4,8 @@
 
 Sections, each from its file when present: throughput (results.json, `python -m benchmarks.bench`),
 time to TEST accuracy (time_to_accuracy.json, `python -m benchmarks.time_to_accuracy`) and the
-XLA:CPU flag A/B (xla_cpu_ab.json, `python -m benchmarks.xla_cpu_ab`), the oneDNN convolution A/B
+XLA:CPU flag A/B (xla_cpu_ab.json, `python -m benchmarks.xla_cpu_ab`), the glibc malloc A/B (malloc_ab.json, the
+same command with --out), the oneDNN convolution A/B
 (onednn_ab.json, `python -m benchmarks.onednn_ab`), each convolution of a step
 (layers.json, `python -m benchmarks.layers`), the step against the CPU's roofline (roofline.json,
 `python -m benchmarks.roofline`) and the VGG16 feature cache (vgg_cache.json,
@@ -144,9 +145,9 @@ def _seeds_text(seeds: int) -> str:
     return "1 seed" if seeds == 1 else f"{seeds} seeds (as training runs them on CPU: one after another)"
 
 
-def xla_ab_section(ab: dict) -> list[str]:
+def xla_ab_section(ab: dict, title: str = "XLA:CPU settings side by side") -> list[str]:
     sides = list(ab.get("sides", {})) or ["xla_defaults", "bccd_jax"]
-    lines = ["", "## XLA:CPU settings side by side", "",
+    lines = ["", f"## {title}", "",
              f"`{ab.get('command', 'python -m benchmarks.xla_cpu_ab')}` ({ab.get('date', '?')}), each side in fresh "
              f"processes, the order rotating every round, {_seeds_text(ab.get('seeds', 1))}, {ab.get('size', '120x160')} images, batch "
              f"{ab.get('batch_size', 32)}, median step. Sides: "
@@ -249,6 +250,9 @@ def write_report(out_dir: Path) -> Path:
         lines += time_to_accuracy_section(tta)
     if ab:
         lines += xla_ab_section(ab)
+    malloc_ab = load("malloc_ab.json")
+    if malloc_ab:  # `python -m benchmarks.xla_cpu_ab --out benchmarks/malloc_ab.json --sides glibc_malloc_defaults bccd_jax`
+        lines += xla_ab_section(malloc_ab, "glibc malloc: buffers faulted in every step, or reused (bccd_jax/_malloc.py)")
     if od:
         lines += onednn_ab_section(od)
     if rf:
