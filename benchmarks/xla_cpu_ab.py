@@ -59,7 +59,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=2, help="rounds over all sides (their order rotates per round)")
     p.add_argument("--size", default="120x160", help="image size HxW")
     p.add_argument("--sides", nargs="+", default=["xla_defaults", "bccd_jax"], choices=sorted(SIDES))
-    p.add_argument("--seeds", type=int, default=1, help="seeds in one program (unrolled, as training runs them)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per side (seed_strategy auto: on CPU one after another, as training runs them)")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=HERE / "xla_cpu_ab.json")
