@@ -143,20 +143,18 @@ def torch_runner(model, dtype, batch_size, images, labels, device):
 
 
 def minor_faults() -> int:
-    """This process's minor page faults so far (pages the kernel mapped in on first touch)."""
+    """This process's minor page faults so far (pages the kernel mapped in on first touch; bccd_jax/_malloc.py:
+    a step whose buffers are faulted in anew each time)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def timed_steps(run, steps: int, repeats: int, faults: list | None = None) -> list[float]:
-    """Seconds per step of `repeats` runs of `steps` steps; appends the minor page faults per step of the
-    runs to `faults` when given (bccd_jax/_malloc.py: a step whose buffers are faulted in anew each time)."""
-    out, before = [], minor_faults()
+def timed_steps(run, steps: int, repeats: int) -> list[float]:
+    """Seconds per step of `repeats` runs of `steps` steps."""
+    out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         run(steps)
         out.append((time.perf_counter() - t0) / steps)
-    if faults is not None:
-        faults.append((minor_faults() - before) / (steps * repeats))
     return out
 
 
@@ -246,12 +244,13 @@ def measure_cell(a, cell: dict, images, labels, last: dict, torch_device: str, l
                 steps = min(50, max(a.steps, math.ceil(a.min_seconds / max(warm, 1e-6))))
                 runners[spec] = (run, dict(info, compile_s=max(0.0, first - warm), steps=steps))
             run, info = runners[spec]
-            faults: list[float] = []
-            times = timed_steps(run, info["steps"], a.repeats, faults)
+            faults_before = minor_faults()
+            times = timed_steps(run, info["steps"], a.repeats)
+            faults = (minor_faults() - faults_before) / (info["steps"] * a.repeats)
             step_s = _median(times)
             rows.append(dict(base, framework=fw, seeds=seeds, strategy_requested=strat if fw == "jax" else None,
                              round=rnd, step_s=step_s, step_s_all=times, img_per_s=bs * seeds / step_s,
-                             minor_faults_per_step=faults[0],
+                             minor_faults_per_step=faults,
                              **{"strategy": "eager", **info}))
             log(f"round {rnd + 1} {name}: {bs * seeds / step_s:,.1f} img/s ({step_s * 1e3:,.0f} ms/step)")
     for spec in runners:  # measured: the next batch size's estimate starts from here

@@ -9,19 +9,17 @@ import jax.numpy as jnp
 
 def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     """2x2 max-pool, stride 2, VALID (odd trailing rows/columns dropped), as `nn.max_pool(x, (2, 2), (2, 2))`:
-    the maximum of four strided slices."""
-    h, w = (x.shape[-3] // 2) * 2, (x.shape[-2] // 2) * 2
-    x = x[..., :h, :w, :]
-    return jnp.maximum(jnp.maximum(x[..., 0::2, 0::2, :], x[..., 0::2, 1::2, :]),
-                       jnp.maximum(x[..., 1::2, 0::2, :], x[..., 1::2, 1::2, :]))
+    the maximum of the windows' four positions."""
+    q = _quarters(x)
+    return jnp.maximum(jnp.maximum(q[0], q[1]), jnp.maximum(q[2], q[3]))
 
 
 def _quarters(y: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
     """The four positions of every 2x2 window, (top-left, top-right, bottom-left, bottom-right), each
-    (N, H//2, W//2, C); odd trailing rows/columns dropped."""
+    (..., H//2, W//2, C); odd trailing rows/columns dropped."""
     h, w = (y.shape[-3] // 2) * 2, (y.shape[-2] // 2) * 2
-    y = y[:, :h, :w]
-    return y[:, 0::2, 0::2], y[:, 0::2, 1::2], y[:, 1::2, 0::2], y[:, 1::2, 1::2]
+    y = y[..., :h, :w, :]
+    return y[..., 0::2, 0::2, :], y[..., 0::2, 1::2, :], y[..., 1::2, 0::2, :], y[..., 1::2, 1::2, :]
 
 
 @jax.custom_vjp
@@ -39,8 +37,7 @@ def max_pool_relu(y: jnp.ndarray, bias: jnp.ndarray | None = None) -> jnp.ndarra
 
 
 def _max_pool_relu_fwd(y, bias):
-    q = _quarters(y)
-    pooled = jnp.maximum(jnp.maximum(q[0], q[1]), jnp.maximum(q[2], q[3]))
+    q, pooled = _quarters(y), max_pool_2x2(y)
     which = jnp.where(q[0] == pooled, 0, jnp.where(q[1] == pooled, 1, jnp.where(q[2] == pooled, 2, 3)))
     z = pooled if bias is None else pooled + bias.astype(pooled.dtype)
     out = nn.relu(z)
