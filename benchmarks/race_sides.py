@@ -98,12 +98,15 @@ class TorchSide:
     learning rates."""
 
     def __init__(self, model_cfg, cfg, hw, train_mean, params, plans, draws, lrs, seed, train, test, eval_at,
-                 threads):
+                 threads, dtype="float32"):
         import torch
 
         from benchmarks.torch_cnn import TorchCNN, load_flax_params
 
         self.torch = torch
+        # "bfloat16": forward passes and loss under torch.autocast (bfloat16 convolutions and matmuls, float32
+        # weights and optimizer), as benchmarks.bench times PyTorch's bfloat16 rows
+        self.amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
         if threads:
             torch.set_num_threads(threads)
         self.cfg, self.plans, self.draws, self.lrs, self.eval_at = cfg, plans, draws, lrs, eval_at
@@ -130,7 +133,7 @@ class TorchSide:
 
         torch, bs = self.torch, self.cfg.eval_batch_size
         self.net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.amp():
             correct = sum(int((tta_logits(self.net, self.tx_[i:i + bs], self.cfg.eval_tta).argmax(-1)
                                == self.ty_[i:i + bs]).sum()) for i in range(0, len(self.ty_), bs))
         return correct / len(self.ty_)
@@ -151,8 +154,9 @@ class TorchSide:
             xb = self.x[b].float()
             if self.cfg.augment.active:
                 xb = augment(xb, self.cfg.augment, {k: v[i] for k, v in aug.items()})
-            ce = F.cross_entropy(self.net(xb, dropout_keep=keep[i]), self.y[b], reduction="none")
-            loss = (ce * w).sum() / w.sum().clamp_min(1.0)
+            with self.amp():
+                ce = F.cross_entropy(self.net(xb, dropout_keep=keep[i]), self.y[b], reduction="none")
+                loss = (ce.float() * w).sum() / w.sum().clamp_min(1.0)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             for g in self.opt.param_groups:

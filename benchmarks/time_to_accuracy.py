@@ -3,14 +3,27 @@
     python -m benchmarks.time_to_accuracy --data-dir DATA          # the CPU protocol's recipe, seed 0
     python -m benchmarks.time_to_accuracy --data-dir DATA --seeds 0 1 2 3 4 --stop-at-targets
     python -m benchmarks.time_to_accuracy --data-dir DATA --seeds 0 1 2 3 4 --stop-at-targets --resume
+    python -m benchmarks.time_to_accuracy --data-dir DATA --precision float32   # both sides in float32
     python -m benchmarks.time_to_accuracy --data-dir DATA --train-limit 256 --test-limit 256 --epochs 1 \\
-        --image-size 24 32 --out-dir tta-smoke                    # a smoke test
+        --image-size 48 64 --out-dir tta-smoke                    # a smoke test
 
 The run is experiments.recipe's `best` variant under the `cpu` protocol (read at run time: model,
 optimizer, schedule, augmentation, batch size, epochs, image size), on the augmented set, one seed
 after another (`--seeds`; with `--stop-at-targets` every seed after the first stops after the epoch
-in which both sides have reached every target: the first gives the final accuracies, the others
-more draws of the times to the targets). The JAX side trains with MultiSeedTrainer.train_step
+in which both sides have reached every target and run past the longest wall budget: the first gives
+the final accuracies, the others more draws). The race decides on medians over seeds (the `summary`
+object of time_to_accuracy.json): wall time to each TEST target (--targets, default 0.80 and 0.83;
+a seed that never gets there counts as the slowest), who got there first, and each side's TEST
+accuracy after fixed wall budgets (--budgets, default 120, 300 and 600 s: its last evaluation
+within the budget).
+
+`--precision fastest` (default) runs each side in its fastest arithmetic on this CPU: PyTorch's
+forward passes under bfloat16 autocast, and bccd_jax with BCCD_JAX_CONV=onednn-bf16 (oneDNN
+bfloat16 convolutions in the float32 model, as autocast) when the oneDNN extension is built; both
+only on a CPU with native bfloat16 instructions (benchmarks/RESULTS.md, the oneDNN A/B, has the
+step times that make these the fastest). `--precision float32` runs both in float32.
+
+The JAX side trains with MultiSeedTrainer.train_step
 (epoch_mode loop, as `fit` on CPU) and
 evaluates with MultiSeedTrainer.evaluate. The PyTorch side (benchmarks/torch_cnn.py) starts from
 the same weights (the JAX init, copied), sees the same batches in the same order (the JAX batch
@@ -53,6 +66,7 @@ import numpy as np  # noqa: E402
 
 from bccd_jax.errors import ArgumentParser, UserError, run_cli  # noqa: E402  (imports bccd_jax first)
 from benchmarks.race_sides import JaxSide, TorchSide, replay_draws  # noqa: E402
+from benchmarks.tta_section import race_summary  # noqa: E402
 
 DATA_ENV = "BCCD_DATA_DIR"
 
@@ -79,8 +93,8 @@ def recipe_variant(a, data_dir: str):
 
 
 # what a resumed race must share with the file it adds to
-_SAME = ("recipe", "data", "steps_per_epoch", "eval_every_steps", "targets", "stop_at_targets", "draws", "machine",
-         "versions", "xla_flags")
+_SAME = ("recipe", "data", "steps_per_epoch", "eval_every_steps", "targets", "budgets", "precision", "stop_at_targets",
+         "draws", "machine", "versions", "xla_flags")
 
 
 def finished_seeds(path: Path, out: dict, frameworks) -> dict:
@@ -98,17 +112,37 @@ def finished_seeds(path: Path, out: dict, frameworks) -> dict:
     if differ:
         raise UserError(f"--resume: {path} was raced with other {', '.join(differ)}; use the same settings on the "
                         "same machine, or another --out-dir")
-    epochs, top = out["recipe"]["train"]["epochs"], f"{max(out['targets']):.2f}"
+    epochs = out["recipe"]["train"]["epochs"]
 
     def finished(seed: str, runs: dict) -> bool:
         if not all(fw in runs for fw in frameworks):
             return False
         if all(runs[fw]["epochs"] == epochs for fw in frameworks):
             return True
-        return (out["stop_at_targets"] and int(seed) != out["seeds"][0]
-                and all(runs[fw]["reached"].get(top) is not None for fw in frameworks))
+        return out["stop_at_targets"] and int(seed) != out["seeds"][0] and raced_enough(out, runs.values())
 
     return dict(prev, by_seed={s: r for s, r in prev.get("by_seed", {}).items() if finished(s, r)})
+
+
+def raced_enough(out: dict, sides) -> bool:
+    """Every side has reached every target and run past the longest wall budget (--stop-at-targets)."""
+    top, longest = f"{max(out['targets']):.2f}", max(out["budgets"], default=0.0)
+    return all(s["reached"].get(top) is not None and s["wall_s"] >= longest for s in sides)
+
+
+def precision_plan(choice: str) -> dict:
+    """What each side computes in: {"jax": BCCD_JAX_CONV or None, "torch": "bfloat16" | "float32", "why": ...}."""
+    from bccd_jax.ext import onednn
+    from bccd_jax.run import cpu_flags
+
+    if choice == "float32":
+        return dict(jax="xla", torch="float32", why="--precision float32")
+    native = bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
+    jax_conv = "onednn-bf16" if onednn.available() and onednn.native_bf16() else None
+    why = ("this CPU has native bfloat16 instructions" if native else "this CPU has no native bfloat16 instructions") \
+        + ("; the oneDNN extension is built" if jax_conv else f"; the oneDNN extension is not available "
+           f"({onednn.load_error() or 'no native bfloat16'})")
+    return dict(jax=jax_conv, torch="bfloat16" if native else "float32", why=why)
 
 
 def summary(side, targets) -> dict:
@@ -140,7 +174,12 @@ def make_parser() -> ArgumentParser:
     p.add_argument("--stop-at-targets", action="store_true",
                    help="seeds after the first stop once both sides have reached every target")
     p.add_argument("--eval-every-steps", type=int, help="TEST evaluation cadence (default: a quarter epoch)")
-    p.add_argument("--targets", type=float, nargs="+", default=[0.80, 0.85], help="TEST accuracies to time")
+    p.add_argument("--targets", type=float, nargs="+", default=[0.80, 0.83], help="TEST accuracies to time")
+    p.add_argument("--budgets", type=float, nargs="+", default=[120.0, 300.0, 600.0],
+                   help="wall seconds after which each side's TEST accuracy is compared")
+    p.add_argument("--precision", choices=["fastest", "float32"], default="fastest",
+                   help="fastest: PyTorch bfloat16 autocast and bccd_jax's oneDNN bfloat16 convolutions where this "
+                        "CPU and build allow (module docstring); float32: both sides in float32")
     p.add_argument("--train-limit", type=int, help="train on this many images, spread evenly over the split")
     p.add_argument("--test-limit", type=int, help="evaluate on this many TEST images, spread evenly")
     p.add_argument("--frameworks", nargs="+", default=["jax", "torch"], choices=["jax", "torch"])
@@ -168,6 +207,7 @@ class Race:
     model: Any
     tx: Any
     lrs: np.ndarray
+    precision: dict  # precision_plan
 
     @property
     def cfg(self):
@@ -190,6 +230,9 @@ def prepare(a: argparse.Namespace) -> Race:
     from bccd_jax.optimizers import learning_rate, make_optimizer
     from bccd_jax.steps import steps_per_epoch
 
+    precision = precision_plan(a.precision)
+    if precision["jax"]:  # read when the JAX side's programs are traced
+        os.environ["BCCD_JAX_CONV"] = precision["jax"]
     variant, hw = recipe_variant(a, a.data_dir)
     mcfg, cfg = variant.model, variant.train
     if cfg.epochs < 1:
@@ -209,7 +252,7 @@ def prepare(a: argparse.Namespace) -> Race:
     lr = learning_rate(cfg, spe)
     lrs = np.asarray(jax.vmap(lr)(jnp.arange(max(total, 1)))) if callable(lr) else np.full(max(total, 1), lr)
     return Race(a, variant, hw, train, test, train_mean, spe, a.eval_every_steps or max(1, math.ceil(spe / 4)),
-                build_model(mcfg, train_mean=train_mean), make_optimizer(cfg, steps_per_epoch=spe), lrs)
+                build_model(mcfg, train_mean=train_mean), make_optimizer(cfg, steps_per_epoch=spe), lrs, precision)
 
 
 def race_record(r: Race, command: str) -> dict:
@@ -228,7 +271,8 @@ def race_record(r: Race, command: str) -> dict:
                 data=dict(dataset="augmented", image_size=list(r.hw), train=len(r.train[1]), test=len(r.test[1]),
                           train_limit=a.train_limit, test_limit=a.test_limit),
                 seed=a.seeds[0], seeds=list(a.seeds), stop_at_targets=a.stop_at_targets, steps_per_epoch=r.spe,
-                eval_every_steps=r.eval_every, targets=a.targets, order="alternating by epoch", draws="shared",
+                eval_every_steps=r.eval_every, targets=a.targets, budgets=a.budgets, precision=r.precision,
+                order="alternating by epoch", draws="shared",
                 notes=[{"text": t, "command": command} for t in a.note], runs={}, by_seed={})
 
 
@@ -262,7 +306,7 @@ def start_sides(r: Race, seed: int, out: dict, runs: dict) -> dict:
     if "torch" in a.frameworks:
         draws = replay_draws(r.model, cfg, params0, seed, (cfg.batch_size, *r.hw, 3), r.spe)
         sides["torch"] = TorchSide(r.variant.model, cfg, r.hw, r.train_mean, params0, plans, draws, r.lrs, seed,
-                                   r.train, r.test, r.eval_at, a.torch_threads)
+                                   r.train, r.test, r.eval_at, a.torch_threads, r.precision["torch"])
         out["torch_threads"] = sides["torch"].torch.get_num_threads()
         sides["torch"].net.eval()
         with sides["torch"].torch.no_grad():
@@ -284,6 +328,7 @@ def save_race(a: argparse.Namespace, out: dict, seed: int, sides: dict, runs: di
     if seed == a.seeds[0]:
         out["runs"] = {fw: runs[fw] for fw in sides}
         out["initial_logits_max_abs_diff"] = runs.get("initial_logits_max_abs_diff", float("nan"))
+    out["summary"] = race_summary(out)
     out["loadavg_end"] = os.getloadavg()
     (a.out_dir / "time_to_accuracy.json").write_text(json.dumps(out, indent=1))
     write_report(a.out_dir)
@@ -305,8 +350,9 @@ def race(r: Race, out: dict, seed: int, stop_early: bool) -> dict:
             log(f"seed {seed} epoch {epoch + 1}/{cfg.epochs} {fw}: TEST acc {last.get('test_acc', float('nan')):.3f} "
                 f"at {side.clock.wall_s:,.1f} s (evaluation {side.clock.eval_s:,.1f} s)")
         save_race(a, out, seed, sides, runs)
-        if stop_early and all(any(p["test_acc"] >= max(a.targets) for p in side.curve) for side in sides.values()):
-            log(f"seed {seed}: both sides reached {max(a.targets):.2f}; stopped after epoch {epoch + 1}")
+        if stop_early and raced_enough(out, [runs[fw] for fw in sides]):
+            log(f"seed {seed}: both sides reached {max(a.targets):.2f} and ran past {max(a.budgets, default=0):g} s; "
+                f"stopped after epoch {epoch + 1}")
             break
     return runs
 
@@ -317,6 +363,8 @@ def main(argv=None) -> dict:
         raise UserError(f"the augmented data set is needed: pass --data-dir (the dataset2-master folder) or set {DATA_ENV}")
     from bccd_jax.run import command_line
 
+    if any(b <= 0 for b in a.budgets):
+        raise UserError(f"--budgets must be positive seconds, got {a.budgets}")
     r = prepare(a)
     out = race_record(r, command_line(argv))
     a.out_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,70 @@ def fmt(x, nd=1):
     return "-" if x is None else f"{x:,.{nd}f}"
 
 
+def _median_or_none(vals) -> float | None:
+    """The median, where None counts as worse than every number (a seed that never got there); None if the
+    median itself is such a seed."""
+    m = statistics.median([math.inf if v is None else v for v in vals])
+    return None if math.isinf(m) else m
+
+
+def accuracy_at(side: dict, budget_s: float, epochs: int) -> float | None:
+    """A side's TEST accuracy after `budget_s` wall seconds: its last evaluation within the budget (its final one
+    when it finished all `epochs` sooner); math.nan when it stopped before the budget without finishing (unknown);
+    None when it had not evaluated yet."""
+    done = [p for p in side["curve"] if p["time_s"] <= budget_s]
+    if side["wall_s"] < budget_s and side.get("epochs") != epochs:
+        return math.nan
+    return done[-1]["test_acc"] if done else None
+
+
+def race_summary(d: dict) -> dict:
+    """Per target: each side's median wall seconds over seeds to the first TEST evaluation at or above it (a seed
+    that never got there counts as the slowest), and in how many seeds bccd_jax got there first; per wall budget:
+    each side's median TEST accuracy after that many seconds (over the seeds whose sides both ran that long or
+    finished)."""
+    by_seed = {s: r for s, r in (d.get("by_seed") or {}).items() if "jax" in r and "torch" in r}
+    epochs = d["recipe"]["train"]["epochs"]
+    out: dict = {"targets": {}, "budgets": {}}
+    for x in d["targets"]:
+        t = {fw: [r[fw]["reached"].get(f"{x:.2f}") for r in by_seed.values()] for fw in ("jax", "torch")}
+        t = {fw: [None if h is None else h["time_s"] for h in v] for fw, v in t.items()}
+        first = sum(j is not None and (p is None or j < p) for j, p in zip(t["jax"], t["torch"]))
+        out["targets"][f"{x:.2f}"] = dict(jax_median_s=_median_or_none(t["jax"]), torch_median_s=_median_or_none(t["torch"]),
+                                          jax_first=first, seeds=len(by_seed))
+    for b in d.get("budgets") or []:
+        acc = {fw: [accuracy_at(r[fw], b, epochs) for r in by_seed.values()] for fw in ("jax", "torch")}
+        known = [i for i in range(len(by_seed)) if not any(isinstance(acc[fw][i], float) and math.isnan(acc[fw][i])
+                                                          for fw in acc)]
+        med = {fw: statistics.median([-math.inf if acc[fw][i] is None else acc[fw][i] for i in known]) if known else None
+               for fw in acc}
+        out["budgets"][f"{b:g}"] = {**{f"{fw}_median_acc": None if m is None or math.isinf(m) else m
+                                       for fw, m in med.items()}, "seeds": len(known)}
+    return out
+
+
+def summary_table(d: dict) -> list[str]:
+    """The race's decision: medians over seeds to each target and after each wall budget."""
+    s = d.get("summary") or race_summary(d)
+    if not s["targets"] or not next(iter(s["targets"].values()))["seeds"]:
+        return []
+    n = next(iter(s["targets"].values()))["seeds"]
+    lines = ["", f"### Summary over {n} seed{'s' if n != 1 else ''}", "",
+             "A seed that never reached a target counts as the slowest; after a wall budget, a side's accuracy is its "
+             "last TEST evaluation within it.", "",
+             "| | bccd_jax median | PyTorch median | PyTorch / bccd_jax | bccd_jax first |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for x, t in s["targets"].items():
+        j, p = t["jax_median_s"], t["torch_median_s"]
+        lines.append(f"| wall s to TEST {x} | {fmt(j, 0) if j is not None else 'never'} | "
+                     f"{fmt(p, 0) if p is not None else 'never'} | {f'{p / j:.2f}x' if j and p else '-'} | "
+                     f"{t['jax_first']} of {t['seeds']} |")
+    for b, v in s["budgets"].items():
+        lines.append(f"| TEST accuracy after {b} s ({v['seeds']} seeds) | {fmt(v['jax_median_acc'], 3)} | "
+                     f"{fmt(v['torch_median_acc'], 3)} | | |")
+    return lines
+
+
 def _epochs(d: dict) -> str:
     n = d["recipe"]["train"]["epochs"]
     return f"{n} epoch{'s' if n != 1 else ''}"
@@ -29,7 +93,6 @@ def seeds_table(d: dict) -> list[str]:
                                                       if d.get("stop_at_targets") else ""), "",
              "| seed | epochs | " + " | ".join(f"{name} to {x:.2f}" for x in targets for _, name in fws) + " |",
              "| ---: | ---: | " + " | ".join("---:" for _ in targets for _ in fws) + " |"]
-    times = {(x, fw): [] for x in targets for fw, _ in fws}
     ratios, gaps = [], []
     steps = {(x, fw): [] for x in targets for fw, _ in fws}
     for seed, r in by_seed.items():
@@ -37,19 +100,15 @@ def seeds_table(d: dict) -> list[str]:
         for x in targets:
             for fw, _ in fws:
                 h = r[fw]["reached"].get(f"{x:.2f}")
-                times[(x, fw)].append(None if h is None else h["time_s"])
                 steps[(x, fw)].append(math.inf if h is None else h["step"])
                 cells.append("never" if h is None else f"{h['time_s']:,.0f} ({h['step']})")
         lines.append(f"| {seed} | {r['jax'].get('epochs', '-')} | " + " | ".join(cells) + " |")
         tj = {p["step"]: p for p in r["jax"]["curve"]}
         ratios += [p["time_s"] / tj[p["step"]]["time_s"] for p in r["torch"]["curve"] if p["step"] in tj]
         gaps += [tj[p["step"]]["test_acc"] - p["test_acc"] for p in r["torch"]["curve"] if p["step"] in tj]
-    first = {x: sum(j is not None and (p is None or j < p) for j, p in zip(times[(x, "jax")], times[(x, "torch")]))
-             for x in targets}
-    med = {}
-    for key, vals in times.items():  # a seed that never got there counts as slower than every other
-        m = statistics.median([math.inf if v is None else v for v in vals])
-        med[key] = None if math.isinf(m) else m
+    summ = race_summary(d)["targets"]
+    first = {x: summ[f"{x:.2f}"]["jax_first"] for x in targets}
+    med = {(x, fw): summ[f"{x:.2f}"][f"{fw}_median_s"] for x in targets for fw, _ in fws}
     lines.append("| median | | " + " | ".join(fmt(med[(x, fw)]) if med[(x, fw)] is not None else "never"
                                                  for x in targets for fw, _ in fws) + " |")
     notes = []
@@ -76,6 +135,11 @@ def seeds_table(d: dict) -> list[str]:
     return lines + [""] + [f"- {n}" for n in notes]
 
 
+def _jax_precision(conv: str | None) -> str:
+    return {"onednn-bf16": "float32 with oneDNN bfloat16 convolutions (BCCD_JAX_CONV=onednn-bf16)",
+            "xla": "float32 (BCCD_JAX_CONV=xla)"}.get(conv or "", "float32 (XLA's convolutions)")
+
+
 def _setting(d: dict) -> list[str]:
     """The section's head: command, machine, recipe, data, and what the two sides share; the table's head."""
     spe, targets = d["steps_per_epoch"], list(d["targets"])
@@ -87,6 +151,9 @@ def _setting(d: dict) -> list[str]:
              f"PyTorch threads {d.get('torch_threads')}",
              f"- date{' of the last command' if d.get('previous_commands') else ''}: {d['date']}; load average at start / end: {d.get('loadavg_start')} / {d.get('loadavg_end')}",
              f"- versions: {', '.join(f'{k} {v}' for k, v in d['versions'].items())}",
+             *([f"- precision: bccd_jax {_jax_precision(d['precision']['jax'])}; PyTorch "
+                f"{'bfloat16 autocast' if d['precision']['torch'] == 'bfloat16' else 'float32'} ({d['precision']['why']})"]
+               if d.get("precision") else []),
              f"- recipe: experiments.recipe variant `{d['recipe']['variant']}`, protocol `{d['recipe']['protocol']}`: "
              f"{m['arch']} CNN (init {m['init']}, dropout {m['dropout']}, input {m['input_norm']}), "
              f"{t['optimizer']} (eps 1e-7) peak learning rate {d['recipe']['peak_learning_rate']:g}, schedule "
@@ -163,4 +230,4 @@ def time_to_accuracy_section(d: dict) -> list[str]:
                                                 for h in hits)
                      + f" | {fmt(r['final_test_acc'], 3)} | {r['wall_s']:,.0f} | {r['eval_s']:,.0f} | "
                        f"{fmt(r.get('compile_s'), 1)} | {fmt(r['first_step_s'], 2)} |")
-    return lines + _notes(d) + seeds_table(d) + _curve(d)
+    return lines + _notes(d) + summary_table(d) + seeds_table(d) + _curve(d)

@@ -1,4 +1,5 @@
-"""benchmarks.time_to_accuracy --resume: which seeds of an earlier race are kept, and which files it refuses."""
+"""benchmarks.time_to_accuracy: which seeds of an earlier race --resume keeps, which files it refuses, and how the
+race is decided over seeds (benchmarks.tta_section.race_summary)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,19 @@ import pytest
 
 from bccd_jax.errors import UserError
 from benchmarks.time_to_accuracy import _SAME, finished_seeds
+from benchmarks.tta_section import race_summary
 
 
 def race(seeds, epochs=8):
     out = {k: f"same {k}" for k in _SAME}
-    out.update(recipe={"train": {"epochs": epochs}}, targets=[0.8, 0.85], stop_at_targets=True, seeds=seeds,
+    out.update(recipe={"train": {"epochs": epochs}}, targets=[0.8, 0.85], budgets=[120.0], stop_at_targets=True, seeds=seeds,
                command="python -m benchmarks.time_to_accuracy --seeds " + " ".join(map(str, seeds)))
     return out
 
 
-def side(epochs, reached_085):
-    return {"epochs": epochs, "reached": {"0.80": {"time_s": 1.0}, "0.85": {"time_s": 2.0} if reached_085 else None}}
+def side(epochs, reached_085, wall_s=200.0):
+    return {"epochs": epochs, "wall_s": wall_s,
+            "reached": {"0.80": {"time_s": 1.0}, "0.85": {"time_s": 2.0} if reached_085 else None}}
 
 
 def test_resume_keeps_finished_seeds_only(tmp_path):
@@ -28,10 +31,11 @@ def test_resume_keeps_finished_seeds_only(tmp_path):
         "1": {"jax": side(3, True), "torch": side(3, True)},  # stopped at the targets
         "2": {"jax": side(2, True), "torch": side(2, False)},  # killed before PyTorch reached 0.85
         "3": {"jax": side(1, False)},  # killed in its first epoch
+        "5": {"jax": side(2, True, wall_s=90.0), "torch": side(2, True)},  # killed before the 120 s budget
     }
     path = tmp_path / "time_to_accuracy.json"
     path.write_text(json.dumps(prev))
-    kept = finished_seeds(path, race([0, 1, 2, 3, 4]), ["jax", "torch"])
+    kept = finished_seeds(path, race([0, 1, 2, 3, 4, 5]), ["jax", "torch"])
     assert sorted(kept["by_seed"]) == ["0", "1"]
     # the first seed is kept only when it ran every epoch: it gives the final accuracies
     prev["by_seed"]["0"] = {"jax": side(3, True), "torch": side(3, True)}
@@ -52,3 +56,32 @@ def test_resume_refuses_another_race(tmp_path):
     path.write_text(json.dumps(dict(race([1]), by_seed={})))
     with pytest.raises(UserError, match="first seed"):
         finished_seeds(path, race([0, 1]), ["jax", "torch"])
+
+
+def curve_side(points, epochs=8, wall_s=700.0):
+    """A side whose TEST evaluations are (time_s, test_acc) pairs; `reached` as benchmarks.time_to_accuracy.summary."""
+    curve = [{"time_s": t, "test_acc": a} for t, a in points]
+    reached = {f"{x:.2f}": next(({"time_s": p["time_s"]} for p in curve if p["test_acc"] >= x), None) for x in (0.8, 0.83)}
+    return {"epochs": epochs, "wall_s": wall_s, "curve": curve, "reached": reached}
+
+
+def test_race_summary_medians_count_never_as_slowest():
+    d = {"recipe": {"train": {"epochs": 8}}, "targets": [0.8, 0.83], "budgets": [120.0, 300.0], "by_seed": {
+        "0": {"jax": curve_side([(100, 0.7), (200, 0.81), (400, 0.84)]), "torch": curve_side([(150, 0.75), (300, 0.82)])},
+        "1": {"jax": curve_side([(100, 0.79), (250, 0.82)]), "torch": curve_side([(110, 0.81), (350, 0.83)])},
+        "2": {"jax": curve_side([(90, 0.80), (260, 0.83)]), "torch": curve_side([(160, 0.7), (330, 0.79)])},
+        # killed before 300 s without finishing: no accuracy at 300 s for this seed
+        "3": {"jax": curve_side([(100, 0.81)], wall_s=200), "torch": curve_side([(100, 0.6)], epochs=2, wall_s=200)},
+    }}
+    s = race_summary(d)
+    t80, t83 = s["targets"]["0.80"], s["targets"]["0.83"]
+    assert t80["jax_median_s"] == 150  # 200, 250, 90, 100
+    assert t80["torch_median_s"] is None  # 300, 110, never, never: the median is a seed that never got there
+    assert t80["jax_first"] == 3 and t80["seeds"] == 4
+    assert t83["jax_median_s"] is None and t83["torch_median_s"] is None and t83["jax_first"] == 2
+    # 120 s: bccd_jax 0.7, 0.79, 0.80, 0.81; PyTorch none yet (lowest), 0.81, none yet, 0.6
+    assert s["budgets"]["120"] == {"jax_median_acc": pytest.approx(0.795), "torch_median_acc": None, "seeds": 4}
+    # 300 s: seed 3's PyTorch side stopped at 200 s without finishing, so seed 3 drops out; bccd_jax's seed 3
+    # finished its epochs at 200 s and would have counted with its final accuracy
+    assert s["budgets"]["300"] == {"jax_median_acc": pytest.approx(0.82), "torch_median_acc": pytest.approx(0.81),
+                                   "seeds": 3}
