@@ -12,7 +12,10 @@ size, the same init family, Adam eps=1e-7). bfloat16: ModelConfig(dtype="bfloat1
 PyTorch. Each cell is built once per framework and timed in rounds, JAX torch JAX torch
 (`--rounds`), so that other load on the machine hits both alike; every round gives a JAX/torch
 ratio, reported with its median. `--conv` sets BCCD_JAX_CONV (bccd_jax.models.conv: oneDNN
-custom calls for the convolutions when the extension is built); each JAX row records the path taken. A batch size is skipped for a framework when its step,
+custom calls for the convolutions when the extension is built); with several values every cell gets
+a JAX runner per value, timed in the same rounds (`--conv xla onednn-bf16`: XLA's float32
+convolutions beside oneDNN's bfloat16 ones in the float32 model, PyTorch's autocast). Each JAX row
+records the path its convolutions took (`conv`). A batch size is skipped for a framework when its step,
 extrapolated from the previous batch size, would take longer than --max-step-seconds.
 `img_per_s` is images x seeds per second; compile_s = first step minus a warm step. On a CPU
 shared with other work, PyTorch's OpenMP threads can stall behind it (try --torch-threads 1).
@@ -82,8 +85,26 @@ def cpu_name() -> str:
 # Each returns (run, info): run(n) takes n training steps and waits for them to finish.
 
 
-def jax_runner(model, dtype, batch_size, seeds, strategy, images, labels):
-    """MultiSeedTrainer.run_epoch (epoch_mode loop) cut to the steps asked for: what training runs."""
+@contextlib.contextmanager
+def conv_env(conv: str | None):
+    """BCCD_JAX_CONV=conv while a JAX runner traces and runs (None: the environment's own)."""
+    from bccd_jax.models.conv import PATH_ENV
+
+    old = os.environ.get(PATH_ENV)
+    if conv:
+        os.environ[PATH_ENV] = conv
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(PATH_ENV, None)
+        else:
+            os.environ[PATH_ENV] = old
+
+
+def jax_runner(model, dtype, batch_size, seeds, strategy, images, labels, conv=None):
+    """MultiSeedTrainer.run_epoch (epoch_mode loop) cut to the steps asked for: what training runs, with its
+    convolutions on the path `conv` chooses (BCCD_JAX_CONV; None: the environment's)."""
     import jax
 
     from bccd_jax.config import TrainConfig
@@ -104,12 +125,15 @@ def jax_runner(model, dtype, batch_size, seeds, strategy, images, labels):
 
     def run(steps):
         nonlocal state
-        for epoch in range(math.ceil(steps / tr.steps_per_epoch)):
-            state, m = tr.run_epoch(state, x, y, epoch, steps=min(steps, tr.steps_per_epoch))
-            steps -= tr.steps_per_epoch
-        jax.block_until_ready((state, m))
+        with conv_env(conv):  # read when a step is traced
+            for epoch in range(math.ceil(steps / tr.steps_per_epoch)):
+                state, m = tr.run_epoch(state, x, y, epoch, steps=min(steps, tr.steps_per_epoch))
+                steps -= tr.steps_per_epoch
+            jax.block_until_ready((state, m))
 
-    return run, dict(strategy=resolve_seed_strategy(strategy, seeds), init_s=init_s, conv=conv_path(dtype))
+    with conv_env(conv):
+        path = conv_path(dtype)
+    return run, dict(strategy=resolve_seed_strategy(strategy, seeds), init_s=init_s, conv=path, conv_env=conv)
 
 
 def torch_runner(model, dtype, batch_size, images, labels, device):
@@ -201,25 +225,27 @@ def _estimate(spec: tuple, last: dict, bs: int, one_seed: float | None) -> tuple
 def measure_cell(a, cell: dict, images, labels, last: dict, torch_device: str, log) -> tuple[list, list]:
     """Rows (one per runner and round) and skip reasons of one (model, size, dtype, batch) cell.
 
-    Runners: JAX 1 seed, PyTorch, then JAX with S > 1 seeds; each is built on its first round
+    Runners: JAX 1 seed (one per --conv value), PyTorch, then JAX with S > 1 seeds; each is built on its first round
     unless its estimated step (previous batch size's step x batch ratio; S x this cell's 1-seed
     step) exceeds --max-step-seconds. `last` carries each runner's (batch, step_s) to the next cell."""
     from bccd_jax.run import cpu_flags, cpu_model
 
-    specs = ([("jax", 1, "auto")] if "jax" in a.frameworks else []) + \
-            ([("torch", 1, "eager")] if "torch" in a.frameworks else []) + \
-            ([("jax", s, st) for s in a.seeds if s > 1 for st in a.strategies] if "jax" in a.frameworks else [])
+    convs = a.conv or [None]
+    specs = ([("jax", 1, "auto", c) for c in convs] if "jax" in a.frameworks else []) + \
+            ([("torch", 1, "eager", None)] if "torch" in a.frameworks else []) + \
+            ([("jax", s, st, c) for c in convs for s in a.seeds if s > 1 for st in a.strategies]
+             if "jax" in a.frameworks else [])
     bs, runners, rows, skipped, dead = cell["batch_size"], {}, [], [], set()
     base = dict(kind="step", **cell, cpu=cpu_model(), cpu_flags=cpu_flags())
     label = f"{cell['model']} {cell['size']} {cell['dtype']} b{bs}"
     for rnd in range(a.rounds):
         for spec in specs:
-            fw, seeds, strat = spec
+            fw, seeds, strat, conv = spec
             if spec in dead:
                 continue
             one_seed = next((r["step_s"] for r in rows if r["round"] == rnd and r["framework"] == "jax"
-                             and r["seeds"] == 1), None)
-            name = f"{fw} {label}" + (f" S={seeds} {strat}" if seeds > 1 else "")
+                             and r["seeds"] == 1 and r["conv_env"] == conv), None)
+            name = f"{fw} {label}" + (f" S={seeds} {strat}" if seeds > 1 else "") + (f" conv={conv}" if conv else "")
             if spec not in runners:
                 est, why = _estimate(spec, last, bs, one_seed)
                 if est is not None and est > a.max_step_seconds:
@@ -230,7 +256,7 @@ def measure_cell(a, cell: dict, images, labels, last: dict, torch_device: str, l
                     log(skipped[-1])
                     continue
                 if fw == "jax":
-                    run, info = jax_runner(cell["model"], cell["dtype"], bs, seeds, strat, images, labels)
+                    run, info = jax_runner(cell["model"], cell["dtype"], bs, seeds, strat, images, labels, conv)
                 else:
                     run, info = torch_runner(cell["model"], cell["dtype"], bs, images, labels, torch_device)
                 first = timed_steps(run, 1, 1)[0]
@@ -251,11 +277,11 @@ def measure_cell(a, cell: dict, images, labels, last: dict, torch_device: str, l
             rows.append(dict(base, framework=fw, seeds=seeds, strategy_requested=strat if fw == "jax" else None,
                              round=rnd, step_s=step_s, step_s_all=times, img_per_s=bs * seeds / step_s,
                              minor_faults_per_step=faults,
-                             **{"strategy": "eager", **info}))
+                             **{"strategy": "eager", "conv_env": None, **info}))
             log(f"round {rnd + 1} {name}: {bs * seeds / step_s:,.1f} img/s ({step_s * 1e3:,.0f} ms/step)")
     for spec in runners:  # measured: the next batch size's estimate starts from here
         last[spec] = (bs, _median([r["step_s"] for r in rows if (r["framework"], r["seeds"], r["strategy_requested"]
-                                                                  or "eager") == spec]))
+                                                                  or "eager", r["conv_env"]) == spec]))
     return rows, skipped
 
 
@@ -303,8 +329,9 @@ def make_parser() -> ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=HERE)
     p.add_argument("--note", action="append", default=[], help="a hand-written line for the Notes (shown with this command)")
     p.add_argument("--append", action="store_true", help="add to the rows of an existing results.json")
-    p.add_argument("--conv", choices=["auto", "onednn", "onednn-bf16", "xla"],
-                   help="BCCD_JAX_CONV for the JAX rows (default: the environment's, else auto)")
+    p.add_argument("--conv", nargs="+", choices=["auto", "onednn", "onednn-bf16", "xla"],
+                   help="BCCD_JAX_CONV for the JAX rows, one JAX runner per value (default: the environment's, "
+                        "else auto)")
     return p
 
 
@@ -385,8 +412,6 @@ def epoch_rows(a: argparse.Namespace, hw, res: dict, base_row: dict) -> None:
 
 def main(argv=None):
     a = make_parser().parse_args(argv)
-    if a.conv:
-        os.environ["BCCD_JAX_CONV"] = a.conv
     sizes = [parse_size(s) for s in a.sizes]
     from bccd_jax.models.cnn import feature_map_size
 

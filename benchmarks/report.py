@@ -39,24 +39,34 @@ def _size_key(size: str) -> tuple[int, ...]:
 _SHORT = {"float32": "f32", "bfloat16": "bf16"}
 
 
+def _conv(r: dict) -> str | None:
+    """The path a JAX row's convolutions took (rows of older files: XLA's); None for PyTorch rows."""
+    return r.get("conv") or "xla" if r["framework"] == "jax" else None
+
+
 def summarize(res: dict) -> dict:
-    """Per cell: median img/s per framework, the JAX/torch ratio of every round and its median; per
-    (model, size, batch): bfloat16 / float32 per framework; multi-seed per-seed speed vs 1 seed."""
+    """Per cell (model, size, dtype, batch, JAX's convolution path): median img/s per framework, the JAX/torch
+    ratio of every round and its median; per (model, size, batch): bfloat16 / float32 per framework, and each
+    side's best setting; multi-seed per-seed speed vs 1 seed."""
     step = [dict(r, size=r.get("size", "120x160"), round=r.get("round", 0)) for r in res.get("rows", [])
             if r["kind"] == "step"]  # rows of older files: one size (120x160), one round
 
     def med(rows):
         return _median([r["img_per_s"] for r in rows]) if rows else None
 
-    keys = sorted({(r["model"], r["size"], r["dtype"], r["batch_size"]) for r in step},
-                  key=lambda k: (k[0], _size_key(k[1]), k[2], k[3]))
+    def cell_of(r):
+        return r["model"], r["size"], r["dtype"], r["batch_size"]
+
+    keys = {cell_of(r) + (_conv(r),) for r in step if r["framework"] == "jax"}
+    keys |= {cell_of(r) + (None,) for r in step if not any(k[:4] == cell_of(r) for k in keys)}  # PyTorch only
+    keys = sorted(keys, key=lambda k: (k[0], _size_key(k[1]), k[2], k[3], k[4] or ""))
     cells, multi = [], []
-    for model, size, dtype, bs in keys:
-        rows = [r for r in step if (r["model"], r["size"], r["dtype"], r["batch_size"]) == (model, size, dtype, bs)]
+    for model, size, dtype, bs, conv in keys:
+        rows = [r for r in step if cell_of(r) == (model, size, dtype, bs) and _conv(r) in (conv, None)]
         jax1 = [r for r in rows if r["framework"] == "jax" and r["seeds"] == 1]
         torch_ = [r for r in rows if r["framework"] == "torch"]
         per_round = [j["img_per_s"] / t["img_per_s"] for j in jax1 for t in torch_ if j["round"] == t["round"]]
-        cells.append(dict(model=model, size=size, dtype=dtype, batch_size=bs, jax_img_per_s=med(jax1),
+        cells.append(dict(model=model, size=size, dtype=dtype, batch_size=bs, conv=conv, jax_img_per_s=med(jax1),
                           torch_img_per_s=med(torch_), jax_over_torch=per_round,
                           jax_over_torch_median=_median(per_round) if per_round else None,
                           jax_step_s=_median([r["step_s"] for r in jax1]) if jax1 else None,
@@ -65,45 +75,89 @@ def summarize(res: dict) -> dict:
         for s, st in sorted({(r["seeds"], r.get("strategy_requested")) for r in rows if r["seeds"] > 1}):
             mr = [r for r in rows if r["seeds"] == s and r.get("strategy_requested") == st]
             vs_torch = [m["img_per_s"] / t["img_per_s"] for m in mr for t in torch_ if m["round"] == t["round"]]
-            multi.append(dict(model=model, size=size, dtype=dtype, batch_size=bs, seeds=s, strategy=st,
+            multi.append(dict(model=model, size=size, dtype=dtype, batch_size=bs, conv=conv, seeds=s, strategy=st,
                               resolved=mr[0]["strategy"], img_per_s=med(mr), step_s=_median([r["step_s"] for r in mr]),
                               compile_s=mr[0]["compile_s"], per_seed_vs_1=med(mr) / med(jax1) if jax1 else None,
                               per_seed_over_torch=_median(vs_torch) if vs_torch else None))
-    by = {(c["model"], c["size"], c["dtype"], c["batch_size"]): c for c in cells}
+    by = {(c["model"], c["size"], c["dtype"], c["batch_size"], c["conv"]): c for c in cells}
     dtypes = []
-    for (model, size, dtype, bs), c in by.items():
-        f = by.get((model, size, "float32", bs))
+    for (model, size, dtype, bs, conv), c in by.items():
+        f = by.get((model, size, "float32", bs, "xla" if conv else None))  # against XLA's float32
         if dtype == "bfloat16" and f:
-            dtypes.append(dict(model=model, size=size, batch_size=bs, **{
+            dtypes.append(dict(model=model, size=size, batch_size=bs, conv=conv, **{
                 fw: c[f"{fw}_img_per_s"] / f[f"{fw}_img_per_s"] if c[f"{fw}_img_per_s"] and f[f"{fw}_img_per_s"]
                 else None for fw in ("jax", "torch")}))
-    return dict(ratios=cells, bf16_over_f32=dtypes, multi_seed=multi)
+    return dict(ratios=cells, bf16_over_f32=dtypes, multi_seed=multi, best=best_settings(step))
+
+
+def _setting(r: dict) -> str:
+    """How a row computed: dtype, and for JAX its convolutions' path and seeds in one program."""
+    if r["framework"] == "torch":
+        return "bfloat16 autocast" if r["dtype"] == "bfloat16" else r["dtype"]
+    return (f"{r['dtype']}, {_conv(r)} conv" + (f", {r['seeds']} seeds {r['strategy']}" if r["seeds"] > 1 else ""))
+
+
+def best_settings(step: list[dict]) -> list[dict]:
+    """Per (model, size, batch): each framework's fastest setting (median img*seed/s over rounds), and per round the
+    best JAX row over the best PyTorch row and over PyTorch float32's: the comparisons a side-by-side grid decides."""
+    out = []
+    for model, size, bs in sorted({(r["model"], r["size"], r["batch_size"]) for r in step},
+                                  key=lambda k: (k[0], _size_key(k[1]), k[2])):
+        rows = [r for r in step if (r["model"], r["size"], r["batch_size"]) == (model, size, bs)]
+        by_setting: dict = {}
+        for r in rows:
+            by_setting.setdefault((r["framework"], _setting(r)), []).append(r)
+        best = {}
+        for fw in ("jax", "torch"):
+            cands = [(med, name) for (f, name), rs in by_setting.items() if f == fw
+                     for med in [_median([r["img_per_s"] for r in rs])]]
+            best[fw] = max(cands) if cands else None
+        if not best["jax"] or not best["torch"]:
+            continue
+        rounds = sorted({r["round"] for r in rows})
+
+        def top(fw, rnd, pred=lambda r: True):
+            xs = [r["img_per_s"] for r in rows if r["framework"] == fw and r["round"] == rnd and pred(r)]
+            return max(xs) if xs else None
+
+        def per_round(pred):
+            rs = [(j, t) for rnd in rounds for j, t in [(top("jax", rnd), top("torch", rnd, pred))] if j and t]
+            return [j / t for j, t in rs]
+
+        vs_best = per_round(lambda r: True)
+        vs_f32 = per_round(lambda r: r["dtype"] == "float32")
+        out.append(dict(model=model, size=size, batch_size=bs, jax_best=best["jax"][1], jax_img_per_s=best["jax"][0],
+                        torch_best=best["torch"][1], torch_img_per_s=best["torch"][0],
+                        jax_over_torch_best=vs_best, jax_over_torch_best_median=_median(vs_best) if vs_best else None,
+                        jax_over_torch_f32=vs_f32, jax_over_torch_f32_median=_median(vs_f32) if vs_f32 else None))
+    return out
 
 
 def computed_notes(res: dict, s: dict) -> list[str]:
     """Findings read off the rows of this file: nothing here is typed by hand."""
     notes, cells = [], [c for c in s["ratios"] if c["jax_over_torch_median"] is not None]
-    for size, dtype, model in sorted({(c["size"], c["dtype"], c["model"]) for c in cells},
-                                     key=lambda k: (_size_key(k[0]), k[1], k[2])):
-        cs = [c for c in cells if (c["size"], c["dtype"], c["model"]) == (size, dtype, model)]
+    for size, dtype, model, conv in sorted({(c["size"], c["dtype"], c["model"], c["conv"] or "") for c in cells},
+                                           key=lambda k: (_size_key(k[0]), k[1], k[2], k[3])):
+        cs = [c for c in cells if (c["size"], c["dtype"], c["model"], c["conv"] or "") == (size, dtype, model, conv)]
         best = max(cs, key=lambda c: c["jax_over_torch_median"])
-        notes.append(f"Best {model} JAX/PyTorch ratio over batch sizes at {size} ({dtype}): "
+        notes.append(f"Best {model} JAX/PyTorch ratio over batch sizes at {size} ({dtype}{', ' + conv + ' conv' if conv else ''}): "
                      f"**{best['jax_over_torch_median']:.2f}** at batch {best['batch_size']} ("
                      + ", ".join(f"b{c['batch_size']} {c['jax_over_torch_median']:.2f}" for c in cs) + ").")
     for size, model in sorted({(c["size"], c["model"]) for c in s["ratios"] if c["jax_img_per_s"]},
                               key=lambda k: (_size_key(k[0]), k[1])):
         cs = [c for c in s["ratios"] if (c["size"], c["model"]) == (size, model) and c["jax_img_per_s"]]
         top = max(cs, key=lambda c: c["jax_img_per_s"])
-        notes.append(f"Fastest JAX setting for {model} at {size}: {top['dtype']} batch {top['batch_size']} "
+        notes.append(f"Fastest 1-seed JAX setting for {model} at {size}: {_cell_setting(top)} batch {top['batch_size']} "
                      f"({top['jax_img_per_s']:,.1f} img/s; the others " + ", ".join(
-                         f"{_SHORT.get(c['dtype'], c['dtype'])} b{c['batch_size']} {c['jax_img_per_s']:,.1f}" for c in cs if c is not top)
+                         f"{_cell_setting(c, short=True)} b{c['batch_size']} {c['jax_img_per_s']:,.1f}" for c in cs if c is not top)
                      + ").")
     flags = set(res.get("cpu_flags") or [])
     have = ", ".join(f"{f}: {'yes' if f in flags else 'no'}" for f in ("avx512_bf16", "amx_bf16"))
     for size in sorted({d["size"] for d in s["bf16_over_f32"]}, key=_size_key):
         ds = [d for d in s["bf16_over_f32"] if d["size"] == size]
         bs = min(d["batch_size"] for d in ds)
-        parts = [f"{name} " + ", ".join(f"{d['model']} {d[fw]:.2f}x" for d in ds if d["batch_size"] == bs and d[fw])
+        parts = [f"{name} " + ", ".join(f"{d['model']}{' (' + d['conv'] + ' conv)' if fw == 'jax' and d['conv'] else ''} "
+                                        f"{d[fw]:.2f}x" for d in ds if d["batch_size"] == bs and d[fw])
                  for fw, name in (("jax", "JAX"), ("torch", "PyTorch"))
                  if any(d["batch_size"] == bs and d[fw] for d in ds)]
         notes.append(f"bfloat16 / float32 img/s at batch {bs}, {size}: {'; '.join(parts)} on this CPU ({have}).")
@@ -118,18 +172,19 @@ def computed_notes(res: dict, s: dict) -> list[str]:
         if m["per_seed_vs_1"] is not None:
             vs = m.get("per_seed_over_torch")
             notes.append(f"{m['seeds']} seeds at once ({m['resolved']}), {m['model']} {m['size']} "
-                         f"{m['dtype']} b{m['batch_size']}: {m['per_seed_vs_1']:.2f}x the per-seed speed of one seed"
+                         f"{_cell_setting(m)} b{m['batch_size']}: {m['per_seed_vs_1']:.2f}x the per-seed speed of one seed"
                          + (f", {vs:.2f}x PyTorch's img/s (median of the rounds' ratios)." if vs else "."))
-    for key in sorted({(c["model"], c["size"], c["dtype"], c["batch_size"]) for c in cells},
-                      key=lambda k: (k[0], _size_key(k[1]), k[2], k[3])):
-        sides = [(c["jax_over_torch_median"], "1 seed") for c in cells
-                 if (c["model"], c["size"], c["dtype"], c["batch_size"]) == key]
+    def key_of(c):
+        return c["model"], c["size"], c["dtype"], c["batch_size"], c["conv"] or ""
+
+    for key in sorted({key_of(c) for c in cells}, key=lambda k: (k[0], _size_key(k[1]), k[2], k[3], k[4])):
+        sides = [(c["jax_over_torch_median"], "1 seed") for c in cells if key_of(c) == key]
         sides += [(m["per_seed_over_torch"], f"{m['seeds']} seeds {m['resolved']}") for m in s["multi_seed"]
-                  if (m["model"], m["size"], m["dtype"], m["batch_size"]) == key and m.get("per_seed_over_torch")]
+                  if key_of(m) == key and m.get("per_seed_over_torch")]
         if len(sides) > 1:
             ratio, how = max(sides)
-            notes.append(f"Best per-seed JAX img/s over PyTorch's, {key[0]} {key[1]} {key[2]} b{key[3]}: "
-                         f"**{ratio:.2f}x** ({how} in one program).")
+            notes.append(f"Best per-seed JAX img/s over PyTorch's, {key[0]} {key[1]} {key[2]}"
+                         f"{', ' + key[4] + ' conv' if key[4] else ''} b{key[3]}: **{ratio:.2f}x** ({how} in one program).")
     load = res.get("loadavg_start")
     threads = res.get("cpu_threads")
     if load and threads and load[0] > 0.25 * threads:
@@ -139,6 +194,12 @@ def computed_notes(res: dict, s: dict) -> list[str]:
     if res.get("skipped"):
         notes.append(f"{len(res['skipped'])} runner(s) skipped by --max-step-seconds (section Skipped).")
     return notes
+
+
+def _cell_setting(c: dict, short: bool = False) -> str:
+    """A summarized cell's dtype, with the path of JAX's convolutions when the file records one."""
+    dtype = _SHORT.get(c["dtype"], c["dtype"]) if short else c["dtype"]
+    return f"{dtype} ({c['conv']} conv)" if c.get("conv") else dtype
 
 
 def _seeds_text(seeds: int) -> str:
@@ -326,26 +387,41 @@ def step_sections(res: dict) -> list[str]:
              f"- load average at start / end: {res.get('loadavg_start')} / {res.get('loadavg_end')}",
              "", "img/s: median over rounds of each round's median over repeats; per round: JAX img/s / PyTorch "
              "img/s measured back to back (JAX first); compile s: JAX's first step minus a warm step.", "",
-             "| model | size | dtype | batch | JAX img/s | PyTorch img/s | JAX/PyTorch per round | JAX/PyTorch median | "
-             "JAX step ms | PyTorch step ms | JAX compile s |",
-             "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+             "| model | size | dtype | JAX conv | batch | JAX img/s | PyTorch img/s | JAX/PyTorch per round | "
+             "JAX/PyTorch median | JAX step ms | PyTorch step ms | JAX compile s |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     for c in s["ratios"]:
-        lines.append(f"| {c['model']} | {c['size']} | {c['dtype']} | {c['batch_size']} | {fmt(c['jax_img_per_s'])} | "
+        lines.append(f"| {c['model']} | {c['size']} | {c['dtype']} | {c['conv'] or '-'} | {c['batch_size']} | "
+                     f"{fmt(c['jax_img_per_s'])} | "
                      f"{fmt(c['torch_img_per_s'])} | {' '.join(f'{r:.2f}' for r in c['jax_over_torch']) or '-'} | "
                      f"**{fmt(c['jax_over_torch_median'], 2)}** | "
                      f"{fmt(c['jax_step_s'] and c['jax_step_s'] * 1e3)} | "
                      f"{fmt(c['torch_step_s'] and c['torch_step_s'] * 1e3)} | {fmt(c['jax_compile_s'], 2)} |")
+    if s["best"]:
+        lines += ["", "### Each side's fastest setting", "",
+                  "img*seed/s, median over rounds, of the fastest setting (dtype, JAX's convolution path, seeds in one "
+                  "program); the ratios are per round (the round's fastest JAX row over its fastest PyTorch row, and "
+                  "over PyTorch float32's), then their median.", "",
+                  "| model | size | batch | JAX fastest | JAX img*seed/s | PyTorch fastest | PyTorch img/s | "
+                  "JAX / PyTorch fastest | JAX / PyTorch float32 |",
+                  "| --- | --- | ---: | --- | ---: | --- | ---: | ---: | ---: |"]
+        lines += [f"| {b['model']} | {b['size']} | {b['batch_size']} | {b['jax_best']} | {fmt(b['jax_img_per_s'])} | "
+                  f"{b['torch_best']} | {fmt(b['torch_img_per_s'])} | **{fmt(b['jax_over_torch_best_median'], 2)}** | "
+                  f"**{fmt(b['jax_over_torch_f32_median'], 2)}** |" for b in s["best"]]
     if s["bf16_over_f32"]:
-        lines += ["", "### bfloat16 / float32 (img/s)", "", "| model | size | batch | JAX | PyTorch |",
-                  "| --- | --- | ---: | ---: | ---: |"]
-        lines += [f"| {d['model']} | {d['size']} | {d['batch_size']} | {fmt(d['jax'], 2)} | {fmt(d['torch'], 2)} |"
-                  for d in s["bf16_over_f32"]]
+        lines += ["", "### bfloat16 / float32 (img/s)", "",
+                  "JAX: a bfloat16 model over the float32 model with XLA's convolutions.", "",
+                  "| model | size | batch | JAX conv (bfloat16) | JAX | PyTorch |",
+                  "| --- | --- | ---: | --- | ---: | ---: |"]
+        lines += [f"| {d['model']} | {d['size']} | {d['batch_size']} | {d['conv'] or '-'} | {fmt(d['jax'], 2)} | "
+                  f"{fmt(d['torch'], 2)} |" for d in s["bf16_over_f32"]]
     if s["multi_seed"]:
         lines += ["", "### Several seeds in one program (JAX)", "",
                   "vs 1 seed: img*seed/s over the 1-seed img/s of the same cell (>= 1: not slower than one by one).",
-                  "", "| model | size | dtype | batch | seeds | strategy | img*seed/s | vs 1 seed | step ms | compile s |",
-                  "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {m['model']} | {m['size']} | {m['dtype']} | {m['batch_size']} | {m['seeds']} | "
+                  "", "| model | size | dtype | JAX conv | batch | seeds | strategy | img*seed/s | vs 1 seed | step ms | "
+                  "compile s |",
+                  "| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {m['model']} | {m['size']} | {m['dtype']} | {m['conv'] or '-'} | {m['batch_size']} | {m['seeds']} | "
                   f"{m['strategy']}{'' if m['resolved'] == m['strategy'] else ' -> ' + m['resolved']} | {fmt(m['img_per_s'])} | {fmt(m['per_seed_vs_1'], 2)} | "
                   f"{fmt(m['step_s'] * 1e3)} | {fmt(m['compile_s'], 2)} |" for m in s["multi_seed"]]
     ep = [r for r in res["rows"] if r["kind"] == "epoch"]

@@ -74,5 +74,30 @@ def test_report_compares_several_seeds_in_one_program_with_pytorch():
                     row("torch", 1, 200.0, 1), row("jax", 1, 260.0, 1), row("jax", 3, 320.0, 1)]}
     notes = computed_notes(res, summarize(res))
     assert any("3 seeds at once (unroll)" in n and "1.65x PyTorch's img/s" in n for n in notes), notes
-    best = "Best per-seed JAX img/s over PyTorch's, base 60x80 float32 b32: **1.65x** (3 seeds unroll in one program)."
+    best = ("Best per-seed JAX img/s over PyTorch's, base 60x80 float32, xla conv b32: **1.65x** (3 seeds unroll in "
+            "one program).")
     assert best in notes, notes
+
+
+def test_report_keeps_convolution_paths_apart_and_finds_each_sides_fastest():
+    """JAX rows with XLA's and with oneDNN's bfloat16 convolutions (`--conv xla onednn-bf16`) are separate cells,
+    each against the same PyTorch rows; the fastest-setting table compares each round's fastest rows."""
+    from benchmarks.report import summarize
+
+    def row(framework, dtype, img_per_s, rnd, conv=None):
+        return dict(kind="step", model="deep", size="60x80", dtype=dtype, batch_size=32, framework=framework, seeds=1,
+                    img_per_s=img_per_s, step_s=32 / img_per_s, compile_s=1.0, round=rnd, strategy="single",
+                    strategy_requested=None, **({"conv": conv} if conv else {}))
+
+    res = {"rows": [row("torch", "float32", 100.0, 0), row("torch", "bfloat16", 150.0, 0),
+                    row("jax", "float32", 130.0, 0, "xla"), row("jax", "float32", 180.0, 0, "onednn-bf16"),
+                    row("torch", "float32", 110.0, 1), row("torch", "bfloat16", 140.0, 1),
+                    row("jax", "float32", 120.0, 1, "xla"), row("jax", "float32", 170.0, 1, "onednn-bf16")]}
+    s = summarize(res)
+    f32 = {c["conv"]: c for c in s["ratios"] if c["dtype"] == "float32"}
+    assert f32["xla"]["jax_img_per_s"] == 125.0 and f32["onednn-bf16"]["jax_img_per_s"] == 175.0
+    assert f32["onednn-bf16"]["jax_over_torch"] == [1.8, 170.0 / 110.0]
+    (b,) = s["best"]
+    assert b["jax_best"] == "float32, onednn-bf16 conv" and b["torch_best"] == "bfloat16 autocast"
+    assert b["jax_over_torch_best"] == [180.0 / 150.0, 170.0 / 140.0]
+    assert b["jax_over_torch_f32_median"] == (1.8 + 170.0 / 110.0) / 2
