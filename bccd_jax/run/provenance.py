@@ -68,12 +68,13 @@ def versions() -> dict[str, str]:
 
 
 def conv_provenance() -> dict[str, str]:
-    """The convolution path's switch ($BCCD_JAX_CONV) and the oneDNN extension, when one is built."""
+    """The convolution path's switch ($BCCD_JAX_CONV) and the oneDNN extension's file name, when one is built
+    (the name only: a results file says which library ran, not where a machine keeps it)."""
     from bccd_jax.ext import onednn
 
     out = {"conv_env": os.environ.get("BCCD_JAX_CONV", "")}
     if onednn.library_path().is_file():
-        out["onednn_extension"] = str(onednn.library_path()) + ("" if onednn.available() else " (not loadable)")
+        out["onednn_extension"] = onednn.library_path().name + ("" if onednn.available() else " (not loadable)")
     return out
 
 
