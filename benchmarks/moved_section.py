@@ -92,7 +92,8 @@ def what_moved_section(best: list[dict] | None, tta: dict | None, ab: dict | Non
              for k, v in s["targets"].items()]
         b = [f"{k} s: {acc(v.get('jax_median_acc'))} against {acc(v.get('torch_median_acc'))}"
              for k, v in s["budgets"].items()]
-        arithmetic = ("each side in its fastest arithmetic" if tta.get("precision") == "fastest"
+        prec = tta.get("precision")
+        arithmetic = (f"bccd_jax {prec['jax']}, PyTorch {prec['torch']}" if isinstance(prec, dict)
                       else "both sides in float32")
         said = (["wall time to TEST " + "; ".join(t)] if t else []) + (["TEST accuracy after " + "; ".join(b)] if b else [])
         if said:

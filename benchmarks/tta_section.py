@@ -72,7 +72,30 @@ def summary_table(d: dict) -> list[str]:
     for b, v in s["budgets"].items():
         lines.append(f"| TEST accuracy after {b} s ({v['seeds']} seeds) | {fmt(v['jax_median_acc'], 3)} | "
                      f"{fmt(v['torch_median_acc'], 3)} | | |")
-    return lines
+    return lines + [""] + [f"- {n}" for n in summary_notes(d, s)]
+
+
+def summary_notes(d: dict, s: dict) -> list[str]:
+    """What bounds the summary, computed from the seeds: budgets past both sides' whole recipe (they compare final
+    accuracies, not speed) and how far the two sides' accuracies lie apart at the same step."""
+    notes, epochs = [], d["recipe"]["train"]["epochs"]
+    seeds = {k: r for k, r in (d.get("by_seed") or {}).items() if "jax" in r and "torch" in r}
+    done = {k: r for k, r in seeds.items() if all(r[fw]["epochs"] >= epochs for fw in ("jax", "torch"))}
+    if done:
+        walls = {fw: statistics.median(r[fw]["wall_s"] for r in done.values()) for fw in ("jax", "torch")}
+        latest = max(max(r["jax"]["wall_s"], r["torch"]["wall_s"]) for r in done.values())
+        past = [b for b in s["budgets"] if float(b) >= latest and len(done) == len(seeds)]
+        if past:
+            notes.append(f"After {', '.join(past)} s every seed's two sides had finished the {epochs}-epoch recipe "
+                         f"(median wall bccd_jax {walls['jax']:.0f} s, PyTorch {walls['torch']:.0f} s): "
+                         + ("those rows compare" if len(past) > 1 else "that row compares") + " final accuracies, not speed.")
+    gaps = [abs(a["test_acc"] - b["test_acc"]) for r in seeds.values()
+            for a in r["jax"]["curve"] for b in r["torch"]["curve"] if a["step"] == b["step"]]
+    if gaps:
+        notes.append(f"At the same step the two sides' TEST accuracies differ by a median of {statistics.median(gaps):.3f} "
+                     f"(largest {max(gaps):.3f}) over {len(gaps)} evaluations: the arithmetic's drift, which moves a "
+                     "target's first crossing by whole evaluations.")
+    return notes
 
 
 def _epochs(d: dict) -> str:

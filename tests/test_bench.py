@@ -109,12 +109,12 @@ def test_what_moved_quotes_the_files_and_leaves_out_what_none_measured():
     malloc_ab = {"summary": {"base": {"glibc_malloc_defaults": 0.047, "bccd_jax": 0.031,
                                       "glibc_malloc_defaults_minor_faults_per_step": 12421.0,
                                       "bccd_jax_minor_faults_per_step": 251.0}}}
-    tta = {"precision": "fastest", "by_seed": {"0": {}}, "summary": {
+    tta = {"precision": {"jax": "onednn-bf16", "torch": "bfloat16"}, "by_seed": {"0": {}}, "summary": {
         "targets": {"0.80": {"jax_median_s": 95.2, "torch_median_s": None}},
         "budgets": {"120": {"jax_median_acc": 0.812, "torch_median_acc": 0.801}}}}
     text = "\n".join(what_moved_section(None, tta, None, malloc_ab, None, None))
     assert "base 47 ms -> 31 ms (12,421 -> 251 page faults)" in text
     assert "0.80: 95 s against never" in text and "120 s: 0.812 against 0.801" in text
-    assert "fastest arithmetic" in text
+    assert "bccd_jax onednn-bf16, PyTorch bfloat16" in text
     # no XLA flag A/B, oneDNN A/B or roofline file: their bullets are left out, not filled with figures
     assert "YNNPACK" not in text and "oneDNN custom calls" not in text and "roofline" not in text

@@ -85,3 +85,24 @@ def test_race_summary_medians_count_never_as_slowest():
     # finished its epochs at 200 s and would have counted with its final accuracy
     assert s["budgets"]["300"] == {"jax_median_acc": pytest.approx(0.82), "torch_median_acc": pytest.approx(0.81),
                                    "seeds": 3}
+
+
+def test_summary_notes_flag_budgets_past_both_recipes_and_the_drift_at_equal_steps():
+    from benchmarks.tta_section import summary_notes
+
+    def side(accs, wall_s):
+        return {"epochs": 8, "wall_s": wall_s, "curve": [{"step": 78 * (i + 1), "time_s": 10.0 * (i + 1), "test_acc": a}
+                                                          for i, a in enumerate(accs)]}
+
+    d = {"recipe": {"train": {"epochs": 8}}, "by_seed": {
+        "0": {"jax": side([0.50, 0.80], 300), "torch": side([0.52, 0.76], 410)},
+        "1": {"jax": side([0.60, 0.81], 290), "torch": side([0.60, 0.83], 420)}}}
+    s = {"budgets": {"120": {}, "300": {}, "600": {}}}
+    notes = summary_notes(d, s)
+    # only 600 s lies past every seed's slower side (420 s); 300 s does not
+    assert notes[0].startswith("After 600 s every seed's two sides had finished the 8-epoch recipe")
+    assert "median wall bccd_jax 295 s, PyTorch 415 s" in notes[0] and "that row compares" in notes[0]
+    # |differences| at equal steps: 0.02, 0.04, 0.00, 0.02 -> median 0.02, largest 0.04
+    assert "median of 0.020 (largest 0.040) over 4 evaluations" in notes[1]
+    d["by_seed"]["1"]["torch"]["epochs"] = 5  # a seed stopped early: no budget row is called final
+    assert not summary_notes(d, s)[0].startswith("After")
