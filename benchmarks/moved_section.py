@@ -49,7 +49,8 @@ def what_moved_section(best: list[dict] | None, tta: dict | None, ab: dict | Non
         lines.append("- **Buffers reused, not faulted in.** XLA:CPU allocates each step's temporaries with malloc; "
                      "glibc serves blocks this large with mmap and unmaps them on free, so every step faulted its "
                      "buffers in anew. bccd_jax/_malloc.py turns glibc's mmap and heap trimming off (mallopt) before "
-                     "JAX starts its threads, so freed buffers come back from the heap: one-seed step " + "; ".join(parts) + " (section 'glibc malloc').")
+                     "JAX starts its threads, so freed buffers come back from the heap: one-seed step "
+                     + "; ".join(parts) + " (section 'glibc malloc').")
     if ab:
         s = ab["summary"].get("deep")
         if s and "xla_defaults" in s:
@@ -60,9 +61,11 @@ def what_moved_section(best: list[dict] | None, tta: dict | None, ab: dict | Non
                          f"{_ms(s['bccd_jax'])} (section 'XLA:CPU settings side by side').")
     if od:
         med = _onednn_medians(od)
+        sizes = sorted({k[0] for k in med if (k[0], "xla_f32") in med and (k[0], "onednn_mixed") in med},
+                       key=lambda z: tuple(map(int, z.split("x"))))
         parts = [f"{size} {_ms(med[(size, 'xla_f32')])} -> {_ms(med[(size, 'onednn_mixed')])}"
-                 + (f" (PyTorch bfloat16 autocast {_ms(med[(size, 'torch_bf16')])})" if (size, "torch_bf16") in med else "")
-                 for size in sorted({k[0] for k in med}, key=lambda z: tuple(map(int, z.split("x")))) if (size, "xla_f32") in med and (size, "onednn_mixed") in med]
+                 + (f" (PyTorch bfloat16 autocast {_ms(med[(size, 'torch_bf16')])})"
+                    if (size, "torch_bf16") in med else "") for size in sizes]
         lines.append("- **bfloat16 convolutions through oneDNN.** XLA:CPU has no bfloat16 convolution: it computes "
                      "them in float32 and converts around them, so a bfloat16 model got slower. bccd_jax.ext runs a "
                      "convolution's forward pass and both gradients as oneDNN custom calls in bfloat16 with float32 "
@@ -79,9 +82,11 @@ def what_moved_section(best: list[dict] | None, tta: dict | None, ab: dict | Non
         parts = [f"{r['model']} {r['size']} {r['fraction']:.0%} ({r['bound']}-bound, {r['bytes'] / 1e6:,.0f} MB and "
                  f"{r['flops'] / 1e9:.2f} GFLOP per step)" for r in rf["rows"]]
         lines.append("- **What is left.** Against this CPU's measured bandwidth and peak, the float32 steps run at "
-                     + "; ".join(parts) + " of their roofline (section 'The training step against this CPU's roofline').")
+                     + "; ".join(parts)
+                     + " of their roofline (section 'The training step against this CPU's roofline').")
     if tta and tta.get("by_seed"):
         s = tta.get("summary") or race_summary(tta)
+
         def sec(x):
             return f"{x:.0f} s" if x is not None else "never (the median seed did not get there)"
 
@@ -95,7 +100,8 @@ def what_moved_section(best: list[dict] | None, tta: dict | None, ab: dict | Non
         prec = tta.get("precision")
         arithmetic = (f"bccd_jax {prec['jax']}, PyTorch {prec['torch']}" if isinstance(prec, dict)
                       else "both sides in float32")
-        said = (["wall time to TEST " + "; ".join(t)] if t else []) + (["TEST accuracy after " + "; ".join(b)] if b else [])
+        said = ((["wall time to TEST " + "; ".join(t)] if t else [])
+                + (["TEST accuracy after " + "; ".join(b)] if b else []))
         if said:
             lines.append(f"- **The race.** The deep recipe, {arithmetic}, medians over "
                          f"{len(tta['by_seed'])} seeds, bccd_jax against PyTorch: " + "; ".join(said)

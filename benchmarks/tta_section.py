@@ -88,11 +88,13 @@ def summary_notes(d: dict, s: dict) -> list[str]:
         if past:
             notes.append(f"After {', '.join(past)} s every seed's two sides had finished the {epochs}-epoch recipe "
                          f"(median wall bccd_jax {walls['jax']:.0f} s, PyTorch {walls['torch']:.0f} s): "
-                         + ("those rows compare" if len(past) > 1 else "that row compares") + " final accuracies, not speed.")
+                         + ("those rows compare" if len(past) > 1 else "that row compares")
+                         + " final accuracies, not speed.")
     gaps = [abs(a["test_acc"] - b["test_acc"]) for r in seeds.values()
             for a in r["jax"]["curve"] for b in r["torch"]["curve"] if a["step"] == b["step"]]
     if gaps:
-        notes.append(f"At the same step the two sides' TEST accuracies differ by a median of {statistics.median(gaps):.3f} "
+        notes.append("At the same step the two sides' TEST accuracies differ by a median of "
+                     f"{statistics.median(gaps):.3f} "
                      f"(largest {max(gaps):.3f}) over {len(gaps)} evaluations: the arithmetic's drift, which moves a "
                      "target's first crossing by whole evaluations.")
     return notes
