@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 
-from benchmarks.tta_section import race_summary
+from benchmarks.tta_section import summary_of
 
 
 def _ms(s: float) -> str:
@@ -61,8 +61,8 @@ def what_moved_section(best: list[dict] | None, tta: dict | None, ab: dict | Non
                          f"{_ms(s['bccd_jax'])} (section 'XLA:CPU settings side by side').")
     if od:
         med = _onednn_medians(od)
-        sizes = sorted({k[0] for k in med if (k[0], "xla_f32") in med and (k[0], "onednn_mixed") in med},
-                       key=lambda z: tuple(map(int, z.split("x"))))
+        sizes = [z for z in dict.fromkeys(r["size"] for r in od.get("rows") or [])  # the order the benchmark ran them
+                 if (z, "xla_f32") in med and (z, "onednn_mixed") in med]
         parts = [f"{size} {_ms(med[(size, 'xla_f32')])} -> {_ms(med[(size, 'onednn_mixed')])}"
                  + (f" (PyTorch bfloat16 autocast {_ms(med[(size, 'torch_bf16')])})"
                     if (size, "torch_bf16") in med else "") for size in sizes]
@@ -85,7 +85,7 @@ def what_moved_section(best: list[dict] | None, tta: dict | None, ab: dict | Non
                      + "; ".join(parts)
                      + " of their roofline (section 'The training step against this CPU's roofline').")
     if tta and tta.get("by_seed"):
-        s = tta.get("summary") or race_summary(tta)
+        s = summary_of(tta)
 
         def sec(x):
             return f"{x:.0f} s" if x is not None else "never (the median seed did not get there)"

@@ -53,9 +53,14 @@ def race_summary(d: dict) -> dict:
     return out
 
 
+def summary_of(d: dict) -> dict:
+    """The race's `summary` object as the file holds it, or computed from its seeds (files written before it)."""
+    return d.get("summary") or race_summary(d)
+
+
 def summary_table(d: dict) -> list[str]:
     """The race's decision: medians over seeds to each target and after each wall budget."""
-    s = d.get("summary") or race_summary(d)
+    s = summary_of(d)
     if not s["targets"] or not next(iter(s["targets"].values()))["seeds"]:
         return []
     n = next(iter(s["targets"].values()))["seeds"]
@@ -131,7 +136,7 @@ def seeds_table(d: dict) -> list[str]:
         tj = {p["step"]: p for p in r["jax"]["curve"]}
         ratios += [p["time_s"] / tj[p["step"]]["time_s"] for p in r["torch"]["curve"] if p["step"] in tj]
         gaps += [tj[p["step"]]["test_acc"] - p["test_acc"] for p in r["torch"]["curve"] if p["step"] in tj]
-    summ = race_summary(d)["targets"]
+    summ = summary_of(d)["targets"]
     first = {x: summ[f"{x:.2f}"]["jax_first"] for x in targets}
     med = {(x, fw): summ[f"{x:.2f}"][f"{fw}_median_s"] for x in targets for fw, _ in fws}
     lines.append("| median | | " + " | ".join(fmt(med[(x, fw)]) if med[(x, fw)] is not None else "never"
