@@ -203,7 +203,10 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[tuple[RunFolder, RunRecord
 
 
 def summarize_runs(runs) -> dict[str, dict[str, Any]]:
-    """summary.json: experiment -> variant -> its line (variant_summary)."""
+    """summary.json: experiment -> variant -> its line (variant_summary) and the run folder it came from.
+
+    A variant run again on the same data set and image size is replaced by the later folder (as in the claims);
+    on another data set or size it is kept apart under `name@dataset` (or `name@dataset-size`)."""
     summary: dict[str, dict[str, Any]] = {}
     for folder, record, results in runs:
         exp, dataset = record.experiment, record.data.dataset
@@ -212,13 +215,17 @@ def summarize_runs(runs) -> dict[str, dict[str, Any]]:
         for name, r in results.items():
             if r.incomplete:
                 continue
-            # the same variant again gets a suffix: the data set when that differs, else data set and image size
+            line = {**variant_summary(r, record), "run": folder.path.name}
+            same = [k for k in (name, f"{name}@{dataset}", f"{name}@{dataset}-{size}") if k in entries
+                    and entries[k]["dataset"] == dataset and "x".join(map(str, entries[k]["image_size"])) == size]
+            if same:
+                print(f"{exp}/{name}: {folder.path.name} replaces {entries[same[0]]['run']}", file=sys.stderr)
+                entries[same[0]] = line
+                continue
             key = name
             if key in entries:
                 key = f"{name}@{dataset}" if entries[name]["dataset"] != dataset else f"{name}@{dataset}-{size}"
-            if key in entries:
-                print(f"warning: {exp}/{key} appears twice; {folder} replaces the earlier run", file=sys.stderr)
-            entries[key] = variant_summary(r, record)
+            entries[key] = line
     return summary
 
 

@@ -177,6 +177,12 @@ def test_report_from_a_run_folder(tmp_path):
     report, summary = write_report([run.path, run2.path], tmp_path / "r3")
     s = json.loads(summary.read_text())
     assert set(s["optimizers"]) == {"sgd", "adam", "sgd@originals-60x80", "adam@originals-60x80"}
+    assert s["optimizers"]["adam@originals-60x80"]["run"] == "20260101-000001"
+    # the same variant on the same data and size again: the later folder replaces it (as in the claims)
+    run3 = _run_folder(tmp_path / "later", "20260101-000002", names=("adam",))
+    s = json.loads(write_report([run.path, run2.path, run3.path], tmp_path / "r4")[1].read_text())
+    assert set(s["optimizers"]) == {"sgd", "adam", "sgd@originals-60x80", "adam@originals-60x80"}
+    assert (s["optimizers"]["adam"]["run"], s["optimizers"]["sgd"]["run"]) == ("20260101-000002", "20260101-000000")
     text = report.read_text()
     assert "figures/optimizers_originals_32x40_20260101-000000/curves_optimizers.png" in text
     assert "figures/optimizers_originals_60x80_20260101-000001/curves_optimizers.png" in text
