@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from bccd_jax.errors import UserError
 from bccd_jax.files import plain
@@ -200,6 +200,14 @@ class TrainConfig:
     # run folder `init_from` (`--init-from RUN_DIR` of an experiment) instead of a fresh initialisation
     init_variant: str | None = None
     init_from: str | None = None
+    # stop after the first epoch whose training accuracy, mean over the seeds, reaches this; `epochs` stays the
+    # most (None: train every epoch). For claims whose premise is a learnt training set (VGG16's overfitting)
+    stop_at_train_acc: float | None = None
+
+    def reached_stop(self, train_acc: Sequence[Sequence[float]]) -> bool:
+        """Whether a history's training accuracies ([epoch][seed]) met `stop_at_train_acc` in their last epoch."""
+        return (self.stop_at_train_acc is not None and len(train_acc) > 0
+                and sum(train_acc[-1]) / len(train_acc[-1]) >= self.stop_at_train_acc)
 
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:
@@ -228,6 +236,8 @@ class TrainConfig:
             raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.eval_tta not in EVAL_TTA:
             raise UserError(f"eval_tta must be one of {', '.join(EVAL_TTA)}, got {self.eval_tta!r}")
+        if self.stop_at_train_acc is not None and not 0 < self.stop_at_train_acc <= 1:
+            raise UserError(f"stop_at_train_acc must lie in (0, 1], got {self.stop_at_train_acc}")
         if self.init_from is not None and not self.init_variant:
             raise UserError(f"init_from {self.init_from!r} needs init_variant: the variant of that run to start from")
         self.augment.validate()

@@ -121,7 +121,8 @@ def fit(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig, da
         resume: bool = False, force: bool = False, pretrained=None, start=None,
         on_epoch: Callable[[int, dict[str, list]], None] | None = None,
         stop_after_epoch: int | None = None, sharding=None) -> FitResult:
-    """Train `len(seeds)` seeds at once for cfg.epochs epochs, evaluating every epoch.
+    """Train `len(seeds)` seeds at once for cfg.epochs epochs (fewer when cfg.stop_at_train_acc is reached),
+    evaluating every epoch.
 
     checkpoints: a bccd_jax.checkpoints.CheckpointStore or None. With it the full
     state and history are saved every cfg.checkpoint_every epochs, at the end, and
@@ -154,7 +155,8 @@ def fit(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig, da
     final_logits: dict[str, np.ndarray] | None = None
     t_start = time.perf_counter()
     with _StopFlag() as stop:
-        for epoch in range(start_epoch, cfg.epochs):
+        # a run resumed after its stopping epoch trains nothing more
+        for epoch in range(start_epoch, start_epoch if cfg.reached_stop(history["train_acc"]) else cfg.epochs):
             t0 = time.perf_counter()
             state, m = trainer.run_epoch(state, data.train_images, data.train_labels, epoch)
             final_logits, scores = evaluate_sets(trainer, state, data)
@@ -162,13 +164,15 @@ def fit(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig, da
             epoch_times.append(time.perf_counter() - t0)
             if on_epoch is not None:
                 on_epoch(epoch + 1, history)
-            last = epoch + 1 == cfg.epochs
+            last = epoch + 1 == cfg.epochs or cfg.reached_stop(history["train_acc"])
             if stop.requested or (stop_after_epoch is not None and epoch + 1 >= stop_after_epoch):
                 save(epoch + 1)
                 interrupted = not last
                 break
             if last or (cfg.checkpoint_every > 0 and (epoch + 1) % cfg.checkpoint_every == 0):
                 save(epoch + 1)
+            if last:
+                break
     if checkpoints is not None:
         checkpoints.wait()
     if final_logits is None:  # resumed at the end: nothing trained, evaluate the restored state once

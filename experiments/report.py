@@ -39,6 +39,7 @@ def variant_summary(r: VariantResult, record: RunRecord) -> dict[str, Any]:
     test, leak, simple = r.final("test"), r.final("test_leakfree"), r.final("test_simple")
     return {"dataset": record.data.dataset, "image_size": list(record.data.image_size), "protocol": record.protocol,
             "seeds": r.seeds, "epochs": r.epochs, "wall_s": r.wall_s,
+            "train_acc_mean": float(np.mean(r.history["train_acc"][-1])),
             "test_acc_mean": test["acc_mean"], "test_acc_ci95": _acc_ci(test["acc_ci95"]),
             "test_leakfree_acc_mean": None if leak is None else leak["acc_mean"],
             "test_leakfree_acc_ci95": None if leak is None else _acc_ci(leak["acc_ci95"]),

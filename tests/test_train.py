@@ -203,6 +203,24 @@ def test_resume_equals_uninterrupted(data, three_seeds, tmp_path):
              resume=True, **same)
 
 
+def test_training_stops_at_the_first_epoch_reaching_the_stopping_accuracy(data, three_seeds, tmp_path):
+    same = dict(seed_strategy="vmap", epoch_mode="loop")  # the formulation of `three_seeds`
+    means = np.asarray(three_seeds.history["train_acc"]).mean(axis=1)
+    stop_epoch = int(means.argmax()) + 1  # the first epoch whose mean reaches the run's best
+    meta = {"model": {"arch": "base"}, "data_fingerprint": "abc"}
+    r = _fit(data, [0, 1, 2], epochs=6, stop_at_train_acc=float(means.max()), checkpoints=CheckpointStore(tmp_path),
+             run_meta=meta, **same)
+    assert r.history["epoch"] == list(range(1, stop_epoch + 1)) and not r.interrupted
+    np.testing.assert_allclose(r.history["train_acc"], three_seeds.history["train_acc"][:stop_epoch], rtol=1e-6)
+    assert CheckpointStore(tmp_path).latest_epoch() == stop_epoch
+    # resumed after its stopping epoch, the run trains nothing more
+    again = _fit(data, [0, 1, 2], epochs=6, stop_at_train_acc=float(means.max()), checkpoints=CheckpointStore(tmp_path),
+                 run_meta=meta, resume=True, **same)
+    assert again.history["epoch"] == r.history["epoch"]
+    with pytest.raises(UserError, match="stop_at_train_acc"):
+        TrainConfig(stop_at_train_acc=1.5).validate()
+
+
 def test_custom_chain_and_schedule_reduce_the_loss(data):
     schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 4, 40)
     chain = optax.chain(optax.clip_by_global_norm(1.0), optax.add_decayed_weights(1e-4), optax.adam(schedule))
