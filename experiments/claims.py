@@ -297,14 +297,14 @@ def batchnorm_claims(res: dict[str, VariantResult], row: Row) -> list[ClaimRow]:
                 "batch norm minus without, paired by seed: the 95 % interval above 0")
         short = too_short([on, off])
         if short:
-            out.append(row(quote=quote, figure="unstable learning", test=test, ours=short,
+            out.append(row(quote=quote, figure=f"unstable learning ({label})", test=test, ours=short,
                            verdict="not reached at this budget", rs=[on, off]))
             continue
         n = min(len(on.seeds), len(off.seeds))
         v, d, lo, hi = greater(late_spread(on)[:n], late_spread(off)[:n], paired=True)
         stuck = int((~left_chance(on)).sum())
         out.append(row(
-            quote=quote, figure="unstable learning", test=test,
+            quote=quote, figure=f"unstable learning ({label})", test=test,
             ours=f"spread {late_spread(on).mean():.3f} against {late_spread(off).mean():.3f}: "
                  f"{diff_text(d, lo, hi, True)}; TEST {fmt_ci(on.final_acc())} against {fmt_ci(off.final_acc())}; "
                  f"{stuck} of {len(on.seeds)} seeds never left chance",
