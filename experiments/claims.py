@@ -271,7 +271,8 @@ def dropout_claims(res: dict[str, VariantResult], row: Row) -> list[ClaimRow]:
                  f"most {ROUGHLY_OPTIMAL} and not beyond the 95 % interval (Welch), contradicted when a rate is "
                  "ahead by more and beyond it; overfitting shown as final TEST loss over its minimum",
             ours="; ".join(f"{k[8:]}: {fmt_ci(r.final_acc())}, loss x{rises[k]:.2f}" for k, r in drops.items())
-                 + f"; best {best[8:]}" + (f", best - 0.2 {diff_text(d, lo, hi, False)}" if best != "dropout_0.2" else ""),
+                 + f"; best {best[8:]}"
+                 + (f", best - 0.2 {diff_text(d, lo, hi, False)}" if best != "dropout_0.2" else ""),
             verdict=optimal, rs=list(drops.values())),
         row(quote='dropout "increase[d] the test accuracy"', figure="dropout raises TEST accuracy",
             test="final TEST accuracy, 20 % dropout minus none, paired by seed: the 95 % interval above 0",

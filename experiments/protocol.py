@@ -10,8 +10,9 @@
   the study's overfitting step needs no run of its own); dropout, batch norm and centering (base and
   expanded CNN) 30, past the base CNN's overfitting point; centering, a claim about initialisations,
   with 8 seeds; VGG16's frozen variants 20 epochs at most (experiments.vgg stops a variant once its
-  training set is learnt), all-trainable and scratch what two cores allow. The deep recipe and the architecture screens keep their short budgets (the
-  wall time of every committed run is in results/REPORT.md).
+  training set is learnt), all-trainable and scratch what two cores allow. The deep recipe and the
+  architecture screens keep their short budgets (the wall time of every committed run is in
+  results/REPORT.md).
 - `gpu`: the study's own protocol (120x160, 50 epochs, the overfitting run 200).
 
 `cpu` checkpoints after every epoch (an epoch of the augmented set takes minutes there), so a killed
