@@ -80,6 +80,12 @@ def summary_table(d: dict) -> list[str]:
     return lines + [""] + [f"- {n}" for n in summary_notes(d, s)]
 
 
+def equal_steps(r: dict) -> list[tuple[dict, dict]]:
+    """One seed's (bccd_jax, PyTorch) evaluations made at the same step."""
+    tj = {p["step"]: p for p in r["jax"]["curve"]}
+    return [(tj[p["step"]], p) for p in r["torch"]["curve"] if p["step"] in tj]
+
+
 def summary_notes(d: dict, s: dict) -> list[str]:
     """What bounds the summary, computed from the seeds: budgets past both sides' whole recipe (they compare final
     accuracies, not speed) and how far the two sides' accuracies lie apart at the same step."""
@@ -95,8 +101,7 @@ def summary_notes(d: dict, s: dict) -> list[str]:
                          f"(median wall bccd_jax {walls['jax']:.0f} s, PyTorch {walls['torch']:.0f} s): "
                          + ("those rows compare" if len(past) > 1 else "that row compares")
                          + " final accuracies, not speed.")
-    gaps = [abs(a["test_acc"] - b["test_acc"]) for r in seeds.values()
-            for a in r["jax"]["curve"] for b in r["torch"]["curve"] if a["step"] == b["step"]]
+    gaps = [abs(j["test_acc"] - t["test_acc"]) for r in seeds.values() for j, t in equal_steps(r)]
     if gaps:
         notes.append("At the same step the two sides' TEST accuracies differ by a median of "
                      f"{statistics.median(gaps):.3f} "
@@ -133,9 +138,9 @@ def seeds_table(d: dict) -> list[str]:
                 steps[(x, fw)].append(math.inf if h is None else h["step"])
                 cells.append("never" if h is None else f"{h['time_s']:,.0f} ({h['step']})")
         lines.append(f"| {seed} | {r['jax'].get('epochs', '-')} | " + " | ".join(cells) + " |")
-        tj = {p["step"]: p for p in r["jax"]["curve"]}
-        ratios += [p["time_s"] / tj[p["step"]]["time_s"] for p in r["torch"]["curve"] if p["step"] in tj]
-        gaps += [tj[p["step"]]["test_acc"] - p["test_acc"] for p in r["torch"]["curve"] if p["step"] in tj]
+        pairs = equal_steps(r)
+        ratios += [t["time_s"] / j["time_s"] for j, t in pairs]
+        gaps += [j["test_acc"] - t["test_acc"] for j, t in pairs]
     summ = summary_of(d)["targets"]
     first = {x: summ[f"{x:.2f}"]["jax_first"] for x in targets}
     med = {(x, fw): summ[f"{x:.2f}"][f"{fw}_median_s"] for x in targets for fw, _ in fws}

@@ -39,7 +39,7 @@ def variant_summary(r: VariantResult, record: RunRecord) -> dict[str, Any]:
     test, leak, simple = r.final("test"), r.final("test_leakfree"), r.final("test_simple")
     return {"dataset": record.data.dataset, "image_size": list(record.data.image_size), "protocol": record.protocol,
             "seeds": r.seeds, "epochs": r.epochs, "wall_s": r.wall_s,
-            "train_acc_mean": float(np.mean(r.history["train_acc"][-1])),
+            "train_acc_mean": r.raw["train_acc_final_mean"],
             "test_acc_mean": test["acc_mean"], "test_acc_ci95": _acc_ci(test["acc_ci95"]),
             "test_leakfree_acc_mean": None if leak is None else leak["acc_mean"],
             "test_leakfree_acc_ci95": None if leak is None else _acc_ci(leak["acc_ci95"]),
@@ -209,6 +209,7 @@ def summarize_runs(runs) -> dict[str, dict[str, Any]]:
     A variant run again on the same data set and image size is replaced by the later folder (as in the claims);
     on another data set or size it is kept apart under `name@dataset` (or `name@dataset-size`)."""
     summary: dict[str, dict[str, Any]] = {}
+    placed: dict[tuple[str, str, str, str], str] = {}  # (experiment, variant, data set, size) -> its key
     for folder, record, results in runs:
         exp, dataset = record.experiment, record.data.dataset
         size = "x".join(map(str, record.data.image_size))
@@ -216,17 +217,15 @@ def summarize_runs(runs) -> dict[str, dict[str, Any]]:
         for name, r in results.items():
             if r.incomplete:
                 continue
-            line = {**variant_summary(r, record), "run": folder.path.name}
-            same = [k for k in (name, f"{name}@{dataset}", f"{name}@{dataset}-{size}") if k in entries
-                    and entries[k]["dataset"] == dataset and "x".join(map(str, entries[k]["image_size"])) == size]
-            if same:
-                print(f"{exp}/{name}: {folder.path.name} replaces {entries[same[0]]['run']}", file=sys.stderr)
-                entries[same[0]] = line
-                continue
-            key = name
-            if key in entries:
+            key = placed.get((exp, name, dataset, size))
+            if key is not None:
+                print(f"{exp}/{name}: {folder.path.name} replaces {entries[key]['run']}", file=sys.stderr)
+            elif name not in entries:
+                key = name
+            else:
                 key = f"{name}@{dataset}" if entries[name]["dataset"] != dataset else f"{name}@{dataset}-{size}"
-            entries[key] = line
+            placed[(exp, name, dataset, size)] = key
+            entries[key] = {**variant_summary(r, record), "run": folder.path.name}
     return summary
 
 
