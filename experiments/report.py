@@ -192,7 +192,8 @@ def variant_list(record: RunRecord, results: Mapping[str, VariantResult]) -> str
 
 
 def load_runs(run_dirs: Sequence[str | Path]) -> list[tuple[RunFolder, RunRecord, dict[str, VariantResult]]]:
-    """(folder, record, results) of every run folder; one without a finished variant is refused."""
+    """(folder, record, results) of every run folder, oldest first whatever the order given (a variant run again
+    is replaced by its later run); one without a finished variant is refused."""
     runs = []
     for rd in run_dirs:
         folder = RunFolder(rd).check()
@@ -200,7 +201,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[tuple[RunFolder, RunRecord
         if not results:
             raise UserError(f"{folder} has no finished variant (metrics.json missing); finish or resume the run first")
         runs.append((folder, folder.record(), results))
-    return runs
+    return sorted(runs, key=lambda run: run[1].created)
 
 
 def summarize_runs(runs) -> dict[str, dict[str, Any]]:

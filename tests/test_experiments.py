@@ -134,7 +134,7 @@ def _run_folder(root, stamp, image_shape=(32, 40, 3), names=("sgd", "adam"), pro
     variants = {n: VariantRecord(n, ModelConfig.preset("base"), TrainConfig(epochs=1), (0, 1), "optimizers", "adam")
                 for n in names}
     folder.write_record(RunRecord("optimizers", data, variants, description="d", protocol=protocol,
-                                  command="python -m experiments.optimizers", git_commit="abc",
+                                  command="python -m experiments.optimizers", created=stamp, git_commit="abc",
                                   versions={"jax": "x", "flax": "y", "optax": "z", "backend": "cpu"},
                                   hardware={"cpu": "a CPU", "cores": 2}))
     results = {}
@@ -178,9 +178,10 @@ def test_report_from_a_run_folder(tmp_path):
     s = json.loads(summary.read_text())
     assert set(s["optimizers"]) == {"sgd", "adam", "sgd@originals-60x80", "adam@originals-60x80"}
     assert s["optimizers"]["adam@originals-60x80"]["run"] == "20260101-000001"
-    # the same variant on the same data and size again: the later folder replaces it (as in the claims)
+    # the same variant on the same data and size again: the later run replaces it (as in the claims), in whatever
+    # order the folders are given
     run3 = _run_folder(tmp_path / "later", "20260101-000002", names=("adam",))
-    s = json.loads(write_report([run.path, run2.path, run3.path], tmp_path / "r4")[1].read_text())
+    s = json.loads(write_report([run3.path, run.path, run2.path], tmp_path / "r4")[1].read_text())
     assert set(s["optimizers"]) == {"sgd", "adam", "sgd@originals-60x80", "adam@originals-60x80"}
     assert (s["optimizers"]["adam"]["run"], s["optimizers"]["sgd"]["run"]) == ("20260101-000002", "20260101-000000")
     text = report.read_text()
