@@ -56,7 +56,7 @@ def experiment_section(folder: RunFolder, record: RunRecord, results: dict[str, 
     data = record.data
     v = record.versions
     done = [r for r in results.values() if not r.incomplete]
-    lines = [f"## {record.experiment} ({data.dataset}, {data.image_size[0]}x{data.image_size[1]}, "
+    lines = [f"## {record.experiment} ({data.dataset}, {data.size}, "
              f"protocol {record.protocol or '-'})", "", record.description, "",
              f"- run folder: `{folder.path.name}`; data **{data.dataset}** ({data.source}), splits {data.splits}, "
              f"fingerprint `{data.fingerprint[:16]}`",
@@ -175,7 +175,7 @@ def header(runs: list[tuple[RunFolder, RunRecord, dict[str, VariantResult]]], co
         # runs resumed before wall times were kept over processes record only the last process
         last_only = rec.resumed_from and not all(x.raw.get("wall_s_over_resumes") for x in res.values())
         lines.append(f"| `{folder.path.name}` | {rec.experiment} | {rec.protocol or '-'} | {rec.data.dataset} | "
-                     f"{rec.data.image_size[0]}x{rec.data.image_size[1]} | {variant_list(rec, res)} | {wall:.0f} s "
+                     f"{rec.data.size} | {variant_list(rec, res)} | {wall:.0f} s "
                      f"({wall / 60:.1f} min{', the last of its resumed processes only' if last_only else ''}) | "
                      f"`{(rec.git_commit or '?')[:10]}` |")
     return lines + [""]
@@ -204,29 +204,39 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[tuple[RunFolder, RunRecord
     return sorted(runs, key=lambda run: run[1].created)
 
 
-def summarize_runs(runs) -> dict[str, dict[str, Any]]:
-    """summary.json: experiment -> variant -> its line (variant_summary) and the run folder it came from.
+Placed = dict[tuple[str, str, str, str], tuple[RunFolder, RunRecord, VariantResult]]
 
-    A variant run again on the same data set and image size is replaced by the later folder (as in the claims);
-    on another data set or size it is kept apart under `name@dataset` (or `name@dataset-size`)."""
-    summary: dict[str, dict[str, Any]] = {}
-    placed: dict[tuple[str, str, str, str], str] = {}  # (experiment, variant, data set, size) -> its key
+
+def latest_variants(runs) -> Placed:
+    """(experiment, data set, size, variant) -> (folder, record, result) of its latest finished run, in the order
+    each first appeared: a variant run again on the same data set and image size is replaced by the later folder
+    (runs come oldest first from load_runs); one unfinished is left out."""
+    placed: Placed = {}
     for folder, record, results in runs:
-        exp, dataset = record.experiment, record.data.dataset
-        size = "x".join(map(str, record.data.image_size))
-        entries = summary.setdefault(exp, {})
         for name, r in results.items():
             if r.incomplete:
                 continue
-            key = placed.get((exp, name, dataset, size))
-            if key is not None:
-                print(f"{exp}/{name}: {folder.path.name} replaces {entries[key]['run']}", file=sys.stderr)
-            elif name not in entries:
-                key = name
-            else:
-                key = f"{name}@{dataset}" if entries[name]["dataset"] != dataset else f"{name}@{dataset}-{size}"
-            placed[(exp, name, dataset, size)] = key
-            entries[key] = {**variant_summary(r, record), "run": folder.path.name}
+            key = (record.experiment, record.data.dataset, record.data.size, name)
+            if key in placed:
+                print(f"{record.experiment}/{name}: {folder.path.name} replaces {placed[key][0].path.name}",
+                      file=sys.stderr)
+            placed[key] = (folder, record, r)
+    return placed
+
+
+def summarize_runs(latest: Placed) -> dict[str, dict[str, Any]]:
+    """summary.json: experiment -> variant -> its line (variant_summary) and the run folder it came from.
+
+    Each variant's latest run (`latest`, from latest_variants); one on another data set or size than the
+    variant's first is kept apart under `name@dataset` (or `name@dataset-size`)."""
+    summary: dict[str, dict[str, Any]] = {}
+    for (exp, dataset, size, name), (folder, record, r) in latest.items():
+        entries = summary.setdefault(exp, {})
+        if name not in entries:
+            key = name
+        else:
+            key = f"{name}@{dataset}" if entries[name]["dataset"] != dataset else f"{name}@{dataset}-{size}"
+        entries[key] = {**variant_summary(r, record), "run": folder.path.name}
     return summary
 
 
@@ -236,8 +246,7 @@ def figure_keys(runs) -> list[str]:
     used: set[str] = set()
     keys = []
     for folder, record, _ in runs:
-        exp, dataset = record.experiment, record.data.dataset
-        size = "x".join(map(str, record.data.image_size))
+        exp, dataset, size = record.experiment, record.data.dataset, record.data.size
         key = f"{exp}_{dataset}_{size}_{folder.path.name}"
         k = 1
         while key in used:
@@ -269,14 +278,12 @@ def remove_stale_figures(figures: Path, written: set[Path]) -> None:
             folder.rmdir()
 
 
-def merged_claims(runs) -> tuple[list[ClaimRow], list[str]]:
+def merged_claims(latest: Placed) -> tuple[list[ClaimRow], list[str]]:
     """The claims over the run folders of one experiment, data set and size (e.g. a study step per variant),
     paired by seed where both ran the same seeds; and the study's experiments no augmented run tested."""
     merged: dict[tuple[str, str, str], dict[str, VariantResult]] = {}
-    for _, record, results in runs:
-        size = "x".join(map(str, record.data.image_size))
-        merged.setdefault((record.experiment, record.data.dataset, size), {}).update(
-            {k: r for k, r in results.items() if not r.incomplete})
+    for (exp, dataset, size, name), (_, _, r) in latest.items():
+        merged.setdefault((exp, dataset, size), {})[name] = r
     claims = [row for (exp, dataset, size), done in merged.items() for row in study_claims(exp, done, dataset, size)]
     untested = [e for e in STUDY_EXPERIMENTS if not any(x == e and d == "augmented" for x, d, _ in merged)]
     return claims, untested
@@ -310,11 +317,11 @@ def claims_section(claims: list[ClaimRow]) -> list[str]:
     return lines + [""]
 
 
-def report_lines(runs, keys: list[str], sections: list[str], title: str | None, notes: str | None,
-                 command: str, other_labs: Sequence[str] = ()) -> list[str]:
+def report_lines(runs, latest: Placed, keys: list[str], sections: list[str], title: str | None,
+                 notes: str | None, command: str, other_labs: Sequence[str] = ()) -> list[str]:
     """REPORT.md: the header, the claims, the robustness comparison, other labs' images, then one section per
     run."""
-    claims, untested = merged_claims(runs)
+    claims, untested = merged_claims(latest)
     lines = [f"# {title or 'bccd_jax: reproduction of the BCCD white-cell CNN study'}", ""]
     lines += header(runs, command)
     if notes:
@@ -341,7 +348,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(run_dirs)
-    summary = summarize_runs(runs)
+    latest = latest_variants(runs)
+    summary = summarize_runs(latest)
     keys = figure_keys(runs)
     sections: list[str] = []
     written: set[Path] = set()
@@ -350,7 +358,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         written.update(copies)
         sections += experiment_section(folder, record, results, f"figures/{key}",
                                        [f.name for f in copies if f.name != folder.robustness_figure.name])
-    lines = report_lines(runs, keys, sections, title, notes, command or command_line(), other_labs_section(out))
+    lines = report_lines(runs, latest, keys, sections, title, notes, command or command_line(),
+                         other_labs_section(out))
     remove_stale_figures(out / "figures", written)
     report = out / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")

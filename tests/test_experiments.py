@@ -15,7 +15,7 @@ from bccd_jax.run import DataRecord, RunFolder, RunRecord, VariantRecord, Varian
 from bccd_jax.runner import apply_overrides, parse_args, select_variants
 from experiments import regularization
 from experiments.claims import study_claims
-from experiments.report import write_report
+from experiments.report import latest_variants, load_runs, write_report
 
 
 def parse(*flags, module=regularization):
@@ -184,6 +184,13 @@ def test_report_from_a_run_folder(tmp_path):
     s = json.loads(write_report([run3.path, run.path, run2.path], tmp_path / "r4")[1].read_text())
     assert set(s["optimizers"]) == {"sgd", "adam", "sgd@originals-60x80", "adam@originals-60x80"}
     assert (s["optimizers"]["adam"]["run"], s["optimizers"]["sgd"]["run"]) == ("20260101-000002", "20260101-000000")
+    # the claims take the same runs as summary.json: one place picks each variant's latest run
+    latest = latest_variants(load_runs([run3.path, run.path, run2.path]))
+    assert {k: f.path.name for k, (f, _, _) in latest.items()} == {
+        ("optimizers", "originals", "32x40", "sgd"): "20260101-000000",
+        ("optimizers", "originals", "32x40", "adam"): "20260101-000002",
+        ("optimizers", "originals", "60x80", "sgd"): "20260101-000001",
+        ("optimizers", "originals", "60x80", "adam"): "20260101-000001"}
     text = report.read_text()
     assert "figures/optimizers_originals_32x40_20260101-000000/curves_optimizers.png" in text
     assert "figures/optimizers_originals_60x80_20260101-000001/curves_optimizers.png" in text

@@ -70,6 +70,11 @@ class DataRecord:
     def image_size(self) -> tuple[int, int]:
         return int(self.image_shape[0]), int(self.image_shape[1])
 
+    @property
+    def size(self) -> str:
+        """The image size as reports and summary keys write it: height x width, e.g. "60x80"."""
+        return "x".join(map(str, self.image_size))
+
 
 @dataclass(frozen=True)
 class VariantRecord:
