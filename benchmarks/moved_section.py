@@ -26,9 +26,11 @@ def _best_line(best: list[dict], model: str, size: str) -> str | None:
             "medians of per-round ratios (section 'Each side's fastest setting').")
 
 
-def _onednn_medians(od: dict) -> dict[tuple[str, str], float]:
+def onednn_medians(rows: list[dict]) -> dict[tuple[str, str], float]:
+    """(size, side) -> median step seconds over rounds of benchmarks.onednn_ab's rows: its table and this section
+    read the same figures."""
     by: dict = {}
-    for r in od.get("rows") or []:
+    for r in rows:
         by.setdefault((r["size"], r["side"]), []).append(r["step_s"])
     return {k: statistics.median(v) for k, v in by.items()}
 
@@ -60,7 +62,7 @@ def what_moved_section(best: list[dict] | None, tta: dict | None, ab: dict | Non
                          f"(`--xla_cpu_experimental_ynn_fusion_type=`): deep CNN step {_ms(s['xla_defaults'])} -> "
                          f"{_ms(s['bccd_jax'])} (section 'XLA:CPU settings side by side').")
     if od:
-        med = _onednn_medians(od)
+        med = onednn_medians(od.get("rows") or [])
         sizes = [z for z in dict.fromkeys(r["size"] for r in od.get("rows") or [])  # the order the benchmark ran them
                  if (z, "xla_f32") in med and (z, "onednn_mixed") in med]
         parts = [f"{size} {_ms(med[(size, 'xla_f32')])} -> {_ms(med[(size, 'onednn_mixed')])}"

@@ -18,11 +18,11 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
 from benchmarks.bench import jax_runner, parse_size, synthetic, timed_steps, torch_runner
+from benchmarks.moved_section import onednn_medians
 
 HERE = Path(__file__).resolve().parent
 SIDES = {"xla_f32": ("jax", "float32", "xla"), "xla_bf16": ("jax", "bfloat16", "xla"),
@@ -73,7 +73,7 @@ def main(argv=None):
                 step_s = timed_steps(runners[s][0], a.steps, 1)[0]
                 rows.append(dict(size=size, side=s, round=k, step_s=step_s))
                 print(f"{size} round {k + 1} {s}: {step_s * 1e3:,.0f} ms/step", file=sys.stderr, flush=True)
-        med = {s: statistics.median(r["step_s"] for r in rows if r["size"] == size and r["side"] == s) for s in sides}
+        med = {s: m for (z, s), m in onednn_medians(rows).items() if z == size}
         for s in sides:
             line = (f"| {a.model} | {size} | {a.batch_size} | {s} | {med[s] * 1e3:,.0f} | "
                     f"{a.batch_size / med[s]:,.0f} | {med['xla_f32'] / med[s]:.2f}x |" if "xla_f32" in med else "")

@@ -118,3 +118,10 @@ def test_what_moved_quotes_the_files_and_leaves_out_what_none_measured():
     assert "bccd_jax onednn-bf16, PyTorch bfloat16" in text
     # no XLA flag A/B, oneDNN A/B or roofline file: their bullets are left out, not filled with figures
     assert "YNNPACK" not in text and "oneDNN custom calls" not in text and "roofline" not in text
+    # onednn_ab.json's rows: the median over rounds of each size and side, in the order the benchmark ran the sizes
+    od = {"rows": [{"size": z, "side": side, "round": k, "step_s": t} for z, side, k, t in (
+        ("120x160", "xla_f32", 0, 0.30), ("120x160", "onednn_mixed", 0, 0.20), ("120x160", "xla_f32", 1, 0.34),
+        ("120x160", "onednn_mixed", 1, 0.22), ("120x160", "xla_f32", 2, 0.31), ("120x160", "onednn_mixed", 2, 0.90),
+        ("60x80", "xla_f32", 0, 0.08), ("60x80", "onednn_mixed", 0, 0.05), ("60x80", "torch_bf16", 0, 0.06))]}
+    text = "\n".join(what_moved_section(None, None, None, None, od, None))
+    assert "deep CNN step 120x160 310 ms -> 220 ms; 60x80 80 ms -> 50 ms (PyTorch bfloat16 autocast 60 ms)" in text
