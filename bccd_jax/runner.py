@@ -21,7 +21,7 @@ from bccd_jax.config import ModelConfig, TrainConfig, field_names, replace
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
 from bccd_jax.experiment import Experiment, Variant
 from bccd_jax.run import (DataRecord, RunFolder, RunRecord, VariantRecord, VariantResult, build, command_line,
-                          git_commit, hardware, resume_problems, start_weights, timestamp, versions)
+                          finished_variant, git_commit, hardware, resume_problems, start_weights, timestamp, versions)
 from bccd_jax.summary import CHANCE_BALANCED, format_table, majority_baseline, summarize_variant, write_figures
 
 
@@ -198,14 +198,6 @@ def make_record(exp: Experiment, args, variants: Sequence[Variant], data: DataRe
     return dataclasses.replace(record, created=old.created, variants={**old.variants, **records},
                                previous_commands=old.previous_commands + [old.command],
                                resumed_from=old.resumed_from + [record.created])
-
-
-def finished_variant(result: VariantResult | None, vr: VariantRecord) -> bool:
-    """Whether a run already holds variant `vr` trained to its epochs (or its stopping accuracy) with its seeds.
-    Such a variant is kept, not retrained: a run folder committed without its checkpoints resumes with the
-    variants it had not finished."""
-    return (result is not None and not result.incomplete and result.seeds == list(vr.seeds)
-            and (result.epochs >= vr.train.epochs or vr.train.reached_stop(result.history["train_acc"])))
 
 
 def train_variant(exp: Experiment, args, v: Variant, record: RunRecord, folder: RunFolder, ds, data, start=None):

@@ -43,8 +43,9 @@ def stale(folder: RunFolder, plan: dict[str, VariantRecord]) -> list[str]:
 
 
 def finished(folder: RunFolder, plan: dict[str, VariantRecord] | None = None) -> bool:
-    """Whether the run holds every variant of `plan` (default: of its record) finished (runner.finished_variant)."""
-    from bccd_jax.runner import finished_variant
+    """Whether the run holds every variant of `plan` (default: of its record) finished
+    (bccd_jax.run.finished_variant)."""
+    from bccd_jax.run import finished_variant
 
     results = folder.results()
     plan = folder.record().variants if plan is None else plan

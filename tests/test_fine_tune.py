@@ -4,6 +4,7 @@ same seed's trained weights, and every way of pointing at the wrong weights is a
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,20 @@ def test_wrong_start_weights_are_one_line_errors(source, extra, sets, words):
     for w in words:
         assert w in line, line
     assert not (root / "errors").exists()  # refused before a run folder is made
+
+
+@pytest.mark.parametrize("stop_at,words", [(None, "has trained 2 of 5 epochs; finish it first"), (0.01, None)])
+def test_a_source_stopped_at_its_training_accuracy_is_finished(source, tmp_path, stop_at, words):
+    """A source variant planned for 5 epochs that ended after 2: refused when it was cut short, taken when it
+    stopped because its training accuracy reached `stop_at_train_acc` (as the VGG16 frozen variants do)."""
+    run, env, _ = source
+    cut = tmp_path / "source"
+    shutil.copytree(run, cut)
+    cfg = json.loads((cut / "config.json").read_text())
+    cfg["variants"]["adam"]["train"].update(epochs=5, stop_at_train_acc=stop_at)
+    (cut / "config.json").write_text(json.dumps(cfg))
+    r = tune(tmp_path / "tuned", env, "--init-from", str(cut))
+    if words is None:
+        assert r.returncode == 0, r.stderr
+    else:
+        assert r.returncode == 2 and words in r.stderr.strip(), r.stderr

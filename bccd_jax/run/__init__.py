@@ -10,7 +10,7 @@ from bccd_jax.config import resume_problems
 from bccd_jax.run.build import (Built, Restored, build, cached_cut, choose_variant, export_model, restore,
                                run_dataset, start_weights)
 from bccd_jax.run.folder import (CONFIG_FILE, METRICS_CSV, METRICS_FILE, DataRecord, RunFolder, RunRecord,
-                                 VariantRecord, VariantResult, read_json)
+                                 VariantRecord, VariantResult, finished_variant, read_json)
 from bccd_jax.run.provenance import (DATA_DIR_PLACEHOLDER, command_line, cpu_flags, cpu_model, git_commit, hardware,
                                      timestamp, versions)
 from bccd_jax.files import write_json
@@ -18,5 +18,6 @@ from bccd_jax.files import write_json
 __all__ = ["Built", "Restored", "build", "cached_cut", "choose_variant", "export_model", "restore", "resume_problems",
            "run_dataset", "start_weights",
            "CONFIG_FILE", "METRICS_CSV", "METRICS_FILE", "DataRecord", "RunFolder", "RunRecord", "VariantRecord",
-           "VariantResult", "read_json", "DATA_DIR_PLACEHOLDER", "command_line", "cpu_flags", "cpu_model",
+           "VariantResult", "finished_variant", "read_json", "DATA_DIR_PLACEHOLDER", "command_line", "cpu_flags",
+           "cpu_model",
            "git_commit", "hardware", "timestamp", "versions", "write_json"]

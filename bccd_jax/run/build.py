@@ -15,7 +15,7 @@ import numpy as np
 
 from bccd_jax.config import ModelConfig, TrainConfig, to_dict
 from bccd_jax.errors import UserError
-from bccd_jax.run.folder import DataRecord, RunFolder, RunRecord, VariantRecord, VariantResult
+from bccd_jax.run.folder import DataRecord, RunFolder, RunRecord, VariantRecord, VariantResult, finished_variant
 
 
 # ----------------------------------------------------------------------------- config -> model
@@ -243,7 +243,9 @@ def start_weights(model_cfg: ModelConfig, train_cfg: TrainConfig, seeds) -> Any:
     except UserError as e:
         raise UserError(f"--init-from: {e}") from None
     v = restored.variant
-    if restored.epoch != v.train.epochs:
+    result = folder.results().get(name)
+    # all its epochs, or stopped at its stopping accuracy (as a resume sees it) at the checkpoint restored
+    if restored.epoch != v.train.epochs and not (finished_variant(result, v) and result.epochs == restored.epoch):
         raise UserError(f"--init-from {folder}: variant {name!r} has trained {restored.epoch} of {v.train.epochs} "
                         f"epochs; finish it first (python -m experiments.{folder.record().experiment} --resume "
                         f"{folder} --variants {name})")

@@ -194,6 +194,14 @@ class VariantResult:
         return float(self.final_acc(split).mean())
 
 
+def finished_variant(result: VariantResult | None, vr: VariantRecord) -> bool:
+    """Whether a run already holds variant `vr` trained to its epochs (or its stopping accuracy) with its seeds.
+    Such a variant is kept, not retrained: a run folder committed without its checkpoints resumes with the
+    variants it had not finished."""
+    return (result is not None and not result.incomplete and result.seeds == list(vr.seeds)
+            and (result.epochs >= vr.train.epochs or vr.train.reached_stop(result.history["train_acc"])))
+
+
 # ----------------------------------------------------------------------------- the folder
 
 
