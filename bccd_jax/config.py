@@ -18,6 +18,16 @@ from typing import Any, Mapping, Sequence
 from bccd_jax.errors import UserError
 from bccd_jax.files import plain
 
+LEFT_CHANCE = 0.40
+"""A seed has left chance once its best training accuracy reaches this (four balanced classes: chance 0.25)."""
+
+
+def left_chance(train_acc: Sequence[Sequence[float]]) -> list[bool]:
+    """Per seed of a history's training accuracies ([epoch][seed]): whether its best reached LEFT_CHANCE."""
+    return [max(epoch[s] for epoch in train_acc) >= LEFT_CHANCE for s in range(len(train_acc[0]))] \
+        if len(train_acc) else []
+
+
 INITS = {
     "keras": "glorot_uniform",  # Keras' Conv2D/Dense default: what the study used
     "lecun": "lecun_normal",  # Flax's default
@@ -200,14 +210,19 @@ class TrainConfig:
     # run folder `init_from` (`--init-from RUN_DIR` of an experiment) instead of a fresh initialisation
     init_variant: str | None = None
     init_from: str | None = None
-    # stop after the first epoch whose training accuracy, mean over the seeds, reaches this; `epochs` stays the
-    # most (None: train every epoch). For claims whose premise is a learnt training set (VGG16's overfitting)
+    # stop after the first epoch whose training accuracy, mean over the seeds that have left chance, reaches this;
+    # `epochs` stays the most (None: train every epoch). For claims whose premise is a learnt training set
+    # (VGG16's overfitting)
     stop_at_train_acc: float | None = None
 
     def reached_stop(self, train_acc: Sequence[Sequence[float]]) -> bool:
-        """Whether a history's training accuracies ([epoch][seed]) met `stop_at_train_acc` in their last epoch."""
-        return (self.stop_at_train_acc is not None and len(train_acc) > 0
-                and sum(train_acc[-1]) / len(train_acc[-1]) >= self.stop_at_train_acc)
+        """Whether a history's training accuracies ([epoch][seed]) met `stop_at_train_acc` in their last epoch,
+        as the mean over the seeds that have left chance (left_chance), at least one of them: a seed stuck at
+        chance (a network whose units died, its loss at log 4) would otherwise hold the others to every epoch."""
+        if self.stop_at_train_acc is None or len(train_acc) == 0:
+            return False
+        learning = [acc for acc, ok in zip(train_acc[-1], left_chance(train_acc)) if ok]
+        return bool(learning) and sum(learning) / len(learning) >= self.stop_at_train_acc
 
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:

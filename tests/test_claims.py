@@ -64,6 +64,16 @@ def test_vgg_overfitting_needs_a_learnt_training_set():
     assert verdicts("vgg", vgg(0.80, 0.5))[0][1] == "not reached at this budget"
     assert verdicts("vgg", vgg(0.99, 0.6))[0][1] == "supported"
     assert verdicts("vgg", vgg(0.99, 0.92))[0][1] == "contradicted"
+    # a seed stuck at chance (train 0.25 throughout): the premise and the gap are those of the seeds that learnt
+    train, test = ramp(0.99, 20), ramp(0.65, 20)
+    train[:, 0], test[:, 0] = 0.25, 0.25
+    (quote, verdict), = verdicts("vgg", {"frozen_blocks1-3": result("frozen_blocks1-3", "transfer", test, train)})
+    assert verdict == "supported"
+    (row,) = study_claims("vgg", {"frozen_blocks1-3": result("frozen_blocks1-3", "transfer", test, train)},
+                          "augmented", "60x80")
+    assert "1 of 3 never left chance" in row.ours and "all seeds: train 0.747" in row.ours
+    train[:, 1:] = ramp(0.90, 20)[:, 1:]  # the learning seeds short of 0.95: not reached, whatever the stuck one
+    assert verdicts("vgg", {"x": result("x", "transfer", test, train)})[0][1] == "not reached at this budget"
 
 
 def test_centering_depends_on_the_initialization():

@@ -221,6 +221,16 @@ def test_training_stops_at_the_first_epoch_reaching_the_stopping_accuracy(data, 
         TrainConfig(stop_at_train_acc=1.5).validate()
 
 
+def test_a_seed_stuck_at_chance_does_not_hold_the_others_to_every_epoch():
+    cfg = TrainConfig(stop_at_train_acc=0.95)
+    stuck = [[0.243, 0.307, 0.421], [0.247, 0.724, 0.784], [0.249, 0.965, 0.968]]  # [epoch][seed]
+    assert cfg.reached_stop(stuck) and not cfg.reached_stop(stuck[:2])
+    assert not cfg.reached_stop([[0.30, 0.35]]) and not cfg.reached_stop([])  # no seed has left chance yet
+    # a seed that left chance and fell back still counts: it is learning badly, not stuck
+    assert not cfg.reached_stop([[0.5, 0.5], [0.3, 0.99]])
+    assert not TrainConfig().reached_stop(stuck)
+
+
 def test_custom_chain_and_schedule_reduce_the_loss(data):
     schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 4, 40)
     chain = optax.chain(optax.clip_by_global_norm(1.0), optax.add_decayed_weights(1e-4), optax.adam(schedule))
