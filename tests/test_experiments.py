@@ -184,6 +184,9 @@ def test_report_from_a_run_folder(tmp_path):
     s = json.loads(write_report([run3.path, run.path, run2.path], tmp_path / "r4")[1].read_text())
     assert set(s["optimizers"]) == {"sgd", "adam", "sgd@originals-60x80", "adam@originals-60x80"}
     assert (s["optimizers"]["adam"]["run"], s["optimizers"]["sgd"]["run"]) == ("20260101-000002", "20260101-000000")
+    # the train accuracy over the seeds that left chance (history's last epoch), none stuck here
+    assert s["optimizers"]["adam"]["seeds_never_left_chance"] == []
+    assert s["optimizers"]["adam"]["train_acc_mean_left_chance"] == pytest.approx((0.7 + 0.72) / 2)
     # the claims take the same runs as summary.json: one place picks each variant's latest run
     latest = latest_variants(load_runs([run3.path, run.path, run2.path]))
     assert {k: f.path.name for k, (f, _, _) in latest.items()} == {
