@@ -6,9 +6,9 @@ trainable vs the same network from scratch (Adam, lr 1e-4 by default).
 - all_trainable: pretrained, every layer trains (the whole network every step)
 - scratch: the same network from Keras' initialisation
 
-Each variant stops after the first epoch whose mean training accuracy over its seeds reaches
---stop-at-train-acc (0.95, the premise of the study's "massive overfitting" claim), or after the
-protocol's epochs.
+Each variant stops after the first epoch whose mean training accuracy over its seeds that have left
+chance (a seed stuck at chance would hold the others to every epoch) reaches --stop-at-train-acc
+(0.95, the premise of the study's "massive overfitting" claim), or after the protocol's epochs.
 
 Pretrained weights (--weights, or env BCCD_JAX_VGG_WEIGHTS), recorded in the run by the path given:
 - Keras' ImageNet file vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (ImageNet classification;
