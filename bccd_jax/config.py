@@ -28,6 +28,12 @@ def left_chance(train_acc: Sequence[Sequence[float]]) -> list[bool]:
         if len(train_acc) else []
 
 
+def learning_train_acc(train_acc: Sequence[Sequence[float]]) -> float | None:
+    """The last epoch's training accuracy, mean over the seeds that left chance; None where none has."""
+    learning = [acc for acc, ok in zip(train_acc[-1], left_chance(train_acc)) if ok] if len(train_acc) else []
+    return sum(learning) / len(learning) if learning else None
+
+
 INITS = {
     "keras": "glorot_uniform",  # Keras' Conv2D/Dense default: what the study used
     "lecun": "lecun_normal",  # Flax's default
@@ -219,10 +225,8 @@ class TrainConfig:
         """Whether a history's training accuracies ([epoch][seed]) met `stop_at_train_acc` in their last epoch,
         as the mean over the seeds that have left chance (left_chance), at least one of them: a seed stuck at
         chance (a network whose units died, its loss at log 4) would otherwise hold the others to every epoch."""
-        if self.stop_at_train_acc is None or len(train_acc) == 0:
-            return False
-        learning = [acc for acc, ok in zip(train_acc[-1], left_chance(train_acc)) if ok]
-        return bool(learning) and sum(learning) / len(learning) >= self.stop_at_train_acc
+        learning = learning_train_acc(train_acc)
+        return self.stop_at_train_acc is not None and learning is not None and learning >= self.stop_at_train_acc
 
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from bccd_jax.config import LEFT_CHANCE
+from bccd_jax.config import left_chance as seeds_left_chance
 from bccd_jax.metrics import ACC_BOUNDS, mean_ci, paired_ci, welch_ci
 from bccd_jax.run import VariantResult
 
@@ -101,8 +102,8 @@ def epochs_to(r: VariantResult, level: float, key: str = "test_acc") -> np.ndarr
 
 
 def left_chance(r: VariantResult) -> np.ndarray:
-    """Per seed: whether its training accuracy ever reached CHANCE."""
-    return r.curve("train_acc").max(axis=0) >= CHANCE
+    """Per seed: whether its training accuracy ever reached CHANCE (bccd_jax.config.left_chance)."""
+    return np.asarray(seeds_left_chance(r.history["train_acc"]), bool)
 
 
 def loss_rise(r: VariantResult) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from bccd_jax.config import left_chance
+from bccd_jax.config import learning_train_acc, left_chance
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
 from bccd_jax.metrics import ACC_BOUNDS, clip_interval, mean_ci
 from bccd_jax.run import RunFolder, RunRecord, VariantResult, write_json
@@ -37,7 +37,7 @@ def _acc_ci(ci: Sequence[float] | None) -> list[float] | None:
 
 def variant_summary(r: VariantResult, record: RunRecord) -> dict[str, Any]:
     """One variant's line of summary.json; the train accuracy also over the seeds that left chance (a seed stuck
-    at chance, bccd_jax.config.left_chance, is counted apart)."""
+    at chance, bccd_jax.config.left_chance, is counted apart: learning_train_acc, as the stop rule reads it)."""
     test, leak, simple = r.final("test"), r.final("test_leakfree"), r.final("test_simple")
     train = r.history["train_acc"]
     alive = left_chance(train)
@@ -45,8 +45,7 @@ def variant_summary(r: VariantResult, record: RunRecord) -> dict[str, Any]:
             "seeds": r.seeds, "epochs": r.epochs, "wall_s": r.wall_s,
             "train_acc_mean": r.raw["train_acc_final_mean"],
             "seeds_never_left_chance": [s for s, ok in zip(r.seeds, alive) if not ok],
-            "train_acc_mean_left_chance": (float(np.mean([a for a, ok in zip(train[-1], alive) if ok]))
-                                           if any(alive) else None),
+            "train_acc_mean_left_chance": learning_train_acc(train),
             "test_acc_mean": test["acc_mean"], "test_acc_ci95": _acc_ci(test["acc_ci95"]),
             "test_leakfree_acc_mean": None if leak is None else leak["acc_mean"],
             "test_leakfree_acc_ci95": None if leak is None else _acc_ci(leak["acc_ci95"]),
