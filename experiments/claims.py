@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bccd_jax.config import LEFT_CHANCE
+from bccd_jax.config import LEFT_CHANCE, learning_train_acc
 from bccd_jax.config import left_chance as seeds_left_chance
 from bccd_jax.metrics import ACC_BOUNDS, mean_ci, paired_ci, welch_ci
 from bccd_jax.run import VariantResult
@@ -408,11 +408,14 @@ def vgg_claims(res: dict[str, VariantResult], row: Row) -> list[ClaimRow]:
                            ours=f"epoch 1: {tr[0]:.3f} against {s1[0]:.3f}; epoch {at}: {tr[at - 1]:.3f} against "
                                 f"{s1[at - 1]:.3f}", verdict=v, rs=[r, scratch]))
         # a seed stuck at chance never learns the training set: the premise and the gap are the other seeds'
+        # (the train accuracy as the stop rule reads it: bccd_jax.config.learning_train_acc)
         alive = left_chance(r)
         stuck = int((~alive).sum())
-        tr_a, te_a = (r.curve(k)[-1][alive].mean() if alive.any() else np.nan for k in ("train_acc", "test_acc"))
+        learning = learning_train_acc(r.history["train_acc"])
+        tr_a = np.nan if learning is None else learning
+        te_a = r.curve("test_acc")[-1][alive].mean() if alive.any() else np.nan
         gap = tr_a - te_a
-        learnt = bool(alive.any()) and tr_a >= LEARNT
+        learnt = learning is not None and learning >= LEARNT
         ours = f"train {tr_a:.3f}, TEST {fmt_ci(r.final_acc())}, gap {gap:+.3f}"
         if stuck:
             ours = (f"over the {int(alive.sum())} seeds that left chance: train {tr_a:.3f}, TEST {te_a:.3f}, gap "
