@@ -32,7 +32,7 @@ def race_summary(d: dict) -> dict:
     """Per target: each side's median wall seconds over seeds to the first TEST evaluation at or above it (a seed
     that never got there counts as the slowest), and in how many seeds bccd_jax got there first; per wall budget:
     each side's median TEST accuracy after that many seconds (over the seeds whose sides both ran that long or
-    finished)."""
+    finished), and in how many of those seeds bccd_jax's was the higher."""
     by_seed = {s: r for s, r in (d.get("by_seed") or {}).items() if "jax" in r and "torch" in r}
     epochs = d["recipe"]["train"]["epochs"]
     out: dict = {"targets": {}, "budgets": {}}
@@ -46,10 +46,11 @@ def race_summary(d: dict) -> dict:
         acc = {fw: [accuracy_at(r[fw], b, epochs) for r in by_seed.values()] for fw in ("jax", "torch")}
         known = [i for i in range(len(by_seed)) if not any(isinstance(acc[fw][i], float) and math.isnan(acc[fw][i])
                                                           for fw in acc)]
-        med = {fw: statistics.median([-math.inf if acc[fw][i] is None else acc[fw][i] for i in known]) if known else None
-               for fw in acc}
+        low = {fw: [-math.inf if acc[fw][i] is None else acc[fw][i] for i in known] for fw in acc}
+        med = {fw: statistics.median(v) if v else None for fw, v in low.items()}
         out["budgets"][f"{b:g}"] = {**{f"{fw}_median_acc": None if m is None or math.isinf(m) else m
-                                       for fw, m in med.items()}, "seeds": len(known)}
+                                       for fw, m in med.items()},
+                                    "jax_ahead": sum(j > p for j, p in zip(low["jax"], low["torch"])), "seeds": len(known)}
     return out
 
 
@@ -75,8 +76,9 @@ def summary_table(d: dict) -> list[str]:
                      f"{fmt(p, 0) if p is not None else 'never'} | {f'{p / j:.2f}x' if j and p else '-'} | "
                      f"{t['jax_first']} of {t['seeds']} |")
     for b, v in s["budgets"].items():
+        ahead = f"{v['jax_ahead']} of {v['seeds']} ahead" if "jax_ahead" in v else ""
         lines.append(f"| TEST accuracy after {b} s ({v['seeds']} seeds) | {fmt(v['jax_median_acc'], 3)} | "
-                     f"{fmt(v['torch_median_acc'], 3)} | | |")
+                     f"{fmt(v['torch_median_acc'], 3)} | | {ahead} |")
     return lines + [""] + [f"- {n}" for n in summary_notes(d, s)]
 
 
@@ -101,12 +103,42 @@ def summary_notes(d: dict, s: dict) -> list[str]:
                          f"(median wall bccd_jax {walls['jax']:.0f} s, PyTorch {walls['torch']:.0f} s): "
                          + ("those rows compare" if len(past) > 1 else "that row compares")
                          + " final accuracies, not speed.")
+    notes += budget_notes(d, seeds)
     gaps = [abs(j["test_acc"] - t["test_acc"]) for r in seeds.values() for j, t in equal_steps(r)]
     if gaps:
         notes.append("At the same step the two sides' TEST accuracies differ by a median of "
                      f"{statistics.median(gaps):.3f} "
                      f"(largest {max(gaps):.3f}) over {len(gaps)} evaluations: the arithmetic's drift, which moves a "
                      "target's first crossing by whole evaluations.")
+    return notes
+
+
+def budget_notes(d: dict, seeds: dict) -> list[str]:
+    """Per wall budget, seed by seed: how much further along the recipe bccd_jax was (steps) and how its TEST
+    accuracy differed from PyTorch's; and how far one seed's evaluations scatter once past epoch 2, which is what
+    decides a budget row whose per-seed differences change sign."""
+    epochs, notes = d["recipe"]["train"]["epochs"], []
+    for b in d.get("budgets") or []:
+        diffs, leads = [], []
+        for r in seeds.values():
+            acc = {fw: accuracy_at(r[fw], b, epochs) for fw in ("jax", "torch")}
+            if any(a is None or math.isnan(a) for a in acc.values()):
+                continue
+            steps = {fw: max(p["step"] for p in r[fw]["curve"] if p["time_s"] <= b or r[fw]["wall_s"] <= b)
+                     for fw in ("jax", "torch")}
+            diffs.append(acc["jax"] - acc["torch"])
+            leads.append(steps["jax"] / steps["torch"])
+        if diffs:
+            notes.append(f"After {b:g} s bccd_jax had taken {statistics.median(leads):.2f}x PyTorch's steps (median "
+                         f"over {len(diffs)} seeds); its TEST accuracy minus PyTorch's: {min(diffs):+.3f} to "
+                         f"{max(diffs):+.3f}, median {statistics.median(diffs):+.3f}.")
+    spe = d.get("steps_per_epoch")
+    scatter = [statistics.pstdev(a) for r in seeds.values() for fw in ("jax", "torch")
+               for a in [[p["test_acc"] for p in r[fw]["curve"] if spe and p["step"] > 2 * spe]] if len(a) > 1]
+    if scatter:
+        notes.append(f"Past epoch 2 one seed's TEST evaluations scatter with a standard deviation of "
+                     f"{statistics.median(scatter):.3f} (median over seeds and sides): where the per-seed differences "
+                     "after a budget change sign, that row compares this scatter, not speed.")
     return notes
 
 

@@ -80,11 +80,12 @@ def test_race_summary_medians_count_never_as_slowest():
     assert t80["jax_first"] == 3 and t80["seeds"] == 4
     assert t83["jax_median_s"] is None and t83["torch_median_s"] is None and t83["jax_first"] == 2
     # 120 s: bccd_jax 0.7, 0.79, 0.80, 0.81; PyTorch none yet (lowest), 0.81, none yet, 0.6
-    assert s["budgets"]["120"] == {"jax_median_acc": pytest.approx(0.795), "torch_median_acc": None, "seeds": 4}
+    assert s["budgets"]["120"] == {"jax_median_acc": pytest.approx(0.795), "torch_median_acc": None, "jax_ahead": 3,
+                                   "seeds": 4}
     # 300 s: seed 3's PyTorch side stopped at 200 s without finishing, so seed 3 drops out; bccd_jax's seed 3
     # finished its epochs at 200 s and would have counted with its final accuracy
     assert s["budgets"]["300"] == {"jax_median_acc": pytest.approx(0.82), "torch_median_acc": pytest.approx(0.81),
-                                   "seeds": 3}
+                                   "jax_ahead": 2, "seeds": 3}
 
 
 def test_summary_notes_flag_budgets_past_both_recipes_and_the_drift_at_equal_steps():
@@ -106,3 +107,24 @@ def test_summary_notes_flag_budgets_past_both_recipes_and_the_drift_at_equal_ste
     assert "median of 0.020 (largest 0.040) over 4 evaluations" in notes[1]
     d["by_seed"]["1"]["torch"]["epochs"] = 5  # a seed stopped early: no budget row is called final
     assert not summary_notes(d, s)[0].startswith("After")
+
+
+def test_budget_notes_give_the_step_lead_the_per_seed_differences_and_the_plateau_scatter():
+    from benchmarks.tta_section import budget_notes
+
+    def side(points, wall_s, epochs=8):
+        return {"epochs": epochs, "wall_s": wall_s,
+                "curve": [{"step": st, "time_s": t, "test_acc": a} for st, t, a in points]}
+
+    d = {"recipe": {"train": {"epochs": 8}}, "budgets": [100.0, 1000.0], "steps_per_epoch": 10}
+    seeds = {  # after 100 s: bccd_jax at step 40 and 30, PyTorch at 20 and 20
+        "0": {"jax": side([(20, 50, 0.5), (30, 80, 0.80), (40, 95, 0.84)], 400),
+              "torch": side([(20, 90, 0.82), (30, 130, 0.83)], 500)},
+        "1": {"jax": side([(20, 60, 0.6), (30, 90, 0.85)], 300), "torch": side([(20, 95, 0.80)], 600)}}
+    notes = budget_notes(d, seeds)
+    assert notes[0] == ("After 100 s bccd_jax had taken 1.75x PyTorch's steps (median over 2 seeds); its TEST accuracy "
+                        "minus PyTorch's: +0.020 to +0.050, median +0.035.")
+    # after 1000 s every side has finished: its final evaluation
+    assert notes[1].startswith("After 1000 s bccd_jax had taken 1.42x PyTorch's steps (median over 2 seeds)")
+    # past epoch 2 (step > 20): bccd_jax seed 0 evaluates 0.80 and 0.84 (sd 0.02); the others have one evaluation
+    assert "standard deviation of 0.020" in notes[2]
