@@ -1,8 +1,8 @@
 """Wall time to a TEST accuracy: the deep CNN's recipe trained by bccd_jax and by PyTorch eager.
 
     python -m benchmarks.time_to_accuracy --data-dir DATA          # the CPU protocol's recipe, seed 0
-    python -m benchmarks.time_to_accuracy --data-dir DATA --seeds 0 1 2 3 4 --stop-at-targets
-    python -m benchmarks.time_to_accuracy --data-dir DATA --seeds 0 1 2 3 4 --stop-at-targets --resume
+    python -m benchmarks.time_to_accuracy --data-dir DATA --epochs 20 --seeds 0 1 2 3 4 --stop-at-targets
+    python -m benchmarks.time_to_accuracy --data-dir DATA --epochs 20 --seeds 0 1 2 3 4 --stop-at-targets --resume
     python -m benchmarks.time_to_accuracy --data-dir DATA --precision float32   # both sides in float32
     python -m benchmarks.time_to_accuracy --data-dir DATA --train-limit 256 --test-limit 256 --epochs 1 \\
         --image-size 48 64 --out-dir tta-smoke                    # a smoke test
