@@ -116,7 +116,7 @@ def test_budget_notes_give_the_step_lead_the_per_seed_differences_and_flag_a_cha
         return {"epochs": epochs, "wall_s": wall_s,
                 "curve": [{"step": st, "time_s": t, "test_acc": a} for st, t, a in points]}
 
-    d = {"recipe": {"train": {"epochs": 8}}, "budgets": [100.0, 1000.0], "steps_per_epoch": 10}
+    d = {"recipe": {"train": {"epochs": 8}}, "budgets": [100.0, 1000.0]}
     seeds = {  # after 100 s: bccd_jax at step 40 and 30, PyTorch at 20 and 20
         "0": {"jax": side([(20, 50, 0.5), (30, 80, 0.80), (40, 95, 0.84)], 400),
               "torch": side([(20, 90, 0.82), (30, 130, 0.83)], 500)},
