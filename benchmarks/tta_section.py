@@ -18,14 +18,20 @@ def _median_or_none(vals) -> float | None:
     return None if math.isinf(m) else m
 
 
+def last_within(side: dict, budget_s: float) -> dict | None:
+    """A side's last TEST evaluation within `budget_s` wall seconds (its final one when it finished sooner)."""
+    done = [p for p in side["curve"] if p["time_s"] <= budget_s]
+    return done[-1] if done else None
+
+
 def accuracy_at(side: dict, budget_s: float, epochs: int) -> float | None:
     """A side's TEST accuracy after `budget_s` wall seconds: its last evaluation within the budget (its final one
     when it finished all `epochs` sooner); math.nan when it stopped before the budget without finishing (unknown);
     None when it had not evaluated yet."""
-    done = [p for p in side["curve"] if p["time_s"] <= budget_s]
     if side["wall_s"] < budget_s and side.get("epochs") != epochs:
         return math.nan
-    return done[-1]["test_acc"] if done else None
+    last = last_within(side, budget_s)
+    return last["test_acc"] if last else None
 
 
 def race_summary(d: dict) -> dict:
@@ -124,10 +130,8 @@ def budget_notes(d: dict, seeds: dict) -> list[str]:
             acc = {fw: accuracy_at(r[fw], b, epochs) for fw in ("jax", "torch")}
             if any(a is None or math.isnan(a) for a in acc.values()):
                 continue
-            steps = {fw: max(p["step"] for p in r[fw]["curve"] if p["time_s"] <= b or r[fw]["wall_s"] <= b)
-                     for fw in ("jax", "torch")}
             diffs.append(acc["jax"] - acc["torch"])
-            leads.append(steps["jax"] / steps["torch"])
+            leads.append(last_within(r["jax"], b)["step"] / last_within(r["torch"], b)["step"])
         if diffs:
             notes.append(f"After {b:g} s bccd_jax had taken {statistics.median(leads):.2f}x PyTorch's steps (median "
                          f"over {len(diffs)} seeds); its TEST accuracy minus PyTorch's: {min(diffs):+.3f} to "
