@@ -9,9 +9,10 @@
   too (the same model, optimizer and seeds: its first 50 epochs are the optimizers' comparison, so
   the study's overfitting step needs no run of its own); dropout, batch norm and centering (base and
   expanded CNN) 30, past the base CNN's overfitting point; centering, a claim about initialisations,
-  with 8 seeds; VGG16's frozen variants 20 epochs at most (experiments.vgg stops a variant once its
-  training set is learnt), all-trainable and scratch what two cores allow. The deep recipe and the
-  architecture screens keep their short budgets (the wall time of every committed run is in
+  with 8 seeds; the architecture section (depth, the deep CNN's init, kernel counts and sizes) 30;
+  VGG16's frozen variants 20 epochs at most (experiments.vgg stops a variant once its training set is
+  learnt), all-trainable and scratch what two cores allow; the optimizers once more at 120x160, 50
+  epochs each. The deep recipe keeps its short budget (the wall time of every committed run is in
   results/REPORT.md).
 - `gpu`: the study's own protocol (120x160, 50 epochs, the overfitting run 200).
 
@@ -45,8 +46,7 @@ PROTOCOLS = {
         "cpu", "augmented set, 60x80, 2 CPU cores", dataset="augmented", image_size=(60, 80), seeds=5,
         batch_size=32,
         epochs={"optimizers": 50, "optimizers/adam": 100, "regularization": 30, "regularization/overfit": 200,
-                "architecture": 3,
-                "architecture/centering": 30, "recipe": 8, "recipe/tuned": 3, "vgg/frozen_blocks1-4": 20,
+                "architecture": 30, "recipe": 8, "recipe/tuned": 3, "vgg/frozen_blocks1-4": 20,
                 "vgg/frozen_blocks1-3": 20, "vgg": 2, "cell_crops": 8},
         group_seeds={"optimizers/optimizers": 3, "regularization/overfit": 3, "regularization/dropout": 3,
                      "regularization/batchnorm": 3, "regularization/centering": 8, "architecture/depth": 3,
@@ -102,8 +102,15 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("regularization", "regularization", ("--parts", "dropout", "batchnorm", "centering")),
         Step("architecture-centering", "architecture", ("--parts", "centering")),
         Step("vgg-trainable", "vgg", ("--variants", "all_trainable", "scratch"), needs_weights=True),
-        Step("architecture-depth-init", "architecture", ("--parts", "depth", "init")),
-        Step("architecture-kernels", "architecture", ("--parts", "kernels")),
+        # the architecture section at the study's budget: the base CNN is the optimizers' Adam run (the same
+        # model, optimizer, data and seeds: its first 30 epochs are this budget) and the expanded CNN the
+        # centering step's uncentred arm, so these steps train only what no other step has
+        Step("architecture-depth-init", "architecture", ("--parts", "depth", "init", "--variants", "deep",
+                                                          "deep_init_keras")),
+        Step("architecture-kernels", "architecture", ("--parts", "kernels", "--variants", "filters_16", "filters_64",
+                                                      "kernel_5x5", "kernel_7x7")),
+        # the optimizer comparison at twice the side (the study never states its input size): 50 epochs for all three
+        Step("optimizers-120x160", "optimizers", ("--image-size", "120", "160", "--epochs", "50")),
     ),
     "gpu": (
         Step("optimizers", "optimizers"),
