@@ -50,6 +50,7 @@ PROTOCOLS = {
                 "vgg/frozen_blocks1-3": 20, "vgg": 2, "cell_crops": 8},
         group_seeds={"optimizers/optimizers": 3, "regularization/overfit": 3, "regularization/dropout": 3,
                      "regularization/batchnorm": 3, "regularization/centering": 8, "architecture/depth": 3,
+                     "architecture/init": 3,
                      "architecture/centering": 3, "architecture/kernels": 3, "vgg/frozen_blocks1-4": 3,
                      "vgg/frozen_blocks1-3": 3, "vgg/all_trainable": 2, "vgg/scratch": 2},
         checkpoint_every=1, crops={"cell_crops": "cell"}),

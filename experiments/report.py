@@ -18,12 +18,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from bccd_jax.config import learning_train_acc, left_chance
+from bccd_jax.config import LEFT_CHANCE, learning_train_acc, left_chance
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
 from bccd_jax.metrics import ACC_BOUNDS, clip_interval, mean_ci
 from bccd_jax.run import RunFolder, RunRecord, VariantResult, write_json
 from bccd_jax.summary import format_ci, majority_baseline, markdown, table_columns
-from experiments.claims import STUDY_EXPERIMENTS, ClaimRow, study_claims
+from experiments.claims import STUDY_EXPERIMENTS, ClaimRow, claims_over_sizes
 from experiments.other_labs import report_section as other_labs_section
 from experiments.protocol import PARTS, step_of
 
@@ -285,14 +285,15 @@ def remove_stale_figures(figures: Path, written: set[Path]) -> None:
 
 
 def merged_claims(latest: Placed) -> tuple[list[ClaimRow], list[str]]:
-    """The claims over the run folders of one experiment, data set and size (e.g. a study step per variant),
-    paired by seed where both ran the same seeds; and the study's experiments no augmented run tested."""
-    merged: dict[tuple[str, str, str], dict[str, VariantResult]] = {}
+    """The claims over the latest variants of every data set and image size (one study each: experiment ->
+    variant, whatever run folder each came from), one row per claim across sizes; and the study's experiments no
+    augmented run tested."""
+    studies: dict[tuple[str, str], dict[str, dict[str, VariantResult]]] = {}
     for (exp, dataset, size, name), (_, _, r) in latest.items():
-        merged.setdefault((exp, dataset, size), {})[name] = r
-    claims = [row for (exp, dataset, size), done in merged.items() for row in study_claims(exp, done, dataset, size)]
-    untested = [e for e in STUDY_EXPERIMENTS if not any(x == e and d == "augmented" for x, d, _ in merged)]
-    return claims, untested
+        studies.setdefault((dataset, size), {}).setdefault(exp, {})[name] = r
+    untested = [e for e in STUDY_EXPERIMENTS
+                if not any(e in study for (dataset, _), study in studies.items() if dataset == "augmented")]
+    return claims_over_sizes(studies), untested
 
 
 ABOUT_METRICS = (
@@ -305,21 +306,27 @@ ABOUT_METRICS = (
 
 
 def claims_section(claims: list[ClaimRow]) -> list[str]:
-    """The study against the reproduction (one row per claim: the study's words and figure, ours, the budget,
-    the verdict), then how each claim is tested (the measurement and its threshold, fixed in
-    experiments/claims.py before the runs)."""
+    """The study against the reproduction (one row per claim: the study's words and figure, ours, the budget, the
+    seeds that never left chance, the verdict), then how each claim is tested (the measurement and its threshold,
+    in experiments/claims/, and when it was fixed)."""
     cell = lambda text: text.replace("|", "/")  # noqa: E731  (a quote's "|" would split the row)
     lines = ["## The study against this reproduction", "",
              "Each claim in the study's words, its figure, what this reproduction measured (mean over seeds with a "
-             "95 % interval where there is one), the budget it ran at and the verdict. *not reached at this "
-             "budget*: the claim's premise never held in the run, so the run cannot test it.", "",
-             "| experiment | the study | the study's figure | this reproduction | budget | verdict |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {c.experiment} | {cell(c.quote)} | {cell(c.figure)} | {cell(c.ours)} | {c.budget} | **{c.verdict}** |"
+             "95 % interval where there is one; *clipped*: the t-interval reached past [0, 1] and is cut there; "
+             "differences paired by seed id say in how many seeds they had their sign), the budget it ran at, the "
+             f"seeds that never left chance (best training accuracy below {LEFT_CHANCE}) and the verdict. A row whose "
+             "variants hold such seeds is judged over all seeds and over the seeds that left chance, and its "
+             "verdict gives both where they differ. *not reached at this budget*: the claim's premise never held "
+             "in the run, so the run cannot test it. A claim tested at two image sizes gives each.", "",
+             "| experiment | the study | the study's figure | this reproduction | budget | never left chance "
+             "| verdict |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {c.experiment} | {cell(c.quote)} | {cell(c.figure)} | {cell(c.ours)} | {c.budget} | "
+              f"{c.stuck or 'none'} | **{c.verdict}** |" for c in claims]
+    lines += ["", "How each claim is tested (`experiments/claims/`), and when the test and its threshold were fixed:",
+              "", "| experiment | the study | test and threshold | fixed |", "|---|---|---|---|"]
+    lines += [f"| {c.experiment} | {cell(c.quote)} ({cell(c.figure)}) | {cell(c.test)} | {cell(c.fixed)} |"
               for c in claims]
-    lines += ["", "How each claim is tested (thresholds fixed in `experiments/claims.py` before the runs):", "",
-              "| experiment | the study | test and threshold |", "|---|---|---|"]
-    lines += [f"| {c.experiment} | {cell(c.quote)} | {cell(c.test)} |" for c in claims]
     return lines + [""]
 
 

@@ -29,7 +29,7 @@ from bccd_jax.config import ModelConfig, TrainConfig
 from bccd_jax.errors import UserError
 from bccd_jax.experiment import Experiment, Variant
 from bccd_jax.runner import main_for
-from experiments.claims import LEARNT
+from experiments.claims.core import LEARNT
 from experiments.protocol import PROTOCOLS
 
 NAME = "vgg"
