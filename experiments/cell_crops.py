@@ -16,6 +16,12 @@ time, to find what keeps BCCD's colours from deciding the class:
 - stain_jitter_hue10: best + saturation x[0.2, 1.8], stain 0.4, gamma exp(+-0.4), contrast x[0.6, 1.4],
                       brightness +-0.2 (hue as the recipe's, +-10 degrees)
 - stain_jitter:       stain_jitter_hue10 with hue +-40 degrees
+- labs:               best + what labs differ in: any hue (+-180 degrees), saturation x[0.2, 1.8], stain 0.3,
+                      colour cast x[0.7, 1.3] per channel, gamma exp(+-0.4), contrast x[0.6, 1.4], brightness
+                      +-0.15, and on half of the images zoom x[1/1.3, 1.3], resolution down to 1/2, blur sigma
+                      up to 1 px
+- labs_stain:         labs on each image's H, E and residual stain amounts standardised (input_norm=stain)
+- labs_grey:          labs on grey images (the colour channels averaged)
 
 A one-seed, 3-epoch screen of six of them (cpu protocol, 60x80; each run as `python -m experiments.recipe
 --data-dir DATA --variants best --crop cell --seeds 1 --epochs 3 --set input_norm=... augment.rot90=true
@@ -49,6 +55,10 @@ def widened(**colour) -> dict:
 
 
 STRONG = dict(saturation=0.8, stain=0.4, gamma=0.4, contrast=0.4, brightness=0.2)
+# what labs differ in: any hue (a full turn), yellow and blue casts, washed-out and over-stained slides, low
+# contrast, defocus and low resolution (on half of the images, as the zoom that varies the framing)
+LABS = dict(hue=180.0, saturation=0.8, stain=0.3, cast=0.3, gamma=0.4, contrast=0.4, brightness=0.15, blur=1.0,
+            lowres=1.0, scale=0.3, heavy_p=0.5)
 TRAIN = {
     "best": widened(),
     "density": widened(),
@@ -57,8 +67,12 @@ TRAIN = {
     "colour_half": widened(hue=20.0, saturation=0.5, stain=0.2, gamma=0.3, contrast=0.3, brightness=0.15),
     "stain_jitter_hue10": widened(**STRONG),
     "stain_jitter": widened(hue=40.0, **STRONG),
+    "labs": widened(**LABS),
+    "labs_stain": widened(**LABS),
+    "labs_grey": widened(**LABS),
 }
-MODEL = {"density": dict(BEST_MODEL, input_norm="density")}
+MODEL = {"density": dict(BEST_MODEL, input_norm="density"), "labs_stain": dict(BEST_MODEL, input_norm="stain"),
+         "labs_grey": dict(BEST_MODEL, grayscale=True)}
 
 
 def variants(args) -> list[Variant]:

@@ -4,7 +4,9 @@
 
 For every variant (default: each finished one with checkpoints) and each of its seeds: accuracy on
 clean TEST and under hue, saturation, brightness, gamma, blur, JPEG, rescale and stain shifts at
-several strengths (bccd_jax.robustness), on every `--stride`-th TEST image. Writes
+several strengths, and under the shifts that stand for other labs (yellow cast with the cell filling the
+frame; grey, blurred, low-contrast; another stain's colours) (bccd_jax.robustness), on every `--stride`-th
+TEST image. Writes
 `robustness.json` and `figures/robustness.png` into the run folder, where experiments.report
 finds them, and prints the table.
 """
@@ -23,7 +25,7 @@ from bccd_jax.metrics import ACC_BOUNDS, mean_ci
 
 def main(argv: Sequence[str] | None = None) -> int:
     from bccd_jax.plots import plot_robustness
-    from bccd_jax.robustness import SUITE, evaluate_suite, subset
+    from bccd_jax.robustness import LAB_SUITE, SUITE, evaluate_suite, subset
     from bccd_jax.run import RunFolder, restore, run_dataset
     from bccd_jax.runtime import enable_compilation_cache
 
@@ -71,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k, s in enumerate(shift.strengths):
             row(shift.name, f"{s:g}", [r["shifts"][shift.name]["acc"][k] for r in out["variants"].values()])
     row("suite mean", "", [r["suite_mean"] for r in out["variants"].values()])
+    labbed = [r for r in out["variants"].values() if "lab_mean" in r]  # robustness.json of older runs lack them
+    for shift in LAB_SUITE:
+        for k, s in enumerate(shift.strengths):
+            row(shift.name, f"{s:g}", [r["shifts"][shift.name]["acc"][k] for r in labbed])
+    row("lab mean", "", [r["lab_mean"] for r in labbed])
     print(f"wrote {folder.robustness_path} and {folder.robustness_figure}")
     return 0
 

@@ -125,6 +125,68 @@ def test_heavy_p_picks_the_images_that_get_zoom_blur_and_jpeg():
     assert np.allclose(augment.augment_batch(key, x, dataclasses.replace(heavy, heavy_p=0.0)), x, atol=1e-3)
 
 
+def test_cast_lowres_and_restaining_are_the_identity_at_rest_and_do_what_they_say():
+    x = images()
+    x01 = x / 255.0
+    np.testing.assert_allclose(augment.colour_cast(x01, jnp.ones(3)), x01, atol=1e-7)
+    yellow = augment.colour_cast(x01, jnp.asarray([1.1, 1.05, 0.8]))
+    assert float((yellow[..., 2] - x01[..., 2]).max()) <= 0 <= float((yellow[..., 0] - x01[..., 0]).min())
+    np.testing.assert_allclose(augment.lower_resolution(x, jnp.ones(len(x))), x, atol=1e-3)
+    low = augment.lower_resolution(x, jnp.full(len(x), 4.0))
+    assert float(low.std()) < 0.5 * float(x.std())  # noise at 4x lower resolution: averaged out
+    bright = jnp.maximum(x01, 2 / 255)  # the optical-density floor is 1/255
+    np.testing.assert_allclose(augment.restain(bright, augment.swapped_stains(0.0)), bright, rtol=1e-4)
+    np.testing.assert_allclose(augment.restain(bright, augment.rotated_stains(0.0)), bright, rtol=1e-4)
+    swapped = np.asarray(augment.swapped_stains(1.0))
+    np.testing.assert_allclose(swapped[[1, 0, 2]], np.asarray(augment._RGB_FROM_HED), atol=1e-7)
+    turned = np.asarray(augment.rotated_stains(30.0))  # H and E keep their lengths and their angle
+    original = np.asarray(augment._RGB_FROM_HED)
+    np.testing.assert_allclose(np.linalg.norm(turned, axis=1), np.linalg.norm(original, axis=1), rtol=1e-5)
+    cos = lambda m: m[0] @ m[1] / np.linalg.norm(m[0]) / np.linalg.norm(m[1])  # noqa: E731
+    assert abs(cos(turned) - cos(original)) < 1e-5 and not np.allclose(turned[:2], original[:2], atol=1e-2)
+
+
+def test_cast_and_lowres_draws_leave_the_others_alone():
+    x = images(8)
+    key = jax.random.PRNGKey(0)
+    base = AugmentConfig(flip=True, gamma=0.2)
+    plain = augment.augment_batch(key, x, base)
+    cast = augment.augment_batch(key, x, dataclasses.replace(base, cast=1e-9, lowres=1e-9))
+    np.testing.assert_allclose(plain, cast, atol=1e-2)
+    strong = augment.augment_batch(key, x, dataclasses.replace(base, cast=0.3, lowres=1.0))
+    assert not np.allclose(plain, strong, atol=1.0)
+    with pytest.raises(UserError, match="augment.cast"):
+        TrainConfig(augment=AugmentConfig(cast=1.0)).validate()
+
+
+def test_the_lab_suite_is_fixed_and_keeps_uint8_images():
+    from bccd_jax import robustness
+
+    x = np.asarray(smooth_images(4, 24, 32)).astype(np.uint8)
+    for shift in robustness.LAB_SUITE:
+        for s in shift.strengths:
+            y = robustness.shifted(x, shift, s)
+            assert y.dtype == np.uint8 and y.shape == x.shape, shift.name
+            np.testing.assert_array_equal(y, robustness.shifted(x, shift, s))
+    grey = robustness.shifted(x, robustness.LAB_SUITE[1], 0.4).astype(float)
+    assert np.abs(grey - grey.mean(axis=-1, keepdims=True)).mean() < 0.5 * np.abs(
+        x - x.mean(axis=-1, keepdims=True)).mean()  # washed out towards grey
+    assert set(robustness.names()) >= {"yellow_fill", "grey_blur", "stain_swap", "stain_turn"}
+
+
+def test_stain_normalisation_takes_each_stains_strength_out():
+    """input_norm "stain": a slide stained longer (every stain amount x1.5) looks the same."""
+    from bccd_jax.models.cnn import normalize_inputs
+
+    x01 = jnp.clip(images(2) / 255.0, 0.4, 0.95)
+    darker = augment.stain_shift(x01, jnp.full(3, 1.5), jnp.zeros(3))
+    a = normalize_inputs(x01 * 256 - 1, None, "stain", False, jnp.float32)
+    b = normalize_inputs(darker * 256 - 1, None, "stain", False, jnp.float32)
+    np.testing.assert_allclose(a, b, atol=2e-3)
+    assert not np.allclose(normalize_inputs(x01 * 256 - 1, None, "image", False, jnp.float32),
+                           normalize_inputs(darker * 256 - 1, None, "image", False, jnp.float32), atol=1e-2)
+
+
 def test_bad_strengths_are_user_errors():
     with pytest.raises(UserError, match="augment.hue"):
         TrainConfig(augment=AugmentConfig(hue=-1)).validate()

@@ -258,7 +258,7 @@ def test_cpu_protocol_gives_the_study_its_own_budgets():
 
 
 @pytest.mark.parametrize("protocol", ["quick", "cpu", "gpu"])
-def test_cell_crops_train_on_cells_and_widen_only_the_colour(protocol):
+def test_cell_crops_train_on_cells_and_widen_only_the_colour_or_what_labs_differ_in(protocol):
     """cell_crops' variants see cell crops under every protocol (the crop is the experiment's point, not a flag to
     remember), and each differs from best in its colour augmentation (or, density, its input normalisation) alone."""
     from experiments import cell_crops
@@ -269,10 +269,11 @@ def test_cell_crops_train_on_cells_and_widen_only_the_colour(protocol):
     best = chosen.pop("best")
     assert best.model.input_norm == "image" and best.train.augment.rot90
     colour = ("hue", "saturation", "stain", "gamma", "contrast", "brightness")
+    labs = colour + ("cast", "scale", "lowres", "blur", "heavy_p")  # what labs differ in: colour, framing, camera
     for name, v in chosen.items():
-        assert dataclasses.replace(v.model, input_norm=best.model.input_norm) == best.model, name
+        assert dataclasses.replace(v.model, input_norm=best.model.input_norm, grayscale=False) == best.model, name
         same = {f.name: getattr(best.train.augment, f.name) for f in dataclasses.fields(best.train.augment)
-                if f.name not in colour}
+                if f.name not in (labs if name.startswith("labs") else colour)}
         assert dataclasses.replace(v.train.augment, **same) == v.train.augment, name
         assert dataclasses.replace(v.train, augment=best.train.augment) == best.train, name
         assert all(getattr(v.train.augment, f) >= getattr(best.train.augment, f) for f in colour), name

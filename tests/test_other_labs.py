@@ -28,30 +28,41 @@ ALSO_CLASSES = ("eosinophils", "neutrophils")  # the second folder holds two cla
 # ----------------------------------------------------------------------------- the rule
 
 
-def test_the_rule_needs_enough_seeds_and_clean_test_then_takes_the_best_dev_balanced_accuracy():
-    few_seeds = Standing("few_seeds", MIN_SEEDS - 1, 0.95, 0.90)  # best on dev, but too few seeds
-    weak = Standing("weak", 8, MIN_CLEAN_TEST - 0.001, 0.89)
-    edge = Standing("edge", MIN_SEEDS, MIN_CLEAN_TEST, 0.70)  # exactly at both thresholds: eligible
-    good = Standing("good", 5, 0.90, 0.80)
+def test_the_rule_needs_seeds_clean_test_and_the_lab_suite_then_takes_the_best_worse_of_dev_and_lab():
+    few_seeds = Standing("few_seeds", MIN_SEEDS - 1, 0.95, 0.90, 0.9)  # best on dev, but too few seeds
+    weak = Standing("weak", 8, MIN_CLEAN_TEST - 0.001, 0.89, 0.9)
+    no_lab = Standing("no_lab", 8, 0.95, 0.95, None)  # the lab suite never ran on it
+    edge = Standing("edge", MIN_SEEDS, MIN_CLEAN_TEST, 0.70, 0.7)  # exactly at both thresholds: eligible
+    good = Standing("good", 5, 0.90, 0.80, 0.78)
     assert ineligible_because(few_seeds) == f"{MIN_SEEDS - 1} seeds (needs at least {MIN_SEEDS})"
     assert "clean TEST mean 0.849" in ineligible_because(weak)
+    assert "no lab-suite mean" in ineligible_because(no_lab)
     assert ineligible_because(edge) is None
-    label, why = choose([few_seeds, weak, edge, good])
+    label, why = choose([few_seeds, weak, no_lab, edge, good])
     assert label == "good"
-    assert "edge" in why and "few_seeds" not in why and "weak" not in why
+    assert "edge" in why and "few_seeds" not in why and "weak" not in why and "no_lab" not in why
     assert choose([few_seeds, weak, edge])[0] == "edge"
 
 
-def test_a_tie_on_dev_goes_to_the_higher_clean_test_then_to_the_earlier_candidate():
-    a, b = Standing("a", 5, 0.88, 0.75), Standing("b", 6, 0.91, 0.75)
+def test_fitting_the_development_lab_alone_does_not_win():
+    """The score is the worse of the development folder and the lab suite: a candidate best on the development
+    folder but weak under the lab suite loses to one good on both."""
+    fitted = Standing("fitted", 5, 0.90, 0.95, 0.60)
+    both = Standing("both", 5, 0.88, 0.80, 0.79)
+    assert fitted.score == 0.60 and both.score == 0.79
+    assert choose([fitted, both])[0] == "both"
+
+
+def test_a_tie_goes_to_the_higher_clean_test_then_to_the_earlier_candidate():
+    a, b = Standing("a", 5, 0.88, 0.75, 0.8), Standing("b", 6, 0.91, 0.75, 0.8)
     assert choose([a, b])[0] == "b" and choose([b, a])[0] == "b"
-    c = Standing("c", 5, 0.91, 0.75)
+    c = Standing("c", 5, 0.91, 0.75, 0.9)  # the same score: the worse of the two is 0.75 for each
     assert choose([b, c])[0] == "b" and choose([c, b])[0] == "c"
 
 
 def test_no_model_is_named_when_none_is_eligible():
-    both = Standing("both", 2, 0.60, 0.99)
-    label, why = choose([both, Standing("seeds", 3, 0.95, 0.5)])
+    both = Standing("both", 2, 0.60, 0.99, 0.9)
+    label, why = choose([both, Standing("seeds", 3, 0.95, 0.5, 0.9)])
     assert label is None
     assert why.startswith("no candidate is eligible")
     assert "both: 2 seeds (needs at least 5); clean TEST mean 0.600 (needs at least 0.85)" in why
@@ -110,7 +121,8 @@ def test_the_command_evaluates_the_run_as_it_recorded_itself_and_names_no_model(
     assert set(result) == {"rule", "dev", "also", "candidates", "choice", "why", "examples_of", "examples",
                            "sources"}
     assert result["rule"] == {"text": other_labs.RULE, "min_seeds": 5, "min_clean_test_mean": 0.85,
-                              "selects_on": "balanced accuracy on the development folder"}
+                              "selects_on": "the worse of the balanced accuracy on the development folder and the "
+                                            "lab-suite mean"}
     assert result["dev"] == "lab_a" and result["also"] == ["lab_b"]
     assert result["choice"] is None and result["why"].startswith("no candidate is eligible: optimizers/adam: 2 seeds")
     assert "no model chosen: no candidate is eligible" in r.stdout and "optimizers/adam" in r.stdout

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from bccd_jax.config import INITS, ModelConfig
 from bccd_jax.errors import UserError
 from bccd_jax.models.conv import Conv
+from bccd_jax.augment import stain_amounts
 from bccd_jax.models.pool import max_pool_relu
 
 KERNEL_INITS = {name: getattr(nn.initializers, initializer)() for name, initializer in INITS.items()}
@@ -33,15 +34,20 @@ def normalize_inputs(x: jnp.ndarray, input_mean: Sequence[float] | None, input_n
     foreign microscope does not reach the network. "density": the same on each channel's optical
     density -ln((x + 1) / 256), which by Beer-Lambert is proportional to the amount of stain: a
     lab's stronger or weaker staining (density scaled per channel) does not reach the network.
-    `grayscale` averages the channels first.
+    "stain": the same on the amounts of haematoxylin, eosin and the residual (Ruifrok & Johnston's
+    deconvolution of the optical density, bccd_jax.augment.stain_amounts): each stain's strength in
+    this image, whatever the lab's staining time, is taken out stain by stain, estimated from the image
+    alone. `grayscale` averages the channels first.
     """
     x = x.astype(jnp.float32)
     if grayscale:
         x = jnp.broadcast_to(x.mean(axis=-1, keepdims=True), x.shape)
-    if input_norm in ("image", "density"):
+    if input_norm in ("image", "density", "stain"):
         floor = 1.0  # pixel levels: a flat image is not blown up
         if input_norm == "density":
             x, floor = -jnp.log((x + 1.0) / 256.0), 1e-2
+        elif input_norm == "stain":
+            x, floor = stain_amounts((x + 1.0) / 256.0), 1e-2
         mean = x.mean(axis=(-3, -2), keepdims=True)
         std = x.std(axis=(-3, -2), keepdims=True)
         return ((x - mean) / jnp.maximum(std, floor)).astype(dtype)

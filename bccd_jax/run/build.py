@@ -118,7 +118,9 @@ class Restored:
         h, w = self.image_size
         norm = {"scale": "pixels / 255" + (" after subtracting the training mean" if m.feature_centering else ""),
                 "image": "each image standardised per channel (its own mean and standard deviation)",
-                "density": "each image's optical density standardised per channel"}[m.input_norm]
+                "density": "each image's optical density standardised per channel",
+                "stain": "each image's haematoxylin, eosin and residual stain amounts standardised per channel"
+                }[m.input_norm]
         if m.arch == "vgg16":
             norm = "ImageNet caffe preprocessing (BGR, minus the ImageNet mean)"
         tta = "; mean probability over the 4 flips" if self.variant.train.eval_tta == "flips" else ""

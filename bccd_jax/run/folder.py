@@ -327,6 +327,8 @@ class RunFolder:
 
         cut = dict(entry, seeds=list(seeds), clean=pick(entry["clean"]), suite_mean=pick(entry["suite_mean"]),
                    shifts={k: dict(v, acc=[pick(a) for a in v["acc"]]) for k, v in entry["shifts"].items()})
+        if "lab_mean" in entry:
+            cut["lab_mean"] = pick(entry["lab_mean"])
         return dict(rob, variants={variant: cut})
 
     # the frozen prefix of a variant trained on cached features (bccd_jax.features)
