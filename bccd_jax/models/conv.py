@@ -61,12 +61,14 @@ def _bounds(n: int, chunk: int) -> list[tuple[int, int]]:
 
 
 def kernel_grad_chunked(x, kernel, dy, padding, chunk: int = KERNEL_GRAD_CHUNK):
-    """d(loss)/d(kernel) as the sum of XLA's kernel gradients over batch chunks of `chunk` images."""
+    """d(loss)/d(kernel) as the sum of XLA's kernel gradients over batch chunks of `chunk` images (zeros for
+    an empty batch)."""
     def one(a, b):
         _, vjp = jax.vjp(lambda k: _conv(x[a:b], k, padding), kernel)
         return vjp(dy[a:b])[0].astype(jnp.float32)
 
-    return functools.reduce(jnp.add, [one(a, b) for a, b in _bounds(x.shape[0], chunk)]).astype(kernel.dtype)
+    parts = [one(a, b) for a, b in _bounds(x.shape[0], chunk)]
+    return functools.reduce(jnp.add, parts).astype(kernel.dtype) if parts else jnp.zeros_like(kernel)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
