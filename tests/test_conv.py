@@ -74,6 +74,17 @@ def test_chunks_cover_the_batch_at_most_max_chunks():
         assert all(a < b and b == c for (a, b), (c, _) in zip(bounds, bounds[1:] + [(n, n)]))
 
 
+@pytest.mark.parametrize("padding", ["SAME", ((2, 0), (0, 1))])
+def test_an_empty_batch_has_nn_conv_s_empty_output_and_zero_gradients(padding):
+    x = jnp.zeros((0, 9, 11, 3), jnp.float32)
+    ref, ours = (m(6, (3, 2), padding=padding) for m in (nn.Conv, Conv))
+    params = ref.init(jax.random.key(0), jnp.zeros((1, 9, 11, 3)))
+    assert ours.apply(params, x).shape == ref.apply(params, x).shape
+    g = jax.jit(jax.grad(_loss(ours)))(params, x)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(jax.jit(jax.grad(_loss(ref)))(params, x))):
+        assert a.shape == b.shape and not np.asarray(a).any() and not np.asarray(b).any()
+
+
 def test_pool_then_relu_is_relu_then_pool_values_and_gradients():
     from bccd_jax.models.pool import max_pool_2x2
 

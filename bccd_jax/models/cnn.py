@@ -9,6 +9,7 @@ study is a config, not a new class.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -111,7 +112,7 @@ class CNN(nn.Module):
                     x = max_pool_relu(x) if last else nn.relu(x)
                 else:
                     x = conv(features)(x, pool_relu=last) if last else nn.relu(conv(features)(x))
-        x = x.reshape((x.shape[0], -1))
+        x = x.reshape((x.shape[0], math.prod(x.shape[1:])))  # not -1: an empty batch has no size to divide
         x = nn.Dense(self.dense_features, kernel_init=kernel_init, dtype=self.dtype)(x)
         if self.batch_norm:
             x = batch_norm(x)

@@ -19,9 +19,15 @@ traced) chooses: `auto` (default) oneDNN for bfloat16 on a CPU with native bfloa
 `onednn` oneDNN for float32 and bfloat16, `onednn-bf16` oneDNN bfloat16 convolutions in a float32 model
 too (their inputs rounded to bfloat16, their outputs and gradients converted back to float32, the other
 layers float32, as autocast), `xla` never. On a CPU without bfloat16 instructions (oneDNN has no
-bfloat16 convolution there) bfloat16 convolutions stay XLA's, and `onednn-bf16` is `onednn`, with a warning. Without the extension every choice falls back
-to the XLA path above (`onednn` with a warning). On other platforms the program lowers to XLA's
-convolutions either way (`lax.platform_dependent`).
+bfloat16 convolution there) bfloat16 convolutions stay XLA's, and `onednn-bf16` is `onednn`, with a
+warning. Without the extension every choice falls back to the XLA path above (`onednn` with a warning;
+`auto` too when a library exists but is stale or does not load: the warning names the command that
+rebuilds it). On other platforms the program lowers to XLA's convolutions either way
+(`lax.platform_dependent`).
+
+Both paths take an empty batch (an empty output, zero kernel and bias gradients) and run inside
+`shard_map(check_vma=True)`: the backward passes return each gradient varying over the mesh axes its
+parameter varies over (`cotangent_like`).
 """
 
 from __future__ import annotations
@@ -60,13 +66,26 @@ def _bounds(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
 
 
+def cotangent_like(ct, primal):
+    """`ct` varying over the manual mesh axes (inside a `shard_map` with check_vma=True) that `primal` varies over,
+    as a custom_vjp's backward pass must return it: summed over the axes only `ct` varies over (the transpose of
+    the implicit broadcast of an invariant primal, as JAX's own autodiff does), cast to vary over those only
+    `primal` varies over. Unchanged elsewhere."""
+    have, want = (jax.typeof(a).manual_axis_type.varying for a in (ct, primal))
+    if have - want:
+        ct = lax.psum(ct, tuple(have - want))
+    return lax.pcast(ct, tuple(want - have), to="varying") if want - have else ct
+
+
 def kernel_grad_chunked(x, kernel, dy, padding, chunk: int = KERNEL_GRAD_CHUNK):
-    """d(loss)/d(kernel) as the sum of XLA's kernel gradients over batch chunks of `chunk` images."""
+    """d(loss)/d(kernel) as the sum of XLA's kernel gradients over batch chunks of `chunk` images (zeros for
+    an empty batch)."""
     def one(a, b):
         _, vjp = jax.vjp(lambda k: _conv(x[a:b], k, padding), kernel)
         return vjp(dy[a:b])[0].astype(jnp.float32)
 
-    return functools.reduce(jnp.add, [one(a, b) for a, b in _bounds(x.shape[0], chunk)]).astype(kernel.dtype)
+    parts = [one(a, b) for a, b in _bounds(x.shape[0], chunk)]
+    return functools.reduce(jnp.add, parts).astype(kernel.dtype) if parts else jnp.zeros_like(kernel)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -90,12 +109,14 @@ def _bwd(padding, res, dy):
     def xla_own(x, dy):
         return jax.vjp(lambda k: _conv(x, k, padding), kernel)[1](dy)[0]
 
+    def chunked(x, dy):
+        return cotangent_like(kernel_grad_chunked(x, kernel, dy, padding), kernel)
+
     if os.environ.get(OPT_OUT_ENV) == "xla":
         dk = xla_own(x, dy)
     else:
-        dk = lax.platform_dependent(x, dy, cpu=lambda x, dy: kernel_grad_chunked(x, kernel, dy, padding),
-                                    default=xla_own)
-    return dx, dk, db
+        dk = lax.platform_dependent(x, dy, cpu=chunked, default=xla_own)
+    return dx, dk, None if bias is None else cotangent_like(db, bias)
 
 
 conv_bias.defvjp(_fwd, _bwd)
@@ -132,11 +153,12 @@ def conv_path(dtype) -> str:
         return "xla"
     from bccd_jax.ext import onednn
 
-    if not onednn.available():
-        if choice.startswith("onednn") and "missing" not in _warned:
-            _warned.add("missing")
-            warnings.warn(f"{PATH_ENV}={choice} but the oneDNN extension is not available "
-                          f"({onednn.load_error()}); using XLA's convolutions", stacklevel=3)
+    if not onednn.available():  # announced when asked for, or when a library exists but is stale or does not load
+        error = onednn.load_error()
+        if (choice.startswith("onednn") or onednn.unusable()) and error not in _warned:
+            _warned.add(error)
+            warnings.warn(f"{PATH_ENV}={choice} but the oneDNN extension is not available ({error}); using XLA's "
+                          "convolutions", stacklevel=3)
         return "xla"
     bf16 = choice == "onednn-bf16" or dtype == jnp.dtype(jnp.bfloat16)
     if bf16 and not onednn.native_bf16():  # oneDNN has no bfloat16 convolution for this CPU
@@ -181,8 +203,9 @@ def _onednn_bwd(pads, compute_dtype, res, dy):
     x, kernel, bias = res
     dy = dy.astype(x.dtype)
     compute = x.dtype if compute_dtype is None else jnp.dtype(compute_dtype)
+    bias_like = jnp.zeros(kernel.shape[-1:], jnp.float32) if bias is None else bias
 
-    def cpu(x, kernel, dy):
+    def cpu(x, kernel, dy):  # the sums over the batch summed over the mesh axes `kernel` and `bias` do not vary over
         xc, dyc = x.astype(compute), dy.astype(compute)
         dx = onednn.conv_bwd_data(dyc, kernel, pads, x.shape).astype(x.dtype)
         if x.shape[-1] < ONEDNN_MIN_KERNEL_GRAD_CHANNELS:  # XLA's chunked float32 kernel gradient is faster here
@@ -191,11 +214,11 @@ def _onednn_bwd(pads, compute_dtype, res, dy):
             db = dy32.sum(axis=(0, 1, 2))
         else:
             dk, db = onednn.conv_bwd_weights(xc, dyc, pads, kernel.shape)
-        return dx, dk.astype(kernel.dtype), db
+        return (cotangent_like(dx, x), cotangent_like(dk.astype(kernel.dtype), kernel),
+                cotangent_like(db, bias_like))
 
     def default(x, kernel, dy):
-        dx, dk, db = jax.vjp(lambda x, k, b: _conv_ref(x, k, b, pads), x, kernel,
-                             jnp.zeros(kernel.shape[-1:], jnp.float32) if bias is None else bias)[1](dy)
+        dx, dk, db = jax.vjp(lambda x, k, b: _conv_ref(x, k, b, pads), x, kernel, bias_like)[1](dy)
         return dx, dk, db.astype(jnp.float32)
 
     dx, dk, db = lax.platform_dependent(x, kernel, dy, cpu=cpu, default=default)
@@ -228,7 +251,9 @@ class Conv(nn.Module):
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         dtype = nn.dtypes.canonicalize_dtype(x, kernel, bias, dtype=self.dtype)
         pads = explicit_padding(self.padding, self.kernel_size)
-        path = conv_path(dtype) if pads is not None and kernel.dtype in (jnp.float32, jnp.bfloat16) else "xla"
+        onednn_shape = pads is not None and kernel.dtype in (jnp.float32, jnp.bfloat16) and 0 not in kernel.shape \
+            and 0 not in x.shape[1:]  # an empty batch is the extension's; empty images or channels are not
+        path = conv_path(dtype) if onednn_shape else "xla"
         conv_bias_in = None if pool_relu else bias
         if path == "onednn-bf16":  # a bfloat16 convolution between float32 activations
             y = conv_bias_onednn(jnp.asarray(x, dtype), kernel, conv_bias_in, pads, "bfloat16")
