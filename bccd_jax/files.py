@@ -14,6 +14,8 @@ from typing import Any, BinaryIO, Callable
 
 from bccd_jax.errors import WriteFailed, remedy
 
+TMP_SUFFIX = ".tmp"  # write_atomic's temporary file: .<name>.<random>.tmp beside <name>
+
 
 def write_atomic(path: str | os.PathLike, content: str | bytes | Callable[[BinaryIO], None]) -> Path:
     """Write `content` (text, bytes, or a function that writes to a binary file) to `path` atomically: the file
@@ -22,7 +24,7 @@ def write_atomic(path: str | os.PathLike, content: str | bytes | Callable[[Binar
     path = Path(path)
     existed, tmp = path.exists(), None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             if callable(content):
                 content(f)
@@ -37,6 +39,12 @@ def write_atomic(path: str | os.PathLike, content: str | bytes | Callable[[Binar
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def partial_files(folder: str | os.PathLike) -> list[Path]:
+    """The temporary files write_atomic left in `folder` when its process was killed mid-write (never the file they
+    were to become). Removing them is for the folder's one writer: another process may be writing them now."""
+    return sorted(p for p in Path(folder).glob(f".*{TMP_SUFFIX}") if p.is_file())
 
 
 def write_failed(path: str | os.PathLike, err: BaseException, existed: bool) -> WriteFailed:

@@ -299,6 +299,9 @@ def _write_run(exp: Experiment, args, variants: Sequence[Variant], starts, folde
     """The part of run_experiment that writes the run folder, its writer lock held."""
     from bccd_jax.data.train_data import TrainData
 
+    for tmp in folder.partial_files():  # this process is the folder's one writer: nothing else writes them
+        tmp.unlink()
+        print(f"[{exp.name}] removed {tmp}, a file a killed process was writing", file=sys.stderr)
     ds = load_data(args) if ds is None else ds
     eval_names = [s for s in ("test", "test_simple") if s in ds.splits]
     data = TrainData.from_dataset(ds, eval_names)
@@ -310,6 +313,8 @@ def _write_run(exp: Experiment, args, variants: Sequence[Variant], starts, folde
     for v in variants:
         if finished_variant(results.get(v.name), record.variants[v.name]):
             print(f"[{exp.name}] {v.name}: finished in {folder}, kept", file=sys.stderr)
+            if not args.no_figures and not folder.confusion_figure(v.name).is_file():  # killed before its figures
+                write_figures(exp.name, folder, results)
             continue
         result = train_variant(exp, args, v, record, folder, ds, data, starts[v.name])
         if result.interrupted:

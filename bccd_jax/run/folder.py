@@ -31,7 +31,7 @@ import numpy as np
 
 from bccd_jax.config import ModelConfig, TrainConfig, from_dict, to_dict
 from bccd_jax.errors import UserError
-from bccd_jax.files import write_atomic, write_json
+from bccd_jax.files import partial_files, write_atomic, write_json
 from bccd_jax.run.provenance import timestamp
 
 CONFIG_FILE = "config.json"
@@ -284,6 +284,11 @@ class RunFolder:
         from bccd_jax.run.lock import writer_lock
 
         return writer_lock(self.path, command, note)
+
+    def partial_files(self) -> list[Path]:
+        """Temporary files of writes a killed process left (bccd_jax.files.write_atomic), here, in figures/ and in
+        frozen/; only the folder's writer may remove them."""
+        return [p for d in (self.path, self.figures, self.path / FROZEN_DIR) for p in partial_files(d)]
 
     def check(self) -> "RunFolder":
         if not self.path.is_dir():
