@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import re
 import shutil
@@ -271,8 +272,6 @@ _TENSORSTORE_STATUS = re.compile(r"^(OUT_OF_RANGE|DATA_LOSS|NOT_FOUND|FAILED_PRE
 
 def _read_error(err: BaseException) -> bool:
     """Whether a restore failed on the files (missing, truncated, garbage) rather than on the model."""
-    import json
-
     for e in (err, err.__cause__, err.__context__):
         if isinstance(e, (FileNotFoundError, EOFError, json.JSONDecodeError, UnicodeDecodeError)):
             return True

@@ -27,6 +27,8 @@ LOCK_FILE = "writer.lock"
 
 def holder_text(holder: dict[str, Any]) -> str:
     """Who a lock file names, in words: "process 123 on host h (python -m ..., since 20260101-120000)"."""
+    if "pid" not in holder:  # a writer between taking the lock and writing its name into it
+        return "another process"
     since = f"since {holder['started']}" if holder.get("started") else ""
     what = ", ".join(x for x in (holder.get("command", ""), since) if x)
     return f"process {holder.get('pid', '?')} on {holder.get('host', '?')}" + (f" ({what})" if what else "")
