@@ -3,14 +3,17 @@
 Every bad input (missing file, corrupt JPEG, malformed XML, wrong weights, wrong
 shapes) is raised as `UserError` with a one-line message naming the thing and
 what to do. CLIs run through `run_cli`, which prints that line on stderr and
-exits with code 2; `--debug` shows the traceback instead.
+exits with code 2; `--debug` shows the traceback instead. A file that cannot be written is a
+`WriteFailed` (path, why, what is kept, what to do); an OSError nothing caught is one line too.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
+from pathlib import Path
 from typing import Callable, Sequence
 
 EXIT_USAGE = 2
@@ -21,6 +24,40 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # force one line
+
+
+class WriteFailed(UserError):
+    """A file or folder that could not be written (a full disk, a read-only folder), in one line: its path, why,
+    what is kept and what to do. A caller that knows more (the run a checkpoint belongs to) gives better advice
+    with `advise`."""
+
+    def __init__(self, path: str | Path, reason: str, kept: str, todo: str):
+        self.path, self.reason, self.kept, self.todo = Path(path), reason, kept, todo
+        super().__init__(f"cannot write {path}: {reason}; {kept}; {todo}")
+
+    def advise(self, kept: str | None = None, todo: str | None = None) -> "WriteFailed":
+        return WriteFailed(self.path, self.reason, self.kept if kept is None else kept,
+                           self.todo if todo is None else todo)
+
+
+def remedy(err: BaseException | None) -> str:
+    """What to do about an OSError, in a few words: free space, make writable, or look at the disk."""
+    code = getattr(err, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err):
+        return "free space on that disk"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make that folder writable"
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return "check that its folder exists"
+    return "check that disk"
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError no caller turned into a UserError, as one line naming the path."""
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+    what = err.strerror or str(err) or type(err).__name__
+    return f"{where}: {what} ({remedy(err)}, then run the command again)" if where else \
+        f"{what} ({remedy(err)}, then run the command again)"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -43,6 +80,13 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         if not debug:  # the process ends here: no late "Exception ignored in ..." noise from GC'd coroutines
+            sys.unraisablehook = lambda unraisable: None
+        return EXIT_USAGE
+    except OSError as e:  # a disk or folder problem below a caller that did not expect one
+        if debug:
+            traceback.print_exc()
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        if not debug:
             sys.unraisablehook = lambda unraisable: None
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -12,17 +12,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bccd_jax import CLASS_NAMES  # noqa: E402
+from bccd_jax.files import write_atomic, write_failed  # noqa: E402
 
 PANELS = (("train_acc", "train accuracy"), ("test_acc", "test accuracy"),
           ("train_loss", "train loss"), ("test_loss", "test loss"))
 
 
 def _save(fig, path: str | Path) -> Path:
+    """A figure as PNG, whole or not at all (bccd_jax.files.write_atomic)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    except OSError as e:
+        raise write_failed(path, e, path.exists()) from e
+    finally:
+        plt.close(fig)
 
 
 def plot_curves(histories: Mapping[str, Mapping[str, list]], path: str | Path, title: str = "") -> Path:

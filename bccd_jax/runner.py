@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bccd_jax.config import ModelConfig, TrainConfig, field_names, replace
-from bccd_jax.errors import ArgumentParser, UserError, run_cli
+from bccd_jax.errors import ArgumentParser, UserError, WriteFailed, remedy, run_cli
 from bccd_jax.experiment import Experiment, Variant
 from bccd_jax.run import (DataRecord, RunFolder, RunRecord, VariantRecord, VariantResult, build, command_line,
                           finished_variant, git_commit, hardware, resume_problems, start_weights, timestamp, versions)
@@ -32,7 +32,8 @@ def make_parser(exp: Experiment) -> argparse.ArgumentParser:
                    help=f"image size, seeds, batch size and epochs: {names}. Default: the first protocol for "
                         "the data set (the embedded originals unless --data-dir); the flags below override it")
     p.add_argument("--epochs", type=int, help="epochs for every variant (default: the protocol's)")
-    p.add_argument("--seeds", type=int, help="seeds trained at once per variant (default: the protocol's)")
+    p.add_argument("--seeds", type=int, help="seeds trained at once per variant, every variant (default: the "
+                   "protocol's, which may give a group its own count; a resume keeps the run's)")
     p.add_argument("--seed-offset", type=int, default=0, help="first seed (seeds are offset..offset+S-1)")
     p.add_argument("--batch-size", type=int, help="default: the protocol's")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="default: the protocol's")
@@ -74,6 +75,7 @@ def parse_args(exp: Experiment, argv: Sequence[str] | None) -> argparse.Namespac
     args.proto = exp.protocols[args.protocol]
     args.crop = args.crop or args.proto.crop_for(exp.name)
     args.set = [*args.proto.settings.get(exp.name, ()), *args.set]  # --set comes last: it wins
+    args.seeds_flag = args.seeds  # given: it wins over every variant's own count (variant_seeds)
     args.seeds = args.proto.seeds if args.seeds is None else args.seeds
     args.batch_size = args.proto.batch_size if args.batch_size is None else args.batch_size
     args.checkpoint_every = args.proto.checkpoint_every if args.checkpoint_every is None else args.checkpoint_every
@@ -151,11 +153,12 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=True, dynamic_ncols=True)
 
 
-def open_run(exp: Experiment, args: argparse.Namespace) -> tuple[RunFolder, RunRecord | None]:
-    """The run folder to write (new, or the one to resume) and its old record; a resume on another
-    data set, image size or crop is refused here, before any data is loaded."""
+def resumed_run(exp: Experiment, args: argparse.Namespace) -> tuple[RunFolder | None, RunRecord | None]:
+    """The run folder --resume names and its record ((None, None) for a new run); a resume on another
+    data set, image size or crop is refused here, before any data is loaded. A run started with --seeds
+    keeps that count when resumed without the flag."""
     if not args.resume:
-        return RunFolder.create(args.out, exp.name), None
+        return None, None
     folder = RunFolder.latest(args.out, exp.name) if args.resume == "latest" else RunFolder(args.resume)
     if not folder.exists():
         raise UserError(f"--resume {folder}: no config.json there; not a run folder")
@@ -165,12 +168,16 @@ def open_run(exp: Experiment, args: argparse.Namespace) -> tuple[RunFolder, RunR
         raise UserError(f"cannot resume: the run was trained on {have[0]} at {'x'.join(map(str, have[1]))} "
                         f"({have[2]} crop), now {args.dataset} at {args.image_size[0]}x{args.image_size[1]} "
                         f"({args.crop} crop) (start a new run, or pass --force)")
+    if args.seeds_flag is None and old.seeds_flag is not None:
+        args.seeds_flag = args.seeds = old.seeds_flag
     return folder, old
 
 
 def variant_seeds(v: Variant, args) -> tuple[int, ...]:
-    """The seeds a variant trains: its own count (or --seeds) from --seed-offset."""
-    return tuple(range(args.seed_offset, args.seed_offset + (v.num_seeds or args.seeds)))
+    """The seeds a variant trains from --seed-offset: --seeds where given, else the variant's own count (a protocol's
+    for its group), else the protocol's."""
+    count = getattr(args, "seeds_flag", None) or v.num_seeds or args.seeds
+    return tuple(range(args.seed_offset, args.seed_offset + count))
 
 
 def variant_record(v: Variant, args) -> VariantRecord:
@@ -185,7 +192,8 @@ def make_record(exp: Experiment, args, variants: Sequence[Variant], data: DataRe
     records = {v.name: variant_record(v, args) for v in variants}
     record = RunRecord(experiment=exp.name, description=exp.description, protocol=args.protocol, data=data,
                        variants=records, eval_splits=tuple(eval_splits), command=command,
-                       created=timestamp(), git_commit=git_commit(), versions=versions(), hardware=hardware())
+                       created=timestamp(), git_commit=git_commit(), versions=versions(), hardware=hardware(),
+                       seeds_flag=getattr(args, "seeds_flag", None))
     if old is None:
         return record
     if not args.force:
@@ -216,6 +224,9 @@ def train_variant(exp: Experiment, args, v: Variant, record: RunRecord, folder: 
                                    log=lambda msg: print(msg, file=sys.stderr, flush=True))
         data = TrainData.from_dataset(ds, list(data.eval_sets), inputs=features)
     store = folder.checkpoints(v.name)
+    for tmp in store.remove_temporaries():  # this process is the folder's one writer: no save is in progress
+        print(f"[{exp.name}] removed {tmp}, the temporary folder of a checkpoint save that did not finish",
+              file=sys.stderr)
     run_meta = {"model": dataclasses.asdict(v.model), "train": dataclasses.asdict(v.train),
                 "data_fingerprint": ds.fingerprint, "image_shape": list(ds.image_shape), "variant": v.name,
                 "optimizer": vr.optimizer}
@@ -241,21 +252,59 @@ def train_variant(exp: Experiment, args, v: Variant, record: RunRecord, folder: 
 
 
 def run_experiment(exp: Experiment, argv: Sequence[str] | None = None) -> int:
-    """Parse flags, train every variant (all seeds at once), write the run folder, print the summary."""
+    """Parse flags, train every variant (all seeds at once), write the run folder, print the summary.
+
+    The run folder has one writer (RunFolder.writer): a resume takes its lock before loading the data; a new
+    run makes its folder once the data is loaded and writes config.json right after taking the lock. A file
+    that cannot be written is one line saying what the folder keeps and how to continue (`_advise`)."""
     from bccd_jax.runtime import enable_compilation_cache
-    from bccd_jax.data.train_data import TrainData
 
     args = parse_args(exp, argv)
     enable_compilation_cache()
     t_start = time.perf_counter()
     variants = select_variants(exp, args)
+    resumed, old = resumed_run(exp, args)
     # the weights fine-tuning variants start from, checked before a run folder is made
     starts = {v.name: start_weights(v.model, v.train, variant_seeds(v, args)) for v in variants}
-    folder, old = open_run(exp, args)
-    ds = load_data(args)
+    command = command_line() if argv is None else command_line(argv, f"experiments.{exp.name}")
+    note = lambda msg: print(f"[{exp.name}] note: {msg}", file=sys.stderr)  # noqa: E731
+    folder = resumed
+    try:
+        if resumed is not None:
+            with resumed.writer(command, note):
+                return _write_run(exp, args, variants, starts, resumed, old, command, t_start)
+        ds = load_data(args)
+        folder = RunFolder.create(args.out, exp.name)
+        with folder.writer(command, note):
+            return _write_run(exp, args, variants, starts, folder, None, command, t_start, ds)
+    except WriteFailed as e:
+        if folder is None:  # the data cache, before there was a run folder: its own advice stands
+            raise
+        raise _advise(e, exp, folder, variants) from e
+
+
+def _advise(e: WriteFailed, exp: Experiment, folder: RunFolder, variants: Sequence[Variant]) -> WriteFailed:
+    """A write failure of a run: what the run folder keeps, and the command that continues it."""
+    saved = [f"{v.name} at epoch{'s' if len(eps) > 1 else ''} {', '.join(map(str, eps))}" for v in variants
+             if (eps := folder.checkpoint_epochs(v.name))]
+    kept = f"kept: the checkpoints of {'; '.join(saved)}" if saved else "kept: no checkpoint yet"
+    kept += " and the run folder's other files as they were"
+    then = f"continue with: python -m experiments.{exp.name} --resume {folder}" if folder.exists() else \
+        "run the command again"
+    return e.advise(kept, f"{remedy(e.__cause__)}, then {then}")
+
+
+def _write_run(exp: Experiment, args, variants: Sequence[Variant], starts, folder: RunFolder, old: RunRecord | None,
+               command: str, t_start: float, ds=None) -> int:
+    """The part of run_experiment that writes the run folder, its writer lock held."""
+    from bccd_jax.data.train_data import TrainData
+
+    for tmp in folder.partial_files():  # this process is the folder's one writer: nothing else writes them
+        tmp.unlink()
+        print(f"[{exp.name}] removed {tmp}, a file a killed process was writing", file=sys.stderr)
+    ds = load_data(args) if ds is None else ds
     eval_names = [s for s in ("test", "test_simple") if s in ds.splits]
     data = TrainData.from_dataset(ds, eval_names)
-    command = command_line() if argv is None else command_line(argv, f"experiments.{exp.name}")
     record = make_record(exp, args, variants, data_record(ds, args.data_dir), eval_names, old, folder, command)
     folder.write_record(record)
     print(f"[{exp.name}] run folder: {folder}", file=sys.stderr)
@@ -264,6 +313,8 @@ def run_experiment(exp: Experiment, argv: Sequence[str] | None = None) -> int:
     for v in variants:
         if finished_variant(results.get(v.name), record.variants[v.name]):
             print(f"[{exp.name}] {v.name}: finished in {folder}, kept", file=sys.stderr)
+            if not args.no_figures and not folder.confusion_figure(v.name).is_file():  # killed before its figures
+                write_figures(exp.name, folder, results)
             continue
         result = train_variant(exp, args, v, record, folder, ds, data, starts[v.name])
         if result.interrupted:

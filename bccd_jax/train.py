@@ -102,8 +102,12 @@ def record_epoch(history: dict[str, list], epoch: int, metrics, scores: Mapping[
 
 def resume_from(checkpoints, state: TrainState, expected_meta: Mapping[str, Any],
                 force: bool) -> tuple[TrainState, dict[str, list], int, float]:
-    """The latest checkpoint's state, history, epoch and the training time of the processes before it."""
-    state, meta = checkpoints.restore(state, expected_meta=expected_meta, force=force)
+    """The newest checkpoint that reads: its state, history, epoch and the training time of the processes before
+    it. A damaged newer one is skipped with one warning line (bccd_jax.checkpoints.restore_newest)."""
+    state, meta, skipped = checkpoints.restore_newest(state, expected_meta=expected_meta, force=force)
+    for s in skipped:
+        print(f"[bccd_jax] warning: skipped checkpoint {checkpoints.directory}/{s.epoch}, it is damaged ({s.why}); "
+              f"set aside as {s.moved_to.name}", file=sys.stderr)
     start_epoch = int(meta["epoch"])
     print(f"[bccd_jax] resumed from {checkpoints.directory} at epoch {start_epoch}", file=sys.stderr)
     return state, meta["history"], start_epoch, float(meta.get("wall_s", 0.0))
@@ -126,7 +130,7 @@ def fit(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainConfig, da
 
     checkpoints: a bccd_jax.checkpoints.CheckpointStore or None. With it the full
     state and history are saved every cfg.checkpoint_every epochs, at the end, and
-    on Ctrl-C/SIGTERM; `resume=True` continues from the latest checkpoint after
+    on Ctrl-C/SIGTERM; `resume=True` continues from the newest checkpoint that reads after
     checking `run_meta` (config, data fingerprint, seeds) matches unless `force`.
     `stop_after_epoch` stops early as if interrupted (used by tests). `pretrained` (weights all seeds
     share) and `start` (per-seed weights to fine-tune) as in MultiSeedTrainer.init_state.

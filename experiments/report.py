@@ -11,7 +11,6 @@ experiments.other_labs wrote one.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 
 from bccd_jax.config import LEFT_CHANCE, learning_train_acc, left_chance
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
+from bccd_jax.files import write_atomic
 from bccd_jax.metrics import ACC_BOUNDS, clip_interval, mean_ci
 from bccd_jax.run import RunFolder, RunRecord, VariantResult, write_json
 from bccd_jax.summary import format_ci, majority_baseline, markdown, table_columns
@@ -270,8 +270,7 @@ def copy_figures(folder: RunFolder, into: Path) -> list[Path]:
     into.mkdir(parents=True, exist_ok=True)
     copies = []
     for f in folder.figure_files():
-        shutil.copy2(f, into / f.name)
-        copies.append(into / f.name)
+        copies.append(write_atomic(into / f.name, f.read_bytes()))
     return copies
 
 
@@ -375,7 +374,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
                          other_labs_section(out))
     remove_stale_figures(out / "figures", written)
     report = out / "REPORT.md"
-    report.write_text("\n".join(lines) + "\n")
+    write_atomic(report, "\n".join(lines) + "\n")
     summary_path = out / "summary.json"
     write_json(summary_path, summary)
     return report, summary_path

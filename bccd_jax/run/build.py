@@ -177,6 +177,8 @@ def restore(run: str | Path | RunFolder, variant: str | None = None, seed: int |
     """
     import jax
 
+    from bccd_jax.checkpoints import CheckpointDamaged
+
     folder = run if isinstance(run, RunFolder) else RunFolder(run)
     record = folder.record()
     name, why = choose_variant(folder, record, variant)
@@ -202,6 +204,12 @@ def restore(run: str | Path | RunFolder, variant: str | None = None, seed: int |
     store = folder.checkpoints(name)
     try:
         state, meta = store.restore_for_inference(built, list(v.seeds), epoch)
+    except CheckpointDamaged as e:
+        others = [e_ for e_ in epochs if e_ != epoch]
+        raise CheckpointDamaged(e.path, e.why, f"the variant's other checkpoints are of epochs "
+                                f"{', '.join(map(str, others))} (--checkpoint EPOCH of predict and evaluate)" if others
+                                else "it is the variant's only one: resume the run (or ship it again) to write it "
+                                     "anew") from e
     finally:
         store.close()
     model = built.model

@@ -6,8 +6,11 @@
         metrics.csv    the same history in long form (variant, seed, epoch, metric columns)
         figures/*.png  2x2 learning curves (mean and band over seeds), confusion matrices, robustness
         robustness.json  accuracy under the shift suite (experiments.robustness), where it ran
-        checkpoints/<variant>/<epoch>/   Orbax checkpoints (state + JSON meta)
+        checkpoints/<variant>/<epoch>/   Orbax checkpoints (state + JSON meta); <epoch>.damaged: one a resume skipped
         frozen/<variant>.npz   the frozen VGG16 prefix of a variant trained on cached features
+        writer.lock    while a process writes the folder: its pid, host and command (bccd_jax.run.lock)
+
+Every JSON and CSV file is written whole or not at all (bccd_jax.files.write_atomic).
 
 Everything that reads or writes a run folder goes through `RunFolder`; everything that turns a
 config into (model, optimizer, pretrained weights) goes through `build`; predict, evaluate
@@ -22,13 +25,13 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from bccd_jax.config import ModelConfig, TrainConfig, from_dict, to_dict
 from bccd_jax.errors import UserError
-from bccd_jax.files import write_atomic, write_json
+from bccd_jax.files import partial_files, write_atomic, write_json
 from bccd_jax.run.provenance import timestamp
 
 CONFIG_FILE = "config.json"
@@ -120,6 +123,7 @@ class RunRecord:
     hardware: dict[str, Any] = field(default_factory=dict)
     previous_commands: list[str] = field(default_factory=list)
     resumed_from: list[str] = field(default_factory=list)  # when each resumption started
+    seeds_flag: int | None = None  # --seeds as given: every variant's seed count; None: the variants' and protocol's
 
     def to_json(self) -> dict[str, Any]:
         from bccd_jax import CLASS_NAMES
@@ -274,6 +278,17 @@ class RunFolder:
 
     def exists(self) -> bool:
         return self.config_path.is_file()
+
+    def writer(self, command: str, note: Callable[[str], None] | None = None):
+        """A context that holds the folder's writer lock (bccd_jax.run.lock): one writing process at a time."""
+        from bccd_jax.run.lock import writer_lock
+
+        return writer_lock(self.path, command, note)
+
+    def partial_files(self) -> list[Path]:
+        """Temporary files of writes a killed process left (bccd_jax.files.write_atomic), here, in figures/ and in
+        frozen/; only the folder's writer may remove them."""
+        return [p for d in (self.path, self.figures, self.path / FROZEN_DIR) for p in partial_files(d)]
 
     def check(self) -> "RunFolder":
         if not self.path.is_dir():
