@@ -17,6 +17,16 @@ from bccd_jax.errors import WriteFailed, remedy
 TMP_SUFFIX = ".tmp"  # write_atomic's temporary file: .<name>.<random>.tmp beside <name>
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+"""The mode open() gives a new file: what a file written in place had."""
+
+
 def write_atomic(path: str | os.PathLike, content: str | bytes | Callable[[BinaryIO], None]) -> Path:
     """Write `content` (text, bytes, or a function that writes to a binary file) to `path` atomically: the file
     holds the whole new content or its previous one. An OSError (a full disk, a read-only folder) is a
@@ -25,6 +35,7 @@ def write_atomic(path: str | os.PathLike, content: str | bytes | Callable[[Binar
     existed, tmp = path.exists(), None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.fchmod(fd, _FILE_MODE)  # mkstemp's 0600 would hide results from the other users of a shared folder
         with os.fdopen(fd, "wb") as f:
             if callable(content):
                 content(f)

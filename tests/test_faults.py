@@ -324,3 +324,16 @@ def test_lock_without_flock_goes_by_the_pid(tmp_path, monkeypatch):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert notes == [f"took over {lock} from process {alive.pid} on {socket.gethostname()} (train), which is gone"]
     assert not lock.exists()
+
+
+def test_files_written_whole_keep_the_mode_a_plain_write_gives(tmp_path):
+    """write_atomic's temporary file (0600 from mkstemp) takes the mode open() would give before it takes the name."""
+    import os
+    import stat
+
+    from bccd_jax.files import write_atomic
+
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    written = write_atomic(tmp_path / "whole.json", "{}")
+    assert stat.S_IMODE(os.stat(written).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
