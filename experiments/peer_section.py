@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from bccd_jax.config import INITS, OPTIMIZER_DEFAULT_LR, ModelConfig, left_chance
+from bccd_jax.errors import UserError
 from bccd_jax.metrics import mean_ci, welch_ci
 from bccd_jax.run import read_json
 
@@ -58,6 +59,9 @@ def keras_arms(results_dir: str | Path) -> list[KerasArm]:
     arms: dict[str, KerasArm] = {}
     for path in sorted((Path(results_dir) / SECTION_DIR).glob("*.json")):
         r = read_json(path)
+        if not {"settings", "epochs", "history"} <= set(r):
+            raise UserError(f"{path} is not a result file of benchmarks.keras_peer (no settings, epochs or history); "
+                            f"move it out of {SECTION_DIR}/")
         s = r["settings"]
         key = repr({k: v for k, v in s.items() if k != "seed"})
         arm = arms.setdefault(key, KerasArm(s["model"], s["optimizer"], s["init"],

@@ -64,8 +64,8 @@ def assert_same_step(keras_model, before, after, rel: float = 1e-2):
     """Keras' weights after a step are bccd_jax's `after`, up to `rel` of the step (`after - before`) in norm, per
     kernel and bias. Not elementwise: a ReLU input within float rounding of zero (the two frameworks sum a
     convolution in other orders) can be on in one and off in the other, and then one unit's gradient (and all
-    that flows through it) differs. The deep CNN at this batch has one such input, 5e-7 from zero, and it moves
-    the first layer's kernel step by 0.3 % in norm; a wrong layout or gradient moves it by the order of 100 %."""
+    that flows through it) differs: in a deep CNN at this size one ReLU input 5e-7 from zero moved the first
+    layer's kernel step by 0.3 % in norm. A wrong layout or gradient moves it by the order of 100 %."""
     for layer, kind, w, p in weight_pairs(keras_model, after):
         step = np.linalg.norm(p - np.asarray(before[layer][kind]))
         assert np.linalg.norm(w - p) <= rel * step + 1e-7, (layer, kind, float(np.linalg.norm(w - p)), float(step))

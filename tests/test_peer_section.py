@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import small_run
 
+from bccd_jax.errors import UserError
 from bccd_jax.metrics import welch_ci
 from bccd_jax.run import RunFolder
 from experiments.peer_section import SECTION_DIR, peer_section
@@ -70,3 +71,7 @@ def test_keras_arms_beside_the_bccd_jax_run_of_the_same_network(run_dir, tmp_pat
     assert (results / SECTION_DIR / "base-curves.png").is_file()
     assert not (results / SECTION_DIR / "deep-curves.png").exists()  # nothing to draw beside
     assert f"]({SECTION_DIR}/base-curves.png)" in text
+
+    (results / SECTION_DIR / "notes.json").write_text("{}")
+    with pytest.raises(UserError, match="notes.json is not a result file of benchmarks.keras_peer"):
+        peer_section(results, latest)
