@@ -1,4 +1,4 @@
-"""The bccd_jax CNN family in plain Keras 3 on its JAX backend, as the study wrote it: Keras' layers, defaults and
+"""The bccd_jax CNN family in plain Keras 3 on its JAX backend, as a Keras user writes it: Keras' layers, defaults and
 optimizers.
 
 - `import_keras()`: Keras with KERAS_BACKEND=jax, set here (`use_jax_backend`) before Keras is first imported (a
@@ -12,11 +12,13 @@ optimizers.
   (in, out) in both: bccd_jax's parameters load as they are (`load_flax_params`).
 - `keras_optimizer(name, lr)`: SGD, RMSprop or Adam with Keras' defaults (no momentum; rho 0.9, epsilon 1e-7;
   beta 0.9 / 0.999, epsilon 1e-7) at the study's learning rate unless `lr` is given.
-- `compile_study(model, name, lr)`: that optimizer, sparse categorical cross-entropy on the softmax output and
-  accuracy, as the study's `model.compile(..., loss="categorical_crossentropy", metrics=["accuracy"])` with
-  integer labels. Keras computes this loss from probabilities clipped to [1e-7, 1 - 1e-7], so one image's loss
-  is at most -ln(1e-7) = 16.1 (and its gradient 0 beyond); bccd_jax's loss is the log-softmax of the logits,
-  unbounded. `logits_model` gives the logits, for that loss.
+- `compile_study(model, name, lr)`: that optimizer, Keras' categorical cross-entropy on the softmax output (for
+  integer labels: sparse_categorical_crossentropy) and accuracy. Keras computes this loss from probabilities
+  clipped to [1e-7, 1 - 1e-7], so one image's loss is at most -ln(1e-7) = 16.1 (and its gradient 0 beyond);
+  bccd_jax's loss is the log-softmax of the logits, unbounded. `logits_model` gives the logits, for that loss.
+- Keras 3's RMSprop adds epsilon inside the square root, as optax (bccd_jax) does; standalone Keras 2 (keras
+  2.0-2.3) added it outside, sqrt(v) + 1e-7. Keras' Adam adds epsilon to the square root of the uncorrected second
+  moment: optax's Adam with epsilon / sqrt(1 - 0.999^t) at step t (tests/test_keras_peer.py).
 """
 
 from __future__ import annotations
