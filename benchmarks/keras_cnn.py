@@ -109,7 +109,7 @@ def compile_study(model, optimizer: str, learning_rate: float | None = None):
 def logits_model(model):
     """A model sharing `model`'s layers that stops before the softmax: the logits."""
     keras = import_keras()
-    return keras.Model(model.inputs, model.layers[-2].output)
+    return keras.Model(model.inputs[0], model.layers[-2].output)
 
 
 def weighted_layers(model) -> list:
