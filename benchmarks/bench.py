@@ -102,9 +102,10 @@ def conv_env(conv: str | None):
             os.environ[PATH_ENV] = old
 
 
-def jax_runner(model, dtype, batch_size, seeds, strategy, images, labels, conv=None):
+def jax_runner(model, dtype, batch_size, seeds, strategy, images, labels, conv=None, model_cfg=None):
     """MultiSeedTrainer.run_epoch (epoch_mode loop) cut to the steps asked for: what training runs, with its
-    convolutions on the path `conv` chooses (BCCD_JAX_CONV; None: the environment's)."""
+    convolutions on the path `conv` chooses (BCCD_JAX_CONV; None: the environment's). `model_cfg` (a ModelConfig)
+    replaces the grid's network `model`."""
     import jax
 
     from bccd_jax.config import TrainConfig
@@ -115,8 +116,8 @@ def jax_runner(model, dtype, batch_size, seeds, strategy, images, labels, conv=N
     from bccd_jax.seeds import MultiSeedTrainer, resolve_seed_strategy
 
     cfg = TrainConfig(batch_size=batch_size, seed_strategy=strategy, epoch_mode="loop")
-    tr = MultiSeedTrainer(build_model(model_config(model, dtype)), make_optimizer(cfg), cfg, images.shape[0],
-                          sharding=seed_sharding(seeds))
+    net = build_model(model_cfg or model_config(model, dtype))
+    tr = MultiSeedTrainer(net, make_optimizer(cfg), cfg, images.shape[0], sharding=seed_sharding(seeds))
     x, y = jax.device_put(images), jax.device_put(labels)
     t0 = time.perf_counter()
     state = tr.init_state(list(range(seeds)), x)
