@@ -95,17 +95,17 @@ def prepare_item(item: tuple[Path, int], hw: tuple[int, int], crop: str) -> Prep
     return prepare(item[0], None, hw, crop)
 
 
-def evaluate(restored, items: Sequence[tuple[Path, int]], crop: str, strict: bool
-             ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], Counter, list[str]]:
-    """(probabilities [S, N, C] per seed, labels [N], per kept image its path, preparation and cell fields,
-    skip counts, notes)."""
+def prepare_items(items: Sequence[tuple[Path, int]], hw: tuple[int, int], crop: str, strict: bool
+                  ) -> tuple[np.ndarray | None, np.ndarray, list[dict[str, Any]], Counter, list[str]]:
+    """(the readable images of `items` as the model's uint8 input [N, H, W, 3], or None when none could be read,
+    their labels [N], per image its path, preparation and cell fields, skip counts, notes): an unreadable image is
+    skipped and counted, unless `strict`."""
     from bccd_jax.data.pixels import parallel_map
 
-    hw = restored.image_size
     kept: list[dict[str, Any]] = []
     skipped: Counter = Counter()
     notes: list[str] = []
-    probs, labels = [], []
+    arrays, labels = [], []
 
     def load(item):
         try:
@@ -116,20 +116,36 @@ def evaluate(restored, items: Sequence[tuple[Path, int]], crop: str, strict: boo
             notes.append(str(e))
             return None, item
 
+    for got, (path, label) in parallel_map(load, items):
+        if got is None:
+            skipped["unreadable image"] += 1
+            continue
+        arrays.append(got.array)
+        kept.append({"path": str(path), "preparation": got.how, **cell_fields(got)})
+        labels.append(label)
+    return (np.stack(arrays) if arrays else None), np.asarray(labels, dtype=np.int64), kept, skipped, notes
+
+
+def evaluate(restored, items: Sequence[tuple[Path, int]], crop: str, strict: bool
+             ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], Counter, list[str]]:
+    """(probabilities [S, N, C] per seed, labels [N], per kept image its path, preparation and cell fields,
+    skip counts, notes)."""
+    kept: list[dict[str, Any]] = []
+    skipped: Counter = Counter()
+    notes: list[str] = []
+    probs, labels = [], []
     for start in range(0, len(items), CHUNK):
-        arrays = []
-        for got, (path, label) in parallel_map(load, items[start:start + CHUNK]):
-            if got is None:
-                skipped["unreadable image"] += 1
-                continue
-            arrays.append(got.array)
-            kept.append({"path": str(path), "preparation": got.how, **cell_fields(got)})
-            labels.append(label)
-        if arrays:
-            probs.append(softmax(restored.logits(np.stack(arrays))))
+        arrays, chunk_labels, chunk_kept, chunk_skipped, chunk_notes = prepare_items(
+            items[start:start + CHUNK], restored.image_size, crop, strict)
+        kept += chunk_kept
+        skipped.update(chunk_skipped)
+        notes += chunk_notes
+        if arrays is not None:
+            probs.append(softmax(restored.logits(arrays)))
+            labels.append(chunk_labels)
     if not probs:
         raise UserError("no image could be read; see --strict for the first error")
-    return np.concatenate(probs, axis=1), np.asarray(labels), kept, skipped, notes
+    return np.concatenate(probs, axis=1), np.concatenate(labels), kept, skipped, notes
 
 
 def report(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

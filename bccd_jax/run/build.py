@@ -269,9 +269,10 @@ def start_weights(model_cfg: ModelConfig, train_cfg: TrainConfig, seeds) -> Any:
     return jax.tree.map(lambda a: np.asarray(a)[idx], restored.state)
 
 
-def export_model(restored: Restored, dst: str | Path, dtype: str = "float32") -> RunFolder:
+def export_model(restored: Restored, dst: str | Path, dtype: str = "float32", *, metrics: bool = True) -> RunFolder:
     """A run folder reduced to what inference needs: config.json with one variant and the restored
-    seeds, and one weights-only checkpoint (params and batch statistics, optionally float16)."""
+    seeds, and one weights-only checkpoint (params and batch statistics, optionally float16). `metrics=False`
+    leaves out the source's training history, which does not describe weights changed since (bccd_jax.adapt)."""
     import jax.numpy as jnp
 
     from bccd_jax.checkpoints import InferenceState
@@ -286,7 +287,7 @@ def export_model(restored: Restored, dst: str | Path, dtype: str = "float32") ->
         v = dataclasses.replace(v, train=dataclasses.replace(v.train, feature_cache=False))
     out.write_record(dataclasses.replace(record, variants={v.name: v}, previous_commands=[], resumed_from=[]))
     results = restored.folder.results()
-    if v.name in results:  # the exported seeds' share of the metrics, for best_variant and the record
+    if metrics and v.name in results:  # the exported seeds' share of the metrics, for best_variant and the record
         raw = dict(results[v.name].raw)
         keep = [raw["seeds"].index(s) for s in restored.seeds]
         raw["history"] = {k: (h if k == "epoch" else [[e[i] for i in keep] for e in h]) for k, h in raw["history"].items()}

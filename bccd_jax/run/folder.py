@@ -6,6 +6,8 @@
         metrics.csv    the same history in long form (variant, seed, epoch, metric columns)
         figures/*.png  2x2 learning curves (mean and band over seeds), confusion matrices, robustness
         robustness.json  accuracy under the shift suite (experiments.robustness), where it ran
+        adaptation.json  a run adapted to another lab (bccd_jax.adapt): its source run, the drawn images, the recipe
+                         and the held-out evaluation
         checkpoints/<variant>/<epoch>/   Orbax checkpoints (state + JSON meta); <epoch>.damaged: one a resume skipped
         frozen/<variant>.npz   the frozen VGG16 prefix of a variant trained on cached features
         writer.lock    while a process writes the folder: its pid, host and command (bccd_jax.run.lock)
@@ -42,6 +44,7 @@ CHECKPOINTS_DIR = "checkpoints"
 FROZEN_DIR = "frozen"
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_FIGURE = "robustness.png"  # under figures/
+ADAPTATION_FILE = "adaptation.json"
 
 
 def read_json(path: str | Path) -> Any:
@@ -345,6 +348,19 @@ class RunFolder:
         if "lab_mean" in entry:
             cut["lab_mean"] = pick(entry["lab_mean"])
         return dict(rob, variants={variant: cut})
+
+    @property
+    def adaptation_path(self) -> Path:
+        return self.path / ADAPTATION_FILE
+
+    def write_adaptation(self, obj: Mapping[str, Any]) -> Path:
+        """adaptation.json: where an adapted run came from and how it was adapted (bccd_jax.adapt)."""
+        write_json(self.adaptation_path, obj)
+        return self.adaptation_path
+
+    def read_adaptation(self) -> dict[str, Any] | None:
+        """adaptation.json, or None for a run that was not adapted."""
+        return read_json(self.adaptation_path) if self.adaptation_path.exists() else None
 
     # the frozen prefix of a variant trained on cached features (bccd_jax.features)
     def frozen_path(self, variant: str) -> Path:
