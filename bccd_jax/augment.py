@@ -246,7 +246,7 @@ def jpeg_roundtrip(x: jnp.ndarray, quality) -> jnp.ndarray:
 
 _TAGS = {name: i for i, name in enumerate(
     ("stain_scale", "stain_bias", "brightness", "contrast", "saturation", "hue", "gamma",
-     "flip_y", "flip_x", "rot90", "rotate", "scale", "shift", "blur", "jpeg", "heavy", "cast", "lowres"))}
+     "flip_y", "flip_x", "rot90", "rotate", "scale", "shift", "blur", "jpeg", "heavy", "cast", "lowres", "colour_p"))}
 """One fold_in tag per random parameter: switching one transform on or off leaves the others' draws alone."""
 
 
@@ -301,6 +301,8 @@ def draw_augment(key: jax.Array, shape: tuple[int, ...], cfg: AugmentConfig) -> 
         return value if heavy is None else jnp.where(heavy, value, off)
 
     d: dict[str, jnp.ndarray] = _colour_draws(key, b, cfg) if cfg.colour else {}
+    if cfg.colour and cfg.colour_p < 1:  # the images that get the colour transforms (all at colour_p 1: no draw)
+        d["coloured"] = jax.random.bernoulli(jax.random.fold_in(key, _TAGS["colour_p"]), cfg.colour_p, (b,))
     if cfg.geometric:
         no = jnp.zeros((b,), bool)
         d["flip_y"], d["flip_x"] = (coin("flip_y"), coin("flip_x")) if cfg.flip else (no, no)
@@ -343,6 +345,7 @@ def apply_augment(images: jnp.ndarray, d: dict[str, jnp.ndarray], cfg: AugmentCo
     """
     x = images.astype(jnp.float32)
     if cfg.colour:
+        plain = x
         x = x / 255.0
         if cfg.stain:
             x = stain_shift(x, d["stain_scale"], d["stain_bias"])
@@ -359,6 +362,8 @@ def apply_augment(images: jnp.ndarray, d: dict[str, jnp.ndarray], cfg: AugmentCo
         if cfg.cast:
             x = colour_cast(x, d["cast"])
         x = jnp.clip(x, 0.0, 1.0) * 255.0
+        if "coloured" in d:
+            x = jnp.where(_per_image(d["coloured"]) > 0, x, plain)
     if cfg.geometric:
         if _flips_only(cfg):
             x = flip_batch(x, d["flip_y"], d["flip_x"])  # exact, no resampling

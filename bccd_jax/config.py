@@ -137,7 +137,9 @@ class AugmentConfig:
     size), `blur` (Gaussian, sigma uniform in [0, b] pixels at the model's size), `jpeg` (a JPEG
     round trip at a quality uniform in [100 (1 - j), 100]). `heavy_p`: the share of images (drawn
     per image) that get the heavy transforms, `scale`, `lowres`, `blur` and `jpeg`, which cost
-    clean accuracy; the others keep zoom 1 and no degradation.
+    clean accuracy; the others keep zoom 1 and no degradation. `colour_p`: the share of images (drawn
+    per image) that get the colour transforms; the others keep their colours, so a strong colour
+    augmentation need not hide the training set's own colours from every image.
     """
 
     flip: bool = False
@@ -156,6 +158,7 @@ class AugmentConfig:
     heavy_p: float = 1.0
     cast: float = 0.0
     lowres: float = 0.0
+    colour_p: float = 1.0
 
     @property
     def geometric(self) -> bool:
@@ -182,8 +185,9 @@ class AugmentConfig:
         for name in ("contrast", "saturation", "stain", "shift", "jpeg", "cast"):
             if getattr(self, name) >= 1:
                 raise UserError(f"augment.{name} must be < 1, got {getattr(self, name)}")
-        if self.heavy_p > 1:
-            raise UserError(f"augment.heavy_p is a probability, <= 1; got {self.heavy_p}")
+        for name in ("heavy_p", "colour_p"):
+            if getattr(self, name) > 1:
+                raise UserError(f"augment.{name} is a probability, <= 1; got {getattr(self, name)}")
         return self
 
 

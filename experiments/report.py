@@ -24,6 +24,7 @@ from bccd_jax.metrics import ACC_BOUNDS, clip_interval, mean_ci
 from bccd_jax.run import RunFolder, RunRecord, VariantResult, write_json
 from bccd_jax.summary import format_ci, majority_baseline, markdown, table_columns
 from experiments.claims import STUDY_EXPERIMENTS, ClaimRow, claims_over_sizes
+from experiments.few_shot import report_section as few_shot_section
 from experiments.other_labs import report_section as other_labs_section
 from experiments.peer_section import peer_section
 from experiments.protocol import PARTS, step_of
@@ -372,7 +373,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         sections += experiment_section(folder, record, results, f"figures/{key}",
                                        [f.name for f in copies if f.name != folder.robustness_figure.name])
     lines = report_lines(runs, latest, keys, sections, title, notes, command or command_line(),
-                         other_labs_section(out) + peer_section(out, latest))
+                         other_labs_section(out) + few_shot_section(out) + peer_section(out, latest))
     remove_stale_figures(out / "figures", written)
     report = out / "REPORT.md"
     write_atomic(report, "\n".join(lines) + "\n")

@@ -209,3 +209,32 @@ def test_bad_inputs_are_one_line_errors(run_dir, lab, tmp_path, capsys, monkeypa
     (tmp_path / "full" / "x").write_text("")
     assert "not an empty folder" in _error(args(out=tmp_path / "full"), capsys)
     assert not out.exists()  # nothing written when an input is wrong
+
+
+def test_the_few_shot_curve_gathers_every_k_and_draw_and_finishes_a_stopped_curve(run_dir, lab, tmp_path, capsys):
+    """experiments.few_shot: one adaptation per (K, draw) into few_shot.json, a second call adds only what is
+    missing, and the report section gives per K the mean and range over draws beside zero-shot."""
+    from experiments import few_shot
+
+    out, runs = tmp_path / "results" / few_shot.SECTION_DIR, tmp_path / "runs"
+    flags = ["--run", str(run_dir), "--labelled", str(lab), "--draws", "2", "--out", str(out), "--runs-dir", str(runs)]
+    assert run_cli(lambda a: few_shot.main(a), flags + ["--shots", "1"]) == 0
+    first = json.loads((out / few_shot.RESULTS_FILE).read_text())
+    assert sorted(first["adaptations"]) == ["K1-draw0", "K1-draw1"]
+    assert (runs / "K1-draw1" / "adaptation.json").is_file()
+    assert run_cli(lambda a: few_shot.main(a), flags + ["--shots", "1", "2"]) == 0
+    second = json.loads((out / few_shot.RESULTS_FILE).read_text())
+    assert sorted(second["adaptations"]) == ["K1-draw0", "K1-draw1", "K2-draw0", "K2-draw1"]
+    assert second["adaptations"]["K1-draw0"] == first["adaptations"]["K1-draw0"]  # kept, not adapted again
+    rows = few_shot.curve(second["adaptations"])
+    assert [r["shots"] for r in rows] == [1, 2] and all(r["draws"] == 2 for r in rows)
+    bal = [second["adaptations"][f"K2-draw{d}"]["held_out"]["balanced_accuracy"] for d in (0, 1)]
+    assert rows[1]["balanced_min"] == min(bal) and rows[1]["balanced_max"] == max(bal)
+    section = "\n".join(few_shot.report_section(tmp_path / "results"))
+    assert "## Adapting to another lab from a few labelled cells" in section and "| 2 | 2 |" in section
+    assert str(tmp_path) not in section  # no path of the machine
+    capsys.readouterr()
+    other = tmp_path / "other_lab"
+    shutil.copytree(lab, other)
+    assert run_cli(lambda a: few_shot.main(a), flags[:2] + ["--labelled", str(other)] + flags[4:]) == 2
+    assert "holds the curve of" in capsys.readouterr().err

@@ -146,6 +146,19 @@ def test_cast_lowres_and_restaining_are_the_identity_at_rest_and_do_what_they_sa
     assert abs(cos(turned) - cos(original)) < 1e-5 and not np.allclose(turned[:2], original[:2], atol=1e-2)
 
 
+def test_colour_p_picks_the_images_that_get_the_colour_transforms():
+    x = images(64)
+    key = jax.random.PRNGKey(2)
+    strong = AugmentConfig(hue=90.0, cast=0.3)
+    every = augment.augment_batch(key, x, strong)
+    half = augment.augment_batch(key, x, dataclasses.replace(strong, colour_p=0.5))
+    kept = np.asarray(jnp.abs(half - x).max(axis=(1, 2, 3)) < 1e-3)
+    assert 16 <= kept.sum() <= 48  # about half keep their colours
+    np.testing.assert_allclose(half[~kept], every[~kept], atol=1e-3)  # the others: the same draws
+    np.testing.assert_allclose(augment.augment_batch(key, x, dataclasses.replace(strong, colour_p=0.0)), x,
+                               atol=1e-3)
+
+
 def test_cast_and_lowres_draws_leave_the_others_alone():
     x = images(8)
     key = jax.random.PRNGKey(0)

@@ -269,7 +269,8 @@ def test_cell_crops_train_on_cells_and_widen_only_the_colour_or_what_labs_differ
     best = chosen.pop("best")
     assert best.model.input_norm == "image" and best.train.augment.rot90
     colour = ("hue", "saturation", "stain", "gamma", "contrast", "brightness")
-    labs = colour + ("cast", "scale", "lowres", "blur", "heavy_p")  # what labs differ in: colour, framing, camera
+    # what labs differ in: colour, framing, camera
+    labs = colour + ("cast", "scale", "lowres", "blur", "heavy_p", "colour_p")
     for name, v in chosen.items():
         assert dataclasses.replace(v.model, input_norm=best.model.input_norm, grayscale=False) == best.model, name
         same = {f.name: getattr(best.train.augment, f.name) for f in dataclasses.fields(best.train.augment)
