@@ -365,7 +365,7 @@ def resume_problems(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[st
                 # a field added since the run was saved compares as its default
                 a, b = _with_defaults(key, a), _with_defaults(key, b)
                 free = resume_free_fields(b) if key == "train" else ()
-                changed = [f"{k} {_show(a.get(k))} -> {_show(b.get(k))}" for k in sorted(set(a) | set(b))
+                changed = [f"{k} {_show_change(a.get(k), b.get(k))}" for k in sorted(set(a) | set(b))
                            if k not in free and a.get(k) != b.get(k)]
                 if changed:
                     out.append(f"{label}{key}: {', '.join(changed)}")
@@ -383,6 +383,15 @@ def _with_defaults(key: str, saved: dict[str, Any]) -> dict[str, Any]:
         return plain(to_dict(from_dict(cls, saved)))
     except (UserError, TypeError, ValueError):  # not a config this version can read: compare as saved
         return saved
+
+
+def _show_change(old: Any, new: Any) -> str:
+    """`old -> new`; of two nested configs (augment, schedule) only the fields that differ, so a
+    long one does not truncate the change out of the message."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        old, new = ({k: d[k] for k in keys if k in d} for d in (old, new))
+    return f"{_show(old)} -> {_show(new)}"
 
 
 def _show(value: Any) -> str:
