@@ -10,7 +10,8 @@ of each seed of the run (or seed S alone) is fine-tuned in float32 on them by th
 constant learning rate, batches half of drawn images and half of the embedded BCCD originals' TRAIN crops
 (both halves class-balanced) so that the network does not forget BCCD, each image flipped at random
 vertically and horizontally (the symmetries a cell has that keep the H x W frame: the two flips and the
-half turn). The recipe is fixed in code and never chosen on the held-out images.
+half turn), and the adapted run predicts the mean probability over those four views of an image. The recipe
+is fixed in code and never chosen on the held-out images.
 
 DIR becomes a run folder that `predict` and `evaluate` use like any other (bccd_jax.run.export_model), with
 adaptation.json recording the source run, the drawn files, K, the draw, the recipe and the evaluation. The
@@ -42,13 +43,15 @@ from bccd_jax.errors import ArgumentParser, UserError, run_cli
 class Recipe:
     """How a run is fine-tuned on drawn images. The values are fixed in code, not chosen per lab or per draw:
     150 steps of Adam at 3e-4 (the order of a fine-tuning rate, a tenth of Keras's Adam default), batches of 32,
-    half from the drawn images."""
+    half from the drawn images; the adapted run predicts the mean probability over the 4 flips of an image, the
+    symmetries it was fine-tuned on (a few dozen drawn cells teach them less exactly than BCCD's thousands)."""
 
     steps: int = 150
     learning_rate: float = 3e-4
     batch_size: int = 32
     bccd_share: float = 0.5  # of every batch: embedded BCCD originals, so that the network does not forget them
     augment: AugmentConfig = AugmentConfig(flip=True)  # exact flips: identity, two flips, half turn
+    eval_tta: str = "flips"  # how the adapted run predicts (TrainConfig.eval_tta)
 
     @property
     def bccd_per_batch(self) -> int:
@@ -63,7 +66,7 @@ class Recipe:
         return {"steps": self.steps, "learning_rate": self.learning_rate, "optimizer": "adam (constant rate)",
                 "batch_size": self.batch_size, "drawn_per_batch": self.batch_size - self.bccd_per_batch,
                 "bccd_per_batch": self.bccd_per_batch, "augment": to_dict(self.augment),
-                "layers": "all, float32"}
+                "layers": "all, float32", "eval_tta": self.eval_tta}
 
 
 RECIPE = Recipe()
@@ -219,7 +222,7 @@ def adapt(args, started: float, notes: list[str]) -> dict[str, Any]:
     train, test = bccd.splits["train"], bccd.splits["test"]
 
     state = fine_tune(source, images, labels, np.asarray(train.images), np.asarray(train.labels), args.draw)
-    adapted = dataclasses.replace(source, state=state)
+    adapted = dataclasses.replace(source, state=state).with_tta(RECIPE.eval_tta)
     folder = export_model(adapted, out, "float32", metrics=False)
     record = folder.record()
     folder.write_record(dataclasses.replace(record, description=(

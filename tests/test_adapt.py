@@ -161,6 +161,9 @@ def test_the_adapted_weights_moved_and_the_record_keeps_the_source(adapted, run_
     assert r.returncode == 0, r.stderr
     source, tuned = restore(run_dir), restore(out)
     assert tuned.variant.name == source.variant.name and tuned.seeds == source.seeds
+    # the adapted run predicts over the flips it was fine-tuned on; the source keeps its own test-time averaging
+    assert tuned.variant.train.eval_tta == RECIPE.eval_tta == "flips"
+    assert source.variant.train.eval_tta == "none"
     moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
                                          source.state.params, tuned.state.params))
     assert min(moved) > 0  # every layer is fine-tuned
