@@ -259,3 +259,11 @@ def test_a_claim_at_two_image_sizes_is_one_row_that_says_whether_the_size_decide
     assert adam.ours.startswith("60x80: ") and "; 120x160: " in adam.ours
     sgd_rows = [r for r in merged if r.quote.startswith("SGD")]
     assert len(sgd_rows) == 1 and sgd_rows[0].verdict == "supported at 60x80 and 120x160"
+
+
+def test_the_conclusion_row_gives_the_wall_time_per_seed_and_epoch_of_a_resumed_run():
+    from experiments.claims.architecture import wall_per_seed_epoch
+
+    r = result("deep", "depth", ramp(0.8, 30))
+    r.raw.update(wall_s=900.0, wall_s_over_resumes=True)  # 900 s summed over the run's resumed segments
+    assert wall_per_seed_epoch(r) == 10.0

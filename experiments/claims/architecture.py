@@ -218,8 +218,8 @@ def _setups(study: Study) -> list[tuple[str, str, VariantResult]]:
 
 
 def wall_per_seed_epoch(r: VariantResult) -> float:
-    wall = float(r.raw.get("wall_s_over_resumes") or r.wall_s)
-    return wall / max(r.epochs * len(r.seeds), 1)
+    """Wall seconds per seed and epoch (wall_s sums a resumed run's segments; `wall_s_over_resumes` says so)."""
+    return float(r.wall_s) / max(r.epochs * len(r.seeds), 1)
 
 
 def conclusion_claims(study: Study, row: Row) -> list[ClaimRow]:
