@@ -240,17 +240,19 @@ def format_table(result: Mapping[str, Any]) -> str:
     """The compact table printed to stdout: per candidate its seeds, clean TEST, suite and every folder."""
     names = [result["dev"], *result["also"]]
     widths = [max(len(n), 11) for n in names]
-    lines = [f"{'candidate':<28}{'seeds':>6}  {'clean TEST (95% CI)':<19}{'suite':>7}{'lab':>7}"
+    label_w = max([len("candidate"), *(len(c["label"]) for c in result["candidates"])]) + 2
+    lines = [f"{'candidate':<{label_w}}{'seeds':>6}  {'clean TEST (95% CI)':<19}{'suite':>7}{'lab':>7}"
              + "".join(f"  {n:>{w}}" for n, w in zip(names, widths)) + "  eligible",
-             f"{'':<69}" + "".join(f"  {'acc/bal':>{w}}" for w in widths)]
+             f"{'':<{label_w + 39}}" + "".join(f"  {'acc/bal':>{w}}" for w in widths)]
     for c in result["candidates"]:
         t = c["clean_test"]
         suite = f"{c['suite_mean']['mean']:.3f}" if c["suite_mean"] else "-"
-        suite += f"{c['lab_mean']['mean']:.3f}".rjust(7) if c.get("lab_mean") else "-".rjust(7)
+        lab = f"{c['lab_mean']['mean']:.3f}" if c.get("lab_mean") else "-"
         cells = "".join(f"  {c['folders'][n]['accuracy']:.3f}/{c['folders'][n]['balanced_accuracy']:.3f}".rjust(w + 2)
                         for n, w in zip(names, widths))
-        lines.append(f"{c['label'][:27]:<28}{t['n_seeds']:>6}  {t['mean']:.3f} ({t['ci95'][0]:.3f}-{t['ci95'][1]:.3f})"
-                     f"{suite:>7}{cells}  {'yes' if c['eligible'] else 'no: ' + c['not_eligible_because']}")
+        lines.append(f"{c['label']:<{label_w}}{t['n_seeds']:>6}  "
+                     f"{t['mean']:.3f} ({t['ci95'][0]:.3f}-{t['ci95'][1]:.3f})".ljust(label_w + 27)
+                     + f"{suite:>7}{lab:>7}{cells}  {'yes' if c['eligible'] else 'no: ' + c['not_eligible_because']}")
     lines.append(f"chosen: {result['choice']} ({result['why']})" if result["choice"]
                  else f"no model chosen: {result['why']}")
     return "\n".join(lines)
