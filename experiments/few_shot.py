@@ -108,12 +108,21 @@ def report_section(results_dir: str | Path) -> list[str]:
     return section_lines(read_json(path)) if path.exists() else []
 
 
+def describe_recipe(recipe: dict[str, Any]) -> str:
+    """adaptation.json's recipe (bccd_jax.adapt.Recipe.describe) in words."""
+    flips = {"flips": "the mean probability over the 4 flips of an image"}.get(recipe.get("eval_tta", "none"),
+                                                                               "one pass per image")
+    return (f"{recipe['steps']} steps of {recipe['optimizer']} at {recipe['learning_rate']:g}, batches of "
+            f"{recipe['batch_size']} ({recipe['drawn_per_batch']} drawn images, {recipe['bccd_per_batch']} BCCD), "
+            f"layers: {recipe['layers']}; the adapted run predicts {flips}")
+
+
 def section_lines(r: dict[str, Any]) -> list[str]:
     """The section's markdown from a few_shot.json object."""
     rows = curve(r.get("adaptations", {}))
     if not rows:
         return []
-    recipe = next(iter(r["adaptations"].values()))["recipe"]
+    recipe = describe_recipe(next(iter(r["adaptations"].values()))["recipe"])
     lines = ["## Adapting to another lab from a few labelled cells", "",
              f"`python -m bccd_jax.adapt` on run `{r['run']}` with K images per class drawn from **{r['labelled']}** "
              f"(`python -m experiments.few_shot`); each draw is evaluated on the images of the folder that were not "

@@ -236,6 +236,7 @@ def test_the_few_shot_curve_gathers_every_k_and_draw_and_finishes_a_stopped_curv
     section = "\n".join(few_shot.report_section(tmp_path / "results"))
     assert "## Adapting to another lab from a few labelled cells" in section and "| 2 | 2 |" in section
     assert str(tmp_path) not in section  # no path of the machine
+    assert f"{RECIPE.steps} steps of adam" in section and "mean probability over the 4 flips" in section
     capsys.readouterr()
     other = tmp_path / "other_lab"
     shutil.copytree(lab, other)
