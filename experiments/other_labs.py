@@ -250,9 +250,9 @@ def format_table(result: Mapping[str, Any]) -> str:
         lab = f"{c['lab_mean']['mean']:.3f}" if c.get("lab_mean") else "-"
         cells = "".join(f"  {c['folders'][n]['accuracy']:.3f}/{c['folders'][n]['balanced_accuracy']:.3f}".rjust(w + 2)
                         for n, w in zip(names, widths))
-        lines.append(f"{c['label']:<{label_w}}{t['n_seeds']:>6}  "
-                     f"{t['mean']:.3f} ({t['ci95'][0]:.3f}-{t['ci95'][1]:.3f})".ljust(label_w + 27)
-                     + f"{suite:>7}{lab:>7}{cells}  {'yes' if c['eligible'] else 'no: ' + c['not_eligible_because']}")
+        clean = f"{t['mean']:.3f} ({t['ci95'][0]:.3f}-{t['ci95'][1]:.3f})"
+        lines.append(f"{c['label']:<{label_w}}{t['n_seeds']:>6}  {clean:<19}{suite:>7}{lab:>7}{cells}  "
+                     f"{'yes' if c['eligible'] else 'no: ' + c['not_eligible_because']}")
     lines.append(f"chosen: {result['choice']} ({result['why']})" if result["choice"]
                  else f"no model chosen: {result['why']}")
     return "\n".join(lines)

@@ -222,3 +222,20 @@ def test_the_report_renders_the_section_from_other_labs_json_and_omits_it_withou
 
     without = write_report([run_dir], tmp_path / "plain")[0].read_text()
     assert "## Other labs' images" not in without and other_labs.report_section(tmp_path / "plain") == []
+
+
+def test_the_printed_table_keeps_every_column_apart():
+    from experiments.other_labs import format_table
+
+    def candidate(label, suite, lab):
+        return {"label": label, "clean_test": {"n_seeds": 5, "mean": 0.883, "ci95": [0.877, 0.889]},
+                "suite_mean": suite and {"mean": suite}, "lab_mean": lab and {"mean": lab},
+                "folders": {"dev": {"accuracy": 0.6, "balanced_accuracy": 0.55}}, "eligible": True}
+
+    long = "cell_crops/saturation@20261207-194649"  # longer than the old fixed column
+    table = format_table({"dev": "dev", "also": [], "choice": long, "why": "the only one", "candidates": [
+        candidate(long, 0.819, 0.659), candidate("vgg/x", None, None)]})
+    rows = table.splitlines()
+    assert rows[2].split() == [long, "5", "0.883", "(0.877-0.889)", "0.819", "0.659", "0.600/0.550", "yes"]
+    assert rows[3].split() == ["vgg/x", "5", "0.883", "(0.877-0.889)", "-", "-", "0.600/0.550", "yes"]
+    assert rows[0].index("suite") < rows[2].index("0.819") + 5 and len({len(r) for r in rows[2:4]}) == 1
