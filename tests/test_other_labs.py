@@ -217,6 +217,7 @@ def test_the_report_renders_the_section_from_other_labs_json_and_omits_it_withou
         json.dumps(dict(written, choice="optimizers/adam", why="eligible: optimizers/adam")))
     lines = other_labs.report_section(chosen)
     assert "Chosen: **optimizers/adam** (eligible: optimizers/adam)." in lines
+    assert any(other_labs.RULE in line and other_labs.RULE_REVISED in line for line in lines)  # the rule and its history
     assert "- optimizers/adam on lab_a (71 images): localiser one 60, several 8, none 3; accuracy on status one " \
            "0.500" in lines
 
