@@ -67,6 +67,18 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+def _quiet_after_error() -> None:
+    """The process ends after its one error line: silence what library threads report while it shuts down (a
+    TensorStore read of a damaged checkpoint calls back into an event loop already closed: "RuntimeError: Event
+    loop is closed", printed through sys.excepthook from a native thread, or through threading.excepthook), and the
+    "Exception ignored in ..." of garbage-collected coroutines."""
+    import threading
+
+    sys.unraisablehook = lambda unraisable: None
+    sys.excepthook = lambda *exc: None
+    threading.excepthook = lambda args: None
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Call `main(argv)`; turn UserError (and KeyboardInterrupt) into one stderr line and exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -79,15 +91,15 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         if debug:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
-        if not debug:  # the process ends here: no late "Exception ignored in ..." noise from GC'd coroutines
-            sys.unraisablehook = lambda unraisable: None
+        if not debug:
+            _quiet_after_error()
         return EXIT_USAGE
     except OSError as e:  # a disk or folder problem below a caller that did not expect one
         if debug:
             traceback.print_exc()
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         if not debug:
-            sys.unraisablehook = lambda unraisable: None
+            _quiet_after_error()
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

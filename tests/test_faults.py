@@ -337,3 +337,27 @@ def test_files_written_whole_keep_the_mode_a_plain_write_gives(tmp_path):
     plain.write_text("{}")
     written = write_atomic(tmp_path / "whole.json", "{}")
     assert stat.S_IMODE(os.stat(written).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
+
+
+def test_after_the_error_line_no_library_thread_prints_a_traceback(monkeypatch, capsys):
+    """A read of a damaged checkpoint can leave a native TensorStore thread calling back into an event loop that
+    is already closed; under load its RuntimeError reached the user through sys.excepthook after the one line."""
+    import threading
+
+    from bccd_jax.errors import UserError, run_cli
+
+    for hook in ("excepthook", "unraisablehook"):
+        monkeypatch.setattr(sys, hook, getattr(sys, hook))
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+
+    def main(argv):
+        raise UserError("checkpoint x is damaged")
+
+    assert run_cli(main, []) == 2
+    late = RuntimeError("Event loop is closed")
+    sys.excepthook(RuntimeError, late, None)
+    thread = threading.Thread(target=lambda: (_ for _ in ()).throw(late))
+    thread.start()
+    thread.join()
+    err = capsys.readouterr().err
+    assert err == "error: checkpoint x is damaged\n" and "Traceback" not in err
