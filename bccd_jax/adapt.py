@@ -15,10 +15,10 @@ is fixed in code and never chosen on the held-out images.
 
 DIR becomes a run folder that `predict` and `evaluate` use like any other (bccd_jax.run.export_model), with
 adaptation.json recording the source run, the drawn files, K, the draw, the recipe and the evaluation. The
-images of FOLDER that were not drawn are the held-out set: printed are its accuracy, balanced accuracy and
-per-class recall after adaptation and zero-shot (the source run), and the accuracy on the BCCD originals' TEST
-crops before and after (never mixed in: what adapting cost on BCCD). `--json` prints the same as one JSON
-object. Errors are one line with exit code 2.
+rest of FOLDER is the held-out set: printed are its accuracy, balanced accuracy and per-class recall after
+adaptation and zero-shot (the source run), and the accuracy on the BCCD originals' TEST crops before and after
+(never mixed in: what adapting cost on BCCD). `--json` prints the same as one JSON object. Errors are one line
+with exit code 2.
 """
 
 from __future__ import annotations
@@ -251,12 +251,19 @@ def adapt(args, started: float, notes: list[str]) -> dict[str, Any]:
     return result
 
 
+def describe_recipe(recipe: dict[str, Any]) -> str:
+    """A recorded recipe (Recipe.describe, as adaptation.json holds it) in words."""
+    flips = {"flips": "the mean probability over the 4 flips of an image"}.get(recipe.get("eval_tta", "none"),
+                                                                               "one pass per image")
+    return (f"{recipe['steps']} steps of {recipe['optimizer']} at {recipe['learning_rate']:g}, batches of "
+            f"{recipe['batch_size']} ({recipe['drawn_per_batch']} drawn images, {recipe['bccd_per_batch']} BCCD), "
+            f"layers: {recipe['layers']}; the adapted run predicts {flips}")
+
+
 def format_result(r: dict[str, Any], out: str) -> str:
     held, zero = r["held_out"], r["zero_shot"]
-    recipe = r["recipe"]
     lines = [f"adapted {r['source']['run']} (variant {r['source']['variant']}, seeds {r['source']['seeds']}) to "
-             f"{r['labelled']}: {r['shots']} images per class, draw {r['draw']}; {recipe['steps']} steps of Adam at "
-             f"{recipe['learning_rate']:g}, {recipe['bccd_per_batch']} of every {recipe['batch_size']} images BCCD",
+             f"{r['labelled']}: {r['shots']} images per class, draw {r['draw']}; {describe_recipe(r['recipe'])}",
              f"held-out images {held['n_images']}: accuracy {held['accuracy']:.4f}, balanced accuracy "
              f"{held['balanced_accuracy']:.4f} (zero-shot: {zero['accuracy']:.4f}, {zero['balanced_accuracy']:.4f})",
              "", f"{'class':<12}{'recall':>10}{'zero-shot':>11}{'n':>6}"]

@@ -5,11 +5,11 @@
 
 Each (K, draw) is one `python -m bccd_jax.adapt --run RUN --labelled FOLDER --shots K --draw D`, run in this
 process (so its compilations are shared), its adapted run folder under `--runs-dir/K<k>-draw<d>` and its record
-(adaptation.json: held-out and zero-shot scores on the images of FOLDER that were not drawn, BCCD TEST before and
-after, wall time) gathered into `--out/few_shot.json`, written after every adaptation. A (K, draw) already there
-is kept, so the same command finishes a curve that was stopped. experiments.report renders the file as the section
-"Adapting to another lab from a few labelled cells": per K, the mean and range over draws of the held-out
-balanced accuracy beside zero-shot.
+(adaptation.json: held-out and zero-shot scores on the rest of FOLDER, BCCD TEST before and after, wall time)
+gathered into `--out/few_shot.json`, written after every adaptation. A (K, draw) already there is kept, so the
+same command finishes a curve that was stopped. experiments.report renders the file as the section "Adapting
+to another lab from a few labelled cells": per K, the mean and range over draws of the held-out balanced
+accuracy beside zero-shot.
 """
 
 from __future__ import annotations
@@ -108,25 +108,18 @@ def report_section(results_dir: str | Path) -> list[str]:
     return section_lines(read_json(path)) if path.exists() else []
 
 
-def describe_recipe(recipe: dict[str, Any]) -> str:
-    """adaptation.json's recipe (bccd_jax.adapt.Recipe.describe) in words."""
-    flips = {"flips": "the mean probability over the 4 flips of an image"}.get(recipe.get("eval_tta", "none"),
-                                                                               "one pass per image")
-    return (f"{recipe['steps']} steps of {recipe['optimizer']} at {recipe['learning_rate']:g}, batches of "
-            f"{recipe['batch_size']} ({recipe['drawn_per_batch']} drawn images, {recipe['bccd_per_batch']} BCCD), "
-            f"layers: {recipe['layers']}; the adapted run predicts {flips}")
-
-
 def section_lines(r: dict[str, Any]) -> list[str]:
     """The section's markdown from a few_shot.json object."""
     rows = curve(r.get("adaptations", {}))
     if not rows:
         return []
+    from bccd_jax.adapt import describe_recipe
+
     recipe = describe_recipe(next(iter(r["adaptations"].values()))["recipe"])
     lines = ["## Adapting to another lab from a few labelled cells", "",
              f"`python -m bccd_jax.adapt` on run `{r['run']}` with K images per class drawn from **{r['labelled']}** "
-             f"(`python -m experiments.few_shot`); each draw is evaluated on the images of the folder that were not "
-             f"drawn (held out), beside the run before adaptation on the same images (zero-shot). Recipe: {recipe}. "
+             "(`python -m experiments.few_shot`); each draw is evaluated on the rest of the folder (held out), "
+             f"beside the run before adaptation on the same images (zero-shot). Recipe: {recipe}. "
              "BCCD TEST: the embedded originals' TEST crops, never mixed in, before and after.", "",
              "| K per class | draws | held-out balanced accuracy, mean (min-max) | held-out accuracy | zero-shot "
              "balanced | held-out images | BCCD TEST before -> after | wall s (median) |",

@@ -1,7 +1,7 @@
 """`python -m bccd_jax.adapt`: the draw (reproducible, per class, disjoint from the held-out images), the
 class-balanced batches, and the command end to end on one tiny real run (32x40, 2 epochs, 2 seeds) adapted to
 the embedded originals' TEST crops laid out as a lab's class folders: a run folder comes out that predict and
-evaluate read, evaluated on exactly the images that were not drawn; every bad input is one line, exit 2."""
+evaluate read, evaluated on exactly the rest of the folder; every bad input is one line, exit 2."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def test_adapt_writes_a_run_that_evaluate_and_predict_read_tested_on_the_images_
     record = json.loads((out / "adaptation.json").read_text())
     assert record["held_out"] == held and record["drawn"] == drawn and record["shots"] == SHOTS
 
-    # evaluate reads the adapted run, and on the images not drawn it gives the held-out numbers; the source run
+    # evaluate reads the adapted run, and on the rest of the folder it gives the held-out numbers; the source run
     # gives the zero-shot ones
     rest = _held_out_folder(lab, drawn, tmp_path / "held_out")
     ev = _run("bccd_jax.evaluate", rest, "--run", out, "--out", tmp_path / "ev", env=env)
