@@ -23,6 +23,8 @@ time, to find what keeps BCCD's colours from deciding the class:
 - labs_stain:         labs on each image's H, E and residual stain amounts standardised (input_norm=stain)
 - labs_grey:          labs on grey images (the colour channels averaged)
 - labs_half:          labs with its colour transforms on half of the images (the others keep BCCD's colours)
+- saturation_grey:    saturation on grey images: no colour to learn, and none of labs' framing, blur or contrast
+                      changes: what grey input alone costs clean TEST and gives other labs
 
 A one-seed, 3-epoch screen of six of them (cpu protocol, 60x80; each run as `python -m experiments.recipe
 --data-dir DATA --variants best --crop cell --seeds 1 --epochs 3 --set input_norm=... augment.rot90=true
@@ -72,9 +74,10 @@ TRAIN = {
     "labs_stain": widened(**LABS),
     "labs_grey": widened(**LABS),
     "labs_half": widened(**dict(LABS, colour_p=0.5)),
+    "saturation_grey": widened(saturation=STRONG["saturation"]),
 }
 MODEL = {"density": dict(BEST_MODEL, input_norm="density"), "labs_stain": dict(BEST_MODEL, input_norm="stain"),
-         "labs_grey": dict(BEST_MODEL, grayscale=True)}
+         "labs_grey": dict(BEST_MODEL, grayscale=True), "saturation_grey": dict(BEST_MODEL, grayscale=True)}
 
 
 def variants(args) -> list[Variant]:
