@@ -55,7 +55,8 @@ RULE_REVISED = ("The rule was revised on 2026-12-07: until then it took the best
                 "folder alone, and results/model (cell_crops/saturation) was chosen that way; the lab-suite "
                 "requirement and the worse-of score were added after that model and the cell-crop variants it was "
                 "chosen among had been evaluated on the development folder; the candidates trained from then on "
-                "(the labs variants, labs_half, VGG16 on cell crops) were trained under the revised rule.")
+                "(the labs variants, labs_half, VGG16 on cell crops, saturation_grey) were trained under the revised "
+                "rule.")
 EXAMPLES_PER_CLASS = 4
 RESULTS_FILE = "other_labs.json"
 SECTION_DIR = "other_labs"
@@ -329,7 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--candidates", nargs="+", required=True, metavar="RUN_DIR[:VARIANT]",
                    help="run folders, each with the variant to compare (default: the one bccd_jax.evaluate takes)")
     p.add_argument("--dev", required=True, metavar="FOLDER", help="the labelled folder the rule selects on")
-    p.add_argument("--also", nargs="+", default=[], metavar="FOLDER", help="labelled folders reported, never selected on")
+    p.add_argument("--also", nargs="+", default=[], metavar="FOLDER",
+                   help="labelled folders reported, never selected on")
     p.add_argument("--out", required=True, help=f"folder for {RESULTS_FILE} and the figures")
     p.add_argument("--source", nargs="+", default=[], metavar="FOLDER=TEXT",
                    help="where a folder's images come from (lab, stain, licence, citation), for the report")
