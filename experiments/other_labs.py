@@ -371,14 +371,15 @@ def report_section(results_dir: str | Path) -> list[str]:
              + ". The rule, fixed in `experiments/other_labs.py`: " + r["rule"]["text"]
              + (" " + RULE_REVISED if r["rule"]["text"] == RULE else ""),
              *([""] + [f"- {n}: {text}" for n, text in r.get("sources", {}).items()] if r.get("sources") else []),
-             "", "| candidate | seeds | clean TEST (95% CI) | suite mean (95% CI) | lab-suite mean (95% CI) | "
+             "", "| candidate | seeds | epochs | clean TEST (95% CI) | suite mean (95% CI) | lab-suite mean (95% CI) | "
              + " | ".join(f"{n}{' (dev)' if n == r['dev'] else ''}: accuracy | {n}: balanced" for n in names)
-             + " | eligible |", "|---|---|---|---|---|" + "---|---|" * len(names) + "---|"]
+             + " | eligible |", "|---|---|---|---|---|---|" + "---|---|" * len(names) + "---|"]
     for c in r["candidates"]:
         t, s, lab = c["clean_test"], c["suite_mean"], c.get("lab_mean")
         cells = " | ".join(f"{c['folders'][n]['accuracy']:.3f} | {c['folders'][n]['balanced_accuracy']:.3f}"
                            for n in names)
-        lines.append(f"| {c['label']} (run `{c['run']}`) | {t['n_seeds']} | {format_ci(t['mean'], t['ci95'])} | "
+        lines.append(f"| {c['label']} (run `{c['run']}`) | {t['n_seeds']} | {c['checkpoint_epoch']} | "
+                     f"{format_ci(t['mean'], t['ci95'])} | "
                      f"{format_ci(s['mean'], s['ci95']) if s else '-'} | "
                      f"{format_ci(lab['mean'], lab['ci95']) if lab else '-'} | {cells} | "
                      f"{'yes' if c['eligible'] else 'no: ' + c['not_eligible_because']} |")

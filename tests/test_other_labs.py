@@ -199,9 +199,10 @@ def test_the_report_renders_the_section_from_other_labs_json_and_omits_it_withou
     assert "## Other labs' images" in text and other_labs.RULE in text
     assert "Development folder: **lab_a**; also evaluated: lab_b." in text
     assert "- lab_b: the embedded originals again, as a second lab" in text
+    assert "| candidate | seeds | epochs | clean TEST (95% CI) |" in text
     assert "| lab_a (dev): accuracy | lab_a: balanced | lab_b: accuracy | lab_b: balanced | eligible |" in text
     row = next(line for line in text.splitlines() if line.startswith("| optimizers/adam (run "))
-    assert f"`{run_dir.name}`) | 2 | " in row and "| no: 2 seeds (needs at least 5)" in row
+    assert f"`{run_dir.name}`) | 2 | 2 | " in row and "| no: 2 seeds (needs at least 5)" in row  # seeds, epochs
     assert "No model chosen: no candidate is eligible" in text
     links = [line[line.index("](") + 2:-1] for line in text.splitlines() if line.startswith("![")]
     assert len([p for p in links if p.startswith("other_labs/")]) == 4  # 2 confusion matrices, 2 example grids
