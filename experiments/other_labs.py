@@ -374,14 +374,18 @@ def report_section(results_dir: str | Path) -> list[str]:
              "", "| candidate | seeds | epochs | clean TEST (95% CI) | suite mean (95% CI) | lab-suite mean (95% CI) | "
              + " | ".join(f"{n}{' (dev)' if n == r['dev'] else ''}: accuracy | {n}: balanced" for n in names)
              + " | eligible |", "|---|---|---|---|---|---|" + "---|---|" * len(names) + "---|"]
+    def mean_cell(stat: Mapping[str, Any] | None, per_seed: str = "per_seed") -> str:
+        """A mean with its interval over seeds; a mean of one seed says so (its interval would have no width)."""
+        if not stat:
+            return "-"
+        return f"{stat['mean']:.3f} (one seed)" if len(stat[per_seed]) == 1 else format_ci(stat["mean"], stat["ci95"])
+
     for c in r["candidates"]:
-        t, s, lab = c["clean_test"], c["suite_mean"], c.get("lab_mean")
         cells = " | ".join(f"{c['folders'][n]['accuracy']:.3f} | {c['folders'][n]['balanced_accuracy']:.3f}"
                            for n in names)
-        lines.append(f"| {c['label']} (run `{c['run']}`) | {t['n_seeds']} | {c['checkpoint_epoch']} | "
-                     f"{format_ci(t['mean'], t['ci95'])} | "
-                     f"{format_ci(s['mean'], s['ci95']) if s else '-'} | "
-                     f"{format_ci(lab['mean'], lab['ci95']) if lab else '-'} | {cells} | "
+        lines.append(f"| {c['label']} (run `{c['run']}`) | {c['clean_test']['n_seeds']} | {c['checkpoint_epoch']} | "
+                     f"{mean_cell(c['clean_test'], 'acc_per_seed')} | {mean_cell(c['suite_mean'])} | "
+                     f"{mean_cell(c.get('lab_mean'))} | {cells} | "
                      f"{'yes' if c['eligible'] else 'no: ' + c['not_eligible_because']} |")
     localiser = [(c["label"], n, c["folders"][n]) for c in r["candidates"] for n in names
                  if c["folders"][n].get("localiser")]

@@ -212,12 +212,15 @@ def test_the_report_renders_the_section_from_other_labs_json_and_omits_it_withou
     written = json.loads((out / other_labs.RESULTS_FILE).read_text())
     written["candidates"][0]["folders"]["lab_a"].update(localiser={"one": 60, "several": 8, "none": 3},
                                                         accuracy_status_one=0.5)
+    written["candidates"][0]["suite_mean"] = {"per_seed": [0.7], "mean": 0.7, "ci95": [0.7, 0.7]}
     chosen = tmp_path / "chosen"
     (chosen / other_labs.SECTION_DIR).mkdir(parents=True)
     (chosen / other_labs.SECTION_DIR / other_labs.RESULTS_FILE).write_text(
         json.dumps(dict(written, choice="optimizers/adam", why="eligible: optimizers/adam")))
     lines = other_labs.report_section(chosen)
     assert "Chosen: **optimizers/adam** (eligible: optimizers/adam)." in lines
+    row = next(line for line in lines if line.startswith("| optimizers/adam (run "))
+    assert " | 0.700 (one seed) | " in row  # a suite run on one seed has no interval to show
     assert any(other_labs.RULE in line and other_labs.RULE_REVISED in line for line in lines)  # the rule and its history
     assert "- optimizers/adam on lab_a (71 images): localiser one 60, several 8, none 3; accuracy on status one " \
            "0.500" in lines
