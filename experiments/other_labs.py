@@ -374,6 +374,7 @@ def report_section(results_dir: str | Path) -> list[str]:
              "", "| candidate | seeds | epochs | clean TEST (95% CI) | suite mean (95% CI) | lab-suite mean (95% CI) | "
              + " | ".join(f"{n}{' (dev)' if n == r['dev'] else ''}: accuracy | {n}: balanced" for n in names)
              + " | eligible |", "|---|---|---|---|---|---|" + "---|---|" * len(names) + "---|"]
+
     def mean_cell(stat: Mapping[str, Any] | None, per_seed: str = "per_seed") -> str:
         """A mean with its interval over seeds; a mean of one seed says so (its interval would have no width)."""
         if not stat:

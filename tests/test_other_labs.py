@@ -221,7 +221,8 @@ def test_the_report_renders_the_section_from_other_labs_json_and_omits_it_withou
     assert "Chosen: **optimizers/adam** (eligible: optimizers/adam)." in lines
     row = next(line for line in lines if line.startswith("| optimizers/adam (run "))
     assert " | 0.700 (one seed) | " in row  # a suite run on one seed has no interval to show
-    assert any(other_labs.RULE in line and other_labs.RULE_REVISED in line for line in lines)  # the rule and its history
+    # the rule and its history
+    assert any(other_labs.RULE in line and other_labs.RULE_REVISED in line for line in lines)
     assert "- optimizers/adam on lab_a (71 images): localiser one 60, several 8, none 3; accuracy on status one " \
            "0.500" in lines
 
