@@ -12,10 +12,15 @@ optimizers.
   (in, out) in both: bccd_jax's parameters load as they are (`load_flax_params`).
 - `keras_optimizer(name, lr)`: SGD, RMSprop or Adam with Keras' defaults (no momentum; rho 0.9, epsilon 1e-7;
   beta 0.9 / 0.999, epsilon 1e-7) at the study's learning rate unless `lr` is given.
-- `compile_study(model, name, lr)`: that optimizer, Keras' categorical cross-entropy on the softmax output (for
-  integer labels: sparse_categorical_crossentropy) and accuracy. Keras computes this loss from probabilities
-  clipped to [1e-7, 1 - 1e-7], so one image's loss is at most -ln(1e-7) = 16.1 (and its gradient 0 beyond);
-  bccd_jax's loss is the log-softmax of the logits, unbounded. `logits_model` gives the logits, for that loss.
+- `compile_study(model, name, lr, loss)`: that optimizer, Keras' categorical cross-entropy (for integer labels:
+  sparse_categorical_crossentropy) and accuracy, the loss one of `LOSSES`:
+  - "probabilities" (the default): on the softmax output, as Keras 3 computes it on its JAX backend: from
+    probabilities clipped to [1e-7, 1 - 1e-7], so one image's loss is at most -ln(1e-7) = 16.1 and its gradient
+    is 0 beyond: a network whose every softmax saturates can never move again;
+  - "logits": from the logits (the model built with `softmax=False`), which is what Keras does on its TensorFlow
+    backend, the study's, for a softmax output (it takes the softmax's input "to prevent collapsing zero when
+    training"), and what bccd_jax's log-softmax loss is: unbounded, its gradient never 0.
+  `logits_model` gives the logits of either model.
 - Keras 3's RMSprop adds epsilon inside the square root, as optax (bccd_jax) does; standalone Keras 2 (keras
   2.0-2.3) added it outside, sqrt(v) + 1e-7. Keras' Adam adds epsilon to the square root of the uncorrected second
   moment: optax's Adam with epsilon / sqrt(1 - 0.999^t) at step t (tests/test_keras_peer.py).
@@ -35,6 +40,9 @@ from bccd_jax.models.cnn import feature_map_size
 
 BACKEND = "jax"
 KERAS_OPTIMIZERS = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam"}
+LOSSES = ("probabilities", "logits")
+"""Where Keras' cross-entropy is computed from: the clipped softmax probabilities (Keras 3 on JAX) or the logits (Keras
+on TensorFlow, bccd_jax)."""
 """bccd_jax's optimizer names -> Keras' classes."""
 assert set(KERAS_OPTIMIZERS) == set(OPTIMIZER_DEFAULT_LR)
 
@@ -71,8 +79,9 @@ def check_config(cfg: ModelConfig, hw: tuple[int, int]) -> ModelConfig:
     return cfg
 
 
-def keras_cnn(cfg: ModelConfig, hw: tuple[int, int], seed: int = 0):
-    """The Keras Sequential model of `cfg` at image size `hw`, its weights drawn after set_random_seed(seed)."""
+def keras_cnn(cfg: ModelConfig, hw: tuple[int, int], seed: int = 0, softmax: bool = True):
+    """The Keras Sequential model of `cfg` at image size `hw`, its weights drawn after set_random_seed(seed); without
+    `softmax` it ends at the logits (the same weights: the softmax layer has none)."""
     keras = import_keras()
     check_config(cfg, hw)
     keras.utils.set_random_seed(int(seed))
@@ -86,7 +95,9 @@ def keras_cnn(cfg: ModelConfig, hw: tuple[int, int], seed: int = 0):
     layers += [L.Flatten(), L.Dense(cfg.dense_features, activation="relu", kernel_initializer=init)]
     if cfg.dropout:
         layers.append(L.Dropout(cfg.dropout))
-    layers += [L.Dense(cfg.num_classes, kernel_initializer=init), L.Activation("softmax")]
+    layers.append(L.Dense(cfg.num_classes, kernel_initializer=init))
+    if softmax:
+        layers.append(L.Activation("softmax"))
     return keras.Sequential(layers, name=f"{cfg.arch}_{init}")
 
 
@@ -99,17 +110,28 @@ def keras_optimizer(name: str, learning_rate: float | None = None):
     return getattr(keras.optimizers, KERAS_OPTIMIZERS[name])(learning_rate=lr)
 
 
-def compile_study(model, optimizer: str, learning_rate: float | None = None):
-    """`model` compiled as the study trained: the optimizer, cross-entropy on the softmax, accuracy."""
-    model.compile(optimizer=keras_optimizer(optimizer, learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+def ends_in_softmax(model) -> bool:
+    keras = import_keras()
+    return isinstance(model.layers[-1], keras.layers.Activation)
+
+
+def compile_study(model, optimizer: str, learning_rate: float | None = None, loss: str = "probabilities"):
+    """`model` compiled as the study trained: the optimizer, cross-entropy from `loss` (one of LOSSES), accuracy."""
+    keras = import_keras()
+    if loss not in LOSSES:
+        raise UserError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    if ends_in_softmax(model) != (loss == "probabilities"):
+        raise UserError(f"the {loss} loss needs a model built with softmax={loss == 'probabilities'}")
+    model.compile(optimizer=keras_optimizer(optimizer, learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if loss == "logits"
+                  else "sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 
 def logits_model(model):
-    """A model sharing `model`'s layers that stops before the softmax: the logits."""
+    """`model`'s logits: a model sharing its layers that stops before the softmax (or `model` when it has none)."""
     keras = import_keras()
-    return keras.Model(model.inputs[0], model.layers[-2].output)
+    return keras.Model(model.inputs[0], model.layers[-2].output) if ends_in_softmax(model) else model
 
 
 def weighted_layers(model) -> list:

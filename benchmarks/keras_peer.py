@@ -6,18 +6,22 @@ bccd_jax's runs.
     python -m benchmarks.keras_peer --models deep --optimizers adam --inits glorot_uniform he_normal \\
         --seeds 0 1 --epochs 30 --data-dir DATA
     (the same command with --resume continues every run from its last finished epoch)
+    python -m benchmarks.keras_peer --optimizers rmsprop --loss probabilities logits --first-steps 40 --data-dir DATA
+    (each run's first 40 steps, batch by batch, into <out>/first-steps/)
 
-Each run is one (model, optimizer, initialiser, seed): benchmarks.keras_cnn's Keras model of the bccd_jax preset
-(plain Keras defaults, only the initialiser chosen), compiled with Keras' optimizer at the study's learning rate,
+Each run is one (model, optimizer, initialiser, loss, seed): benchmarks.keras_cnn's Keras model of the bccd_jax
+preset (plain Keras defaults, only the initialiser chosen), compiled with Keras' optimizer at the study's learning
+rate and the cross-entropy from the clipped probabilities (Keras 3 on JAX; `--loss logits`: from the logits, as
+Keras on TensorFlow computes it and bccd_jax does),
 trained one epoch per `model.fit` call (batch 32) on the uint8 TRAIN images that bccd_jax.data.load_dataset gives
 bccd_jax (the same resize, the same arrays), and evaluated on TEST after every epoch: Keras' `model.evaluate`
-(its loss from probabilities clipped to [1e-7, 1 - 1e-7], as the study saw it) and the cross-entropy of the
+(its compiled loss: from probabilities clipped to [1e-7, 1 - 1e-7] by default) and the cross-entropy of the
 logits as bccd_jax computes it (`test_loss_logits`). Keras' train loss and accuracy are its running means over
 the epoch's batches, dropout on, as bccd_jax's are. Seed k: keras.utils.set_random_seed(k) before the weights
 are drawn (Keras' generators, not bccd_jax's: the same seed numbers, not the same draws); each epoch's order of
 the TRAIN images is a permutation drawn from (k, epoch) (`epoch_order`), handed to `fit` in that order.
 
-Writes `<out>/<model>-<optimizer>-<init>-seed<k>.json` after every epoch (atomically: the run's settings, data
+Writes `<out>/<model>-<optimizer>-<init>[-logits]-seed<k>.json` after every epoch (atomically: the run's settings, data
 fingerprint, per-epoch history with wall times and load average, versions, hardware, the command with the data
 folder as $BCCD_DATA_DIR), and keeps its resume state in `<out>/checkpoints/<run>/` (git ignores it): the Keras
 model with its optimizer state (`model.save`), and state.json with the history and the Dropout layers' seed
@@ -41,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.keras_cnn import LOSSES
 from bccd_jax.config import INITS, OPTIMIZER_DEFAULT_LR, ModelConfig
 from bccd_jax.errors import ArgumentParser, UserError, run_cli
 from bccd_jax.files import write_json
@@ -52,6 +57,12 @@ KERAS_INITS = {keras_name: name for name, keras_name in INITS.items()}
 """Keras' initialiser names -> bccd_jax's ModelConfig.init."""
 STATE_FILE = "state.json"
 FORMAT = 1
+FIRST_STEPS = "first-steps"
+"""`<out>/first-steps/`: the first training steps of a run (`--first-steps`)."""
+PROBE = 256
+"""TEST images (the first, in bccd_jax's order) on which `--first-steps` follows the logits."""
+CLIP = 1e-7
+"""Keras' epsilon: its loss on probabilities clips them to [CLIP, 1 - CLIP]."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +74,12 @@ class PeerRun:
     init: str  # Keras' name
     seed: int
     batch_size: int = 32
+    loss: str = "probabilities"  # one of benchmarks.keras_cnn.LOSSES
 
     @property
     def name(self) -> str:
-        return f"{self.model}-{self.optimizer}-{self.init}-seed{self.seed}"
+        loss = "" if self.loss == "probabilities" else f"-{self.loss}"
+        return f"{self.model}-{self.optimizer}-{self.init}{loss}-seed{self.seed}"
 
     def model_config(self) -> ModelConfig:
         return ModelConfig.preset(self.model, init=KERAS_INITS[self.init])
@@ -75,13 +88,19 @@ class PeerRun:
         """What a resumed run must not change (the epochs may)."""
         return {"framework": "keras", "model": self.model, "init": self.init, "optimizer": self.optimizer,
                 "learning_rate": OPTIMIZER_DEFAULT_LR[self.optimizer], "batch_size": self.batch_size,
-                "seed": self.seed, "data": data}
+                "loss": self.loss, "seed": self.seed, "data": data}
+
+
+def settings_of(recorded: dict[str, Any]) -> dict[str, Any]:
+    """Recorded settings as this version writes them: files written before `loss` was a setting trained on the
+    clipped probabilities."""
+    return {"loss": "probabilities", **recorded}
 
 
 def runs_of(a: argparse.Namespace) -> list[PeerRun]:
     """The runs asked for, seed by seed: every arm's first seed finishes before any arm's second."""
-    return [PeerRun(m, o, i, s, a.batch_size) for s in a.seeds for m in a.models for o in a.optimizers
-            for i in a.inits]
+    return [PeerRun(m, o, i, s, a.batch_size, loss) for s in a.seeds for m in a.models for o in a.optimizers
+            for i in a.inits for loss in a.loss]
 
 
 # ----------------------------------------------------------------------------- state on disk
@@ -152,10 +171,18 @@ def provenance() -> dict[str, Any]:
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
+def fresh_model(run: PeerRun, hw: tuple[int, int]):
+    """The run's Keras model with its initial weights, compiled with its optimizer and loss."""
+    from benchmarks.keras_cnn import compile_study, keras_cnn
+
+    model = keras_cnn(run.model_config(), hw, run.seed, softmax=run.loss == "probabilities")
+    return compile_study(model, run.optimizer, loss=run.loss)
+
+
 def train_run(run: PeerRun, data, epochs: int, out: Path, resume: bool, eval_batch_size: int, command: str,
               log) -> Path:
     """Train `run` to `epochs` epochs (continuing its checkpoint with `resume`); its result file."""
-    from benchmarks.keras_cnn import compile_study, import_keras, keras_cnn, logits_model, set_seed_generator_states
+    from benchmarks.keras_cnn import import_keras, logits_model, set_seed_generator_states
 
     keras = import_keras()
     result, ckpt = out / f"{run.name}.json", out / "checkpoints" / run.name
@@ -167,7 +194,7 @@ def train_run(run: PeerRun, data, epochs: int, out: Path, resume: bool, eval_bat
         done = read_json(result)
         if not resume:
             raise UserError(f"{result} exists; pass --resume to continue or keep it, or choose another --out")
-        if done.get("settings") != settings:
+        if settings_of(done.get("settings", {})) != settings:
             raise UserError(f"{result} was trained with other settings; choose another --out")
         if len(done["history"]["epoch"]) >= epochs:
             log(f"{run.name}: {len(done['history']['epoch'])} epochs done")
@@ -178,8 +205,8 @@ def train_run(run: PeerRun, data, epochs: int, out: Path, resume: bool, eval_bat
         if not resume:
             raise UserError(f"{ckpt} holds a checkpoint at epoch {state['epoch']}; pass --resume to continue it, or "
                             "remove it to start afresh")
-        if state["settings"] != settings:
-            changed = sorted(k for k in settings if settings[k] != state["settings"].get(k))
+        if settings_of(state["settings"]) != settings:
+            changed = sorted(k for k in settings if settings[k] != settings_of(state["settings"]).get(k))
             raise UserError(f"{run.name}: the checkpoint was trained with other {', '.join(changed)}; "
                             f"choose another --out or remove {ckpt}")
         model = keras.models.load_model(ckpt / state["keras_file"])
@@ -187,7 +214,7 @@ def train_run(run: PeerRun, data, epochs: int, out: Path, resume: bool, eval_bat
         history, wall = state["history"], state["wall_s"]
         log(f"{run.name}: resuming after epoch {state['epoch']}")
     else:
-        model = compile_study(keras_cnn(run.model_config(), data.hw, run.seed), run.optimizer)
+        model = fresh_model(run, data.hw)
         history, wall = empty_history(), 0.0
     logits = logits_model(model)
     start = len(history["epoch"])
@@ -215,6 +242,48 @@ def train_run(run: PeerRun, data, epochs: int, out: Path, resume: bool, eval_bat
             f"TEST {row['test_acc']:.3f} / {row['test_loss']:.3f} ({row['train_s']:.0f} + {row['test_s']:.0f} s, "
             f"load {row['loadavg']:.1f})")
     return result
+
+
+def clipped_share(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The share of images whose true-class softmax probability lies outside [1e-7, 1 - 1e-7]: Keras' loss on
+    probabilities clips it there, so these images give that loss a gradient of exactly 0."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    p_true = p[np.arange(labels.size), labels]
+    return float(np.mean((p_true < CLIP) | (p_true > 1 - CLIP)))
+
+
+def first_steps(run: PeerRun, data, steps: int, out: Path, command: str, log) -> Path:
+    """The run's first `steps` training steps, one batch at a time (`train_on_batch` on the batches `fit` takes in
+    epoch 1): each batch's loss as the run computes it, and on the first PROBE TEST images after each step the mean
+    margin of the logits (largest minus second largest), the share with a clipped true-class probability
+    (`clipped_share`) and the accuracy. Written to `<out>/first-steps/<run>.json`: what a run does before its first
+    epoch ends, where the per-epoch history cannot see."""
+    from benchmarks.keras_cnn import logits_model
+
+    model = fresh_model(run, data.hw)
+    logits = logits_model(model)
+    order = epoch_order(run.seed, 0, data.train_y.size)[:steps * run.batch_size]
+    x, y = data.train_x[order], data.train_y[order]
+    px, py = data.test_x[:PROBE], data.test_y[:PROBE]
+    rows = {k: [] for k in ("step", "loss", "probe_margin", "probe_clipped", "probe_acc")}
+    for step in range(1, min(steps, -(-y.size // run.batch_size)) + 1):
+        batch = slice((step - 1) * run.batch_size, step * run.batch_size)
+        loss = model.train_on_batch(x[batch], y[batch], return_dict=True)["loss"]
+        z = np.asarray(logits.predict(px, batch_size=PROBE, verbose=0), np.float64)
+        top2 = np.sort(z, axis=1)[:, -2:]
+        for k, v in (("step", step), ("loss", float(loss)), ("probe_margin", float((top2[:, 1] - top2[:, 0]).mean())),
+                     ("probe_clipped", clipped_share(z, py)), ("probe_acc", float((z.argmax(1) == py).mean()))):
+            rows[k].append(v)
+        log(f"{run.name} step {step}: loss {rows['loss'][-1]:.3f}, TEST probe margin {rows['probe_margin'][-1]:.1f}, "
+            f"clipped {rows['probe_clipped'][-1]:.3f}, accuracy {rows['probe_acc'][-1]:.3f}")
+    path = out / FIRST_STEPS / f"{run.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"settings": run.settings(data.record), "steps": rows, "probe_images": int(py.size),
+                      "command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                      **provenance()})
+    return path
 
 
 # ----------------------------------------------------------------------------- data and CLI
@@ -250,6 +319,12 @@ def make_parser() -> ArgumentParser:
     p.add_argument("--inits", nargs="+", default=["glorot_uniform"], choices=sorted(KERAS_INITS),
                    help="Keras kernel initialiser (default glorot_uniform, Keras' own)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seed numbers (keras.utils.set_random_seed)")
+    p.add_argument("--loss", nargs="+", default=["probabilities"], choices=LOSSES,
+                   help="cross-entropy from the clipped softmax probabilities (Keras 3 on JAX, the default) or from "
+                        "the logits (Keras on TensorFlow, bccd_jax)")
+    p.add_argument("--first-steps", type=int, metavar="K",
+                   help="instead of training: record each run's first K steps (loss; margin, clipped share and "
+                        "accuracy on the first 256 TEST images) in <out>/first-steps/")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=256, help="TEST batch (does not change the numbers)")
@@ -266,6 +341,8 @@ def check_args(a: argparse.Namespace) -> tuple[int, int]:
     from benchmarks.keras_cnn import check_config
     from bccd_jax.data.sources import check_image_size
 
+    if a.first_steps is not None and a.first_steps < 1:
+        raise UserError(f"--first-steps must be >= 1, got {a.first_steps}")
     if a.epochs < 1 or a.batch_size < 1 or a.eval_batch_size < 1:
         raise UserError(f"--epochs, --batch-size and --eval-batch-size must be >= 1, got {a.epochs}, {a.batch_size}, "
                         f"{a.eval_batch_size}")
@@ -294,7 +371,10 @@ def main(argv=None) -> int:
     command = command_line(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     for run in runs_of(a):
-        print(train_run(run, data, a.epochs, a.out, a.resume, a.eval_batch_size, command, log))
+        if a.first_steps is not None:
+            print(first_steps(run, data, a.first_steps, a.out, command, log))
+        else:
+            print(train_run(run, data, a.epochs, a.out, a.resume, a.eval_batch_size, command, log))
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from benchmarks.keras_peer import FIRST_STEPS, settings_of
 from bccd_jax.config import INITS, OPTIMIZER_DEFAULT_LR, ModelConfig, left_chance
 from bccd_jax.errors import UserError
 from bccd_jax.metrics import mean_ci, welch_ci
@@ -35,6 +36,7 @@ class KerasArm:
     model: str
     optimizer: str
     init: str
+    loss: str  # what Keras' cross-entropy is computed from: "probabilities" (clipped) or "logits"
     settings: dict[str, Any]  # of its first seed, less the seed
     seeds: list[int]
     histories: list[dict[str, list]]  # per seed
@@ -42,7 +44,7 @@ class KerasArm:
 
     @property
     def label(self) -> str:
-        return f"{self.model}, {self.optimizer}, {self.init}"
+        return f"{self.model}, {self.optimizer}, {self.init}, {self.loss}"
 
     def curve(self, key: str, epochs: int) -> np.ndarray:
         """[epochs, seeds] of `key` (the TEST loss as bccd_jax computes it: from the logits)."""
@@ -62,9 +64,9 @@ def keras_arms(results_dir: str | Path) -> list[KerasArm]:
         if not {"settings", "epochs", "history"} <= set(r):
             raise UserError(f"{path} is not a result file of benchmarks.keras_peer (no settings, epochs or history); "
                             f"move it out of {SECTION_DIR}/")
-        s = r["settings"]
+        s = settings_of(r["settings"])
         key = repr({k: v for k, v in s.items() if k != "seed"})
-        arm = arms.setdefault(key, KerasArm(s["model"], s["optimizer"], s["init"],
+        arm = arms.setdefault(key, KerasArm(s["model"], s["optimizer"], s["init"], s["loss"],
                                             {k: v for k, v in s.items() if k != "seed"}, [], [], 0))
         if len(r["history"]["epoch"]) < r["epochs"]:
             arm.in_progress += 1
@@ -74,7 +76,7 @@ def keras_arms(results_dir: str | Path) -> list[KerasArm]:
     order = {m: i for i, m in enumerate(("base", "expanded", "deep"))}
     return sorted((a for a in arms.values() if a.seeds or a.in_progress),
                   key=lambda a: (order.get(a.model, 9), a.model, sorted(OPTIMIZER_DEFAULT_LR).index(a.optimizer)
-                                 if a.optimizer in OPTIMIZER_DEFAULT_LR else 9, a.init))
+                                 if a.optimizer in OPTIMIZER_DEFAULT_LR else 9, a.init, a.loss != "probabilities"))
 
 
 def same_training(arm: KerasArm, record, variant) -> bool:
@@ -125,14 +127,15 @@ def _peak(curve: np.ndarray) -> str:
 def arm_row(arm: KerasArm, match) -> str:
     """A table row: the arm against its bccd_jax variant at the last epoch both ran."""
     if match is None:
-        return (f"| {arm.optimizer} | {arm.init} | {len(arm.seeds)} | no bccd_jax run of this network among the "
-                "report's run folders | | | | | | | | |")
+        return (f"| {arm.optimizer} | {arm.init} | {arm.loss} | {len(arm.seeds)} | no bccd_jax run of this network "
+                "among the report's run folders | | | | | | | | |")
     where, r = match
     epochs = min(arm.epochs, r.epochs)
     k = {key: arm.curve(key, epochs) for key in CURVES}
     b = {key: r.curve(key)[:epochs] for key in CURVES}
     epoch_s = np.median([t for h in arm.histories for t in (h["train_s"][1:epochs] or h["train_s"][:1])])
-    return (f"| {arm.optimizer} | {arm.init} | {len(arm.seeds)} | `{where}` ({len(r.seeds)} seeds) | {epochs} | "
+    return (f"| {arm.optimizer} | {arm.init} | {arm.loss} | {len(arm.seeds)} | `{where}` ({len(r.seeds)} seeds) | "
+            f"{epochs} | "
             f"{_mean_ci(k['test_acc'][-1], 3)} | {_mean_ci(b['test_acc'][-1], 3)} | "
             f"{_difference(k['test_acc'][-1], b['test_acc'][-1], 3)} | "
             f"{_mean_ci(k['test_loss'][-1], 2)} | {_mean_ci(b['test_loss'][-1], 2)} | "
@@ -148,15 +151,21 @@ def curves_figure(model: str, arms: list[tuple[KerasArm, Any]], into: Path) -> P
 
     histories = {}
     vary_init = len({a.init for a, _ in arms}) > 1
+    vary_loss = len({a.loss for a, _ in arms}) > 1
     for arm, match in arms:
         if match is None:
             continue
         where, r = match
         epochs = min(arm.epochs, r.epochs)
         name = ", ".join(part for part, varies in ((arm.optimizer, True), (arm.init, vary_init)) if varies)
-        histories[f"{name}: Keras"] = {"epoch": list(range(1, epochs + 1)),
+        keras = f"Keras on {arm.loss}" if vary_loss else "Keras"
+        if (name_b := f"{name}: bccd_jax") in histories:  # one bccd_jax curve for the arms that differ in loss only
+            histories[f"{name}: {keras}"] = {"epoch": list(range(1, epochs + 1)),
+                                             **{key: arm.curve(key, epochs).tolist() for key in CURVES}}
+            continue
+        histories[f"{name}: {keras}"] = {"epoch": list(range(1, epochs + 1)),
                                        **{key: arm.curve(key, epochs).tolist() for key in CURVES}}
-        histories[f"{name}: bccd_jax"] = {"epoch": list(range(1, epochs + 1)),
+        histories[name_b] = {"epoch": list(range(1, epochs + 1)),
                                           **{key: r.curve(key)[:epochs].tolist() for key in CURVES}}
     if not histories:
         return None
@@ -183,6 +192,12 @@ def peer_section(results_dir: str | Path, latest: Mapping) -> list[str]:
              "framework draws its own initial weights, batch order and dropout masks, so the two are compared as "
              "independent samples. TEST loss: the cross-entropy of the logits, as bccd_jax computes it (Keras' own "
              "clips probabilities at 1e-7, capping an image's loss at 16.1; the result files keep both).", "",
+             "Keras loss: what Keras trains on. \"probabilities\": Keras 3 on its JAX backend computes the "
+             "cross-entropy of a softmax output from its probabilities clipped to [1e-7, 1 - 1e-7], whose gradient "
+             "is exactly 0 for an image whose true-class probability lies outside that range; \"logits\" "
+             "(`--loss logits`): from the logits, as Keras on its TensorFlow backend (the study's) computes it for a "
+             "softmax output, and as bccd_jax does (tests/test_keras_peer.py: on a saturated network Keras' step on "
+             "probabilities moves no weight, its step on logits is bccd_jax's).", "",
              "Each table compares the two at epoch E, the last both ran: means over seeds with a 95 % t-interval, "
              "Keras minus bccd_jax with Welch's 95 % interval; the peak of the mean TEST accuracy curve over "
              "epochs 1..E; the seeds whose training accuracy had not reached 0.40 by epoch E (stuck at chance); "
@@ -191,14 +206,40 @@ def peer_section(results_dir: str | Path, latest: Mapping) -> list[str]:
         rows = [(a, bccd_match(a, latest)) for a in arms if a.model == model]
         waiting = sum(a.in_progress for a, _ in rows)
         lines += ["", f"### The {model} CNN", "",
-                  "| optimizer | init | Keras seeds | bccd_jax run | E | TEST acc Keras | TEST acc bccd_jax | "
+                  "| optimizer | init | Keras loss | Keras seeds | bccd_jax run | E | TEST acc Keras | "
+                  "TEST acc bccd_jax | "
                   "Keras - bccd_jax | TEST loss Keras | TEST loss bccd_jax | Keras - bccd_jax | "
                   "peak mean TEST acc Keras / bccd_jax | stuck seeds Keras / bccd_jax | Keras s/epoch |",
-                  "|---|---|---:|---|---:|---|---|---|---|---|---|---|---|---:|"]
+                  "|---|---|---|---:|---|---:|---|---|---|---|---|---|---|---|---:|"]
         lines += [arm_row(a, m) for a, m in rows if a.seeds]
         if waiting:
             lines += ["", f"Keras runs still training (not in the table): {waiting}."]
         figure = curves_figure(model, [(a, m) for a, m in rows if a.seeds], into)
         if figure is not None:
             lines += ["", f"![{model}: Keras beside bccd_jax]({SECTION_DIR}/{figure.name})"]
-    return lines + [""]
+    return lines + first_steps_lines(results_dir) + [""]
+
+
+def first_steps_lines(results_dir: str | Path) -> list[str]:
+    """A table of the `--first-steps` files (`<results_dir>/keras_peer/first-steps/*.json`): what each run did in its
+    first training steps, before the per-epoch history sees it."""
+    paths = sorted((Path(results_dir) / SECTION_DIR / FIRST_STEPS).glob("*.json"))
+    if not paths:
+        return []
+    lines = ["", "### The first training steps", "",
+             "`python -m benchmarks.keras_peer --first-steps K` trains a run's first K batches one at a time (the "
+             "batches of its first epoch) and follows the logits on the first TEST images after each: their mean "
+             "margin (largest logit minus the second), the share whose true-class probability Keras' loss on "
+             "probabilities clips (and so gives no gradient), and the accuracy. Columns: at steps 1, 2 and K.", "",
+             "| model, optimizer, init | Keras loss | seed | K | batch loss | TEST margin | TEST clipped share | "
+             "TEST accuracy | first step with every TEST image clipped |", "|---|---|---:|---:|---|---|---|---|---:|"]
+    for path in paths:
+        r = read_json(path)
+        s, st = settings_of(r["settings"]), r["steps"]
+        at = [0, 1, len(st["step"]) - 1] if len(st["step"]) > 2 else list(range(len(st["step"])))
+        cells = [" / ".join(f"{st[key][i]:.{d}f}" for i in at)
+                 for key, d in (("loss", 2), ("probe_margin", 1), ("probe_clipped", 2), ("probe_acc", 3))]
+        full = next((step for step, c in zip(st["step"], st["probe_clipped"]) if c == 1.0), None)
+        lines.append(f"| {s['model']}, {s['optimizer']}, {s['init']} | {s['loss']} | {s['seed']} | {len(st['step'])} | "
+                     + " | ".join(cells) + f" | {full if full is not None else 'none'} |")
+    return lines

@@ -138,6 +138,68 @@ def test_one_rmsprop_and_adam_step_as_keras_takes_them():
         assert max(float(d.max()) for d in jax.tree.leaves(step_diff)) > 1e-6  # and not everywhere: the epsilon
 
 
+def test_a_saturated_softmax_stops_keras_on_probabilities_and_not_on_logits():
+    """Why Keras' RMSProp base CNN never leaves chance where bccd_jax's learns: once every softmax saturates, Keras 3's
+    loss on probabilities (clipped to [1e-7, 1 - 1e-7]) has a gradient of exactly 0, so no step moves the weights;
+    from the logits (Keras on TensorFlow, bccd_jax) the gradient stays, and Keras' step is bccd_jax's."""
+    x, y = batch(2)
+    cfg = ModelConfig.preset("base")
+    _, fns, state = bccd_state(cfg, "sgd", x)
+    # the output layer scaled up until every true-class probability is clipped (logit margins in the hundreds)
+    params = {**state.params, "Dense_1": {**state.params["Dense_1"],
+                                          "kernel": state.params["Dense_1"]["kernel"] * 3e4}}
+    state = state.replace(params=params)
+    on_probabilities = compile_study(keras_cnn(cfg, HW), "sgd")
+    load_flax_params(on_probabilities, params)
+    from benchmarks.keras_peer import clipped_share
+
+    assert clipped_share(np.asarray(logits_model(on_probabilities)(x)), y) == 1.0
+    on_probabilities.train_on_batch(x, y)
+    assert max_abs_diff(on_probabilities, params) == 0.0  # not one weight moved
+
+    on_logits = compile_study(keras_cnn(cfg, HW, softmax=False), "sgd", loss="logits")
+    load_flax_params(on_logits, params)
+    on_logits.train_on_batch(x, y)
+    new_params, _ = bccd_step(fns, state, x, y)
+    assert max_abs_diff(on_logits, params) > 1e-3
+    assert_same_step(on_logits, params, new_params)
+
+
+def test_first_steps_and_the_logits_loss_from_the_command_line(tmp_path, capsys):
+    """--first-steps records a run's first steps batch by batch; --loss logits trains and names its own files; a loss
+    and a model that do not fit together are one line."""
+    from benchmarks.keras_peer import main
+    from bccd_jax.errors import UserError, run_cli
+
+    args = ["--optimizers", "rmsprop", "--seeds", "0", "--dataset", "originals", "--image-size", *map(str, HW),
+            "--out", str(tmp_path)]
+    assert run_cli(main, [*args, "--loss", "probabilities", "logits", "--first-steps", "3"]) == 0
+    for name in ("base-rmsprop-glorot_uniform-seed0", "base-rmsprop-glorot_uniform-logits-seed0"):
+        r = json.loads((tmp_path / "first-steps" / f"{name}.json").read_text())
+        assert r["steps"]["step"] == [1, 2, 3]
+        assert r["probe_images"] == min(256, r["settings"]["data"]["splits"]["test"])
+        assert all(0.0 <= v <= 1.0 for v in r["steps"]["probe_clipped"] + r["steps"]["probe_acc"])
+        assert r["settings"]["loss"] == ("logits" if "logits" in name else "probabilities")
+    assert run_cli(main, [*args, "--loss", "logits", "--epochs", "1"]) == 0
+    r = json.loads((tmp_path / "base-rmsprop-glorot_uniform-logits-seed0.json").read_text())
+    # evaluated from the logits, Keras' TEST loss is bccd_jax's
+    assert r["history"]["test_loss"][0] == pytest.approx(r["history"]["test_loss_logits"][0], rel=1e-5)
+    assert run_cli(main, [*args, "--first-steps", "0"]) == 2
+    assert "--first-steps" in capsys.readouterr().err
+    with pytest.raises(UserError, match="softmax=False"):
+        compile_study(keras_cnn(ModelConfig.preset("base"), HW), "sgd", loss="logits")
+
+
+def test_a_result_file_from_before_the_loss_setting_resumes_as_probabilities():
+    from benchmarks.keras_peer import PeerRun, settings_of
+
+    run = PeerRun("base", "sgd", "glorot_uniform", 0)
+    recorded = {k: v for k, v in run.settings({"dataset": "augmented"}).items() if k != "loss"}
+    assert settings_of(recorded) == run.settings({"dataset": "augmented"})
+    assert settings_of(recorded) != PeerRun("base", "sgd", "glorot_uniform", 0, loss="logits").settings(
+        {"dataset": "augmented"})
+
+
 def test_peer_run_resumes_exactly_and_refuses_bad_input(tmp_path, capsys):
     """Two epochs of the deep CNN (dropout on) in one go, and one epoch then --resume, give the same history."""
     from benchmarks.keras_peer import main

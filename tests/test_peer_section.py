@@ -27,7 +27,8 @@ def keras_file(out: Path, settings: dict, seed: int, epochs: int, done: int, tes
                "train_acc": [0.3 + 0.1 * e for e in n], "test_loss": [1.2 - 0.1 * e for e in n],
                "test_acc": test_acc[:done], "test_loss_logits": [1.25 - 0.1 * e for e in n],
                "train_s": [30.0 + e for e in n], "test_s": [3.0] * done, "loadavg": [2.0] * done}
-    name = f"{settings['model']}-{settings['optimizer']}-{settings['init']}-seed{seed}.json"
+    loss = "-logits" if settings.get("loss") == "logits" else ""
+    name = f"{settings['model']}-{settings['optimizer']}-{settings['init']}{loss}-seed{seed}.json"
     (out / name).write_text(json.dumps({"settings": {**settings, "seed": seed}, "epochs": epochs,
                                         "history": history}))
 
@@ -55,18 +56,30 @@ def test_keras_arms_beside_the_bccd_jax_run_of_the_same_network(run_dir, tmp_pat
     keras_file(results / SECTION_DIR, {**adam, "optimizer": "sgd", "learning_rate": 0.01}, 0, 3, 3, [0.3] * 3)
     keras_file(results / SECTION_DIR, {**adam, "data": {**data, "fingerprint": "other"}, "model": "deep"}, 0, 3, 3,
                [0.3] * 3)
+    keras_file(results / SECTION_DIR, {**adam, "loss": "logits"}, 0, 3, 3, [0.5, 0.6, 0.65])  # a file with the loss
+    (results / SECTION_DIR / "first-steps").mkdir()
+    (results / SECTION_DIR / "first-steps" / "base-adam-glorot_uniform-seed0.json").write_text(json.dumps(
+        {"settings": {**adam, "seed": 0}, "probe_images": 71,
+         "steps": {"step": [1, 2, 3, 4], "loss": [1.4, 9.6, 12.1, 12.0], "probe_margin": [6.3, 41.6, 41.6, 41.6],
+                   "probe_clipped": [0.2, 1.0, 1.0, 1.0], "probe_acc": [0.25, 0.25, 0.25, 0.25]}}))
 
     lines = peer_section(results, latest)
     text = "\n".join(lines)
-    row = next(ln for ln in lines if ln.startswith("| adam |"))  # the base CNN's table comes first
+    row = next(ln for ln in lines if ln.startswith("| adam | glorot_uniform | probabilities |"))  # base comes first
     bccd = RunFolder(run_dir).results()["adam"]
     assert bccd.epochs == 2 and f"`{run_dir.name}/adam` (2 seeds) | 2 |" in row  # E: the 2 epochs both ran
     d, (lo, hi) = welch_ci([0.55, 0.50], bccd.curve("test_acc")[1])
     assert f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" in row
     assert "0.525 (epoch 2) /" in row  # Keras' mean TEST curve peaks at epoch 2 of the 2 compared
     assert "| 0 of 2 / " in row and row.endswith("| 31 |")  # no Keras seed stuck; its second epochs took 31 s
-    assert "| sgd | glorot_uniform | 1 | no bccd_jax run of this network" in text  # the run has no SGD variant
-    assert "### The deep CNN" in text and "| adam | glorot_uniform | 1 | no bccd_jax run" in text  # other data
+    assert "| sgd | glorot_uniform | probabilities | 1 | no bccd_jax run of this network" in text  # no SGD variant
+    assert "### The deep CNN" in text and "| adam | glorot_uniform | probabilities | 1 | no bccd_jax run" in text
+    # a file without a loss setting trained on probabilities; the logits arm is its own row, beside the same run
+    logits_row = next(ln for ln in lines if ln.startswith("| adam | glorot_uniform | logits | 1 |"))
+    assert f"`{run_dir.name}/adam` (2 seeds) | 2 | 0.600 |" in logits_row
+    assert lines.index(logits_row) == lines.index(row) + 1
+    assert "| base, adam, glorot_uniform | probabilities | 0 | 4 | 1.40 / 9.60 / 12.00 | 6.3 / 41.6 / 41.6 | " \
+           "0.20 / 1.00 / 1.00 | 0.250 / 0.250 / 0.250 | 2 |" in text
     assert "Keras runs still training (not in the table): 1." in text
     assert (results / SECTION_DIR / "base-curves.png").is_file()
     assert not (results / SECTION_DIR / "deep-curves.png").exists()  # nothing to draw beside
