@@ -60,7 +60,8 @@ FORMAT = 1
 FIRST_STEPS = "first-steps"
 """`<out>/first-steps/`: the first training steps of a run (`--first-steps`)."""
 PROBE = 256
-"""TEST images (the first, in bccd_jax's order) on which `--first-steps` follows the logits."""
+"""TEST images on which `--first-steps` follows the logits: evenly spaced over bccd_jax's TEST order, which runs class
+by class, so every class is there in its share (`probe_indices`)."""
 CLIP = 1e-7
 """Keras' epsilon: its loss on probabilities clips them to [CLIP, 1 - CLIP]."""
 
@@ -254,10 +255,15 @@ def clipped_share(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean((p_true < CLIP) | (p_true > 1 - CLIP)))
 
 
+def probe_indices(n: int) -> np.ndarray:
+    """PROBE indices evenly spaced over n TEST images (all of them when n <= PROBE)."""
+    return np.unique(np.linspace(0, n - 1, min(PROBE, n)).round().astype(int))
+
+
 def first_steps(run: PeerRun, data, steps: int, out: Path, command: str, log) -> Path:
     """The run's first `steps` training steps, one batch at a time (`train_on_batch` on the batches `fit` takes in
-    epoch 1): each batch's loss as the run computes it, and on the first PROBE TEST images after each step the mean
-    margin of the logits (largest minus second largest), the share with a clipped true-class probability
+    epoch 1): each batch's loss as the run computes it, and on PROBE TEST images (`probe_indices`) after each step
+    the mean margin of the logits (largest minus second largest), the share with a clipped true-class probability
     (`clipped_share`) and the accuracy. Written to `<out>/first-steps/<run>.json`: what a run does before its first
     epoch ends, where the per-epoch history cannot see."""
     from benchmarks.keras_cnn import logits_model
@@ -266,7 +272,8 @@ def first_steps(run: PeerRun, data, steps: int, out: Path, command: str, log) ->
     logits = logits_model(model)
     order = epoch_order(run.seed, 0, data.train_y.size)[:steps * run.batch_size]
     x, y = data.train_x[order], data.train_y[order]
-    px, py = data.test_x[:PROBE], data.test_y[:PROBE]
+    probe = probe_indices(data.test_y.size)
+    px, py = data.test_x[probe], data.test_y[probe]
     rows = {k: [] for k in ("step", "loss", "probe_margin", "probe_clipped", "probe_acc")}
     for step in range(1, min(steps, -(-y.size // run.batch_size)) + 1):
         batch = slice((step - 1) * run.batch_size, step * run.batch_size)

@@ -228,8 +228,8 @@ def first_steps_lines(results_dir: str | Path) -> list[str]:
         return []
     lines = ["", "### The first training steps", "",
              "`python -m benchmarks.keras_peer --first-steps K` trains a run's first K batches one at a time (the "
-             "batches of its first epoch) and follows the logits on the first TEST images after each: their mean "
-             "margin (largest logit minus the second), the share whose true-class probability Keras' loss on "
+             "batches of its first epoch) and follows the logits on 256 TEST images evenly spaced over the classes "
+             "after each: their mean margin (largest logit minus the second), the share whose true-class probability Keras' loss on "
              "probabilities clips (and so gives no gradient), and the accuracy. Columns: at steps 1, 2 and K.", "",
              "| model, optimizer, init | Keras loss | seed | K | batch loss | TEST margin | TEST clipped share | "
              "TEST accuracy | first step with every TEST image clipped |", "|---|---|---:|---:|---|---|---|---|---:|"]

@@ -168,7 +168,7 @@ def test_a_saturated_softmax_stops_keras_on_probabilities_and_not_on_logits():
 def test_first_steps_and_the_logits_loss_from_the_command_line(tmp_path, capsys):
     """--first-steps records a run's first steps batch by batch; --loss logits trains and names its own files; a loss
     and a model that do not fit together are one line."""
-    from benchmarks.keras_peer import main
+    from benchmarks.keras_peer import main, probe_indices
     from bccd_jax.errors import UserError, run_cli
 
     args = ["--optimizers", "rmsprop", "--seeds", "0", "--dataset", "originals", "--image-size", *map(str, HW),
@@ -180,6 +180,8 @@ def test_first_steps_and_the_logits_loss_from_the_command_line(tmp_path, capsys)
         assert r["probe_images"] == min(256, r["settings"]["data"]["splits"]["test"])
         assert all(0.0 <= v <= 1.0 for v in r["steps"]["probe_clipped"] + r["steps"]["probe_acc"])
         assert r["settings"]["loss"] == ("logits" if "logits" in name else "probabilities")
+    # the probe spans TEST, whose order runs class by class: every class is in it
+    assert probe_indices(2487).size == 256 and probe_indices(2487)[[0, -1]].tolist() == [0, 2486]
     assert run_cli(main, [*args, "--loss", "logits", "--epochs", "1"]) == 0
     r = json.loads((tmp_path / "base-rmsprop-glorot_uniform-logits-seed0.json").read_text())
     # evaluated from the logits, Keras' TEST loss is bccd_jax's
