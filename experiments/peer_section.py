@@ -230,7 +230,10 @@ def first_steps_lines(results_dir: str | Path) -> list[str]:
              "`python -m benchmarks.keras_peer --first-steps K` trains a run's first K batches one at a time (the "
              "batches of its first epoch) and follows the logits on 256 TEST images evenly spaced over the classes "
              "after each: their mean margin (largest logit minus the second), the share whose true-class probability Keras' loss on "
-             "probabilities clips (and so gives no gradient), and the accuracy. Columns: at steps 1, 2 and K.", "",
+             "probabilities clips (and so gives no gradient), and the accuracy. Columns: at steps 1, 2 and K. On a "
+             "batch whose every image is clipped that loss's gradient is exactly 0: SGD and RMSProp (no momentum) "
+             "then take a step of exactly 0, and once no batch has an unclipped image the network never moves again; "
+             "Adam's first moment keeps moving the weights after the gradient stops.", "",
              "| model, optimizer, init | Keras loss | seed | K | batch loss | TEST margin | TEST clipped share | "
              "TEST accuracy | first step with every TEST image clipped |", "|---|---|---:|---:|---|---|---|---|---:|"]
     for path in paths:
