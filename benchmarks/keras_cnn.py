@@ -17,9 +17,11 @@ optimizers.
   - "probabilities" (the default): on the softmax output, as Keras 3 computes it on its JAX backend: from
     probabilities clipped to [1e-7, 1 - 1e-7], so one image's loss is at most -ln(1e-7) = 16.1 and its gradient
     is 0 beyond: a network whose every softmax saturates can never move again;
-  - "logits": from the logits (the model built with `softmax=False`), which is what Keras does on its TensorFlow
-    backend, the study's, for a softmax output (it takes the softmax's input "to prevent collapsing zero when
-    training"), and what bccd_jax's log-softmax loss is: unbounded, its gradient never 0.
+  - "logits": from the logits (the model built with `softmax=False`), which is what tf.keras and Keras 3 on its
+    TensorFlow backend do for a softmax output in a compiled graph (they take the softmax's input "to prevent
+    collapsing zero when training"), and what bccd_jax's log-softmax loss is: unbounded, its gradient never 0.
+    Standalone Keras 2.2 on TensorFlow clipped probabilities, as Keras 3 on JAX does; the study does not name its
+    Keras version, so both are run.
   `logits_model` gives the logits of either model.
 - Keras 3's RMSprop adds epsilon inside the square root, as optax (bccd_jax) does; standalone Keras 2 (keras
   2.0-2.3) added it outside, sqrt(v) + 1e-7. Keras' Adam adds epsilon to the square root of the uncorrected second
@@ -41,8 +43,8 @@ from bccd_jax.models.cnn import feature_map_size
 BACKEND = "jax"
 KERAS_OPTIMIZERS = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam"}
 LOSSES = ("probabilities", "logits")
-"""Where Keras' cross-entropy is computed from: the clipped softmax probabilities (Keras 3 on JAX) or the logits (Keras
-on TensorFlow, bccd_jax)."""
+"""Where Keras' cross-entropy is computed from: the clipped softmax probabilities (Keras 3 on JAX, standalone Keras 2.2)
+or the logits (tf.keras, Keras 3 on TensorFlow, bccd_jax)."""
 """bccd_jax's optimizer names -> Keras' classes."""
 assert set(KERAS_OPTIMIZERS) == set(OPTIMIZER_DEFAULT_LR)
 

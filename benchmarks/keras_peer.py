@@ -12,7 +12,7 @@ bccd_jax's runs.
 Each run is one (model, optimizer, initialiser, loss, seed): benchmarks.keras_cnn's Keras model of the bccd_jax
 preset (plain Keras defaults, only the initialiser chosen), compiled with Keras' optimizer at the study's learning
 rate and the cross-entropy from the clipped probabilities (Keras 3 on JAX; `--loss logits`: from the logits, as
-Keras on TensorFlow computes it and bccd_jax does),
+tf.keras and Keras 3 on TensorFlow compute it for a softmax output, and bccd_jax does),
 trained one epoch per `model.fit` call (batch 32) on the uint8 TRAIN images that bccd_jax.data.load_dataset gives
 bccd_jax (the same resize, the same arrays), and evaluated on TEST after every epoch: Keras' `model.evaluate`
 (its compiled loss: from probabilities clipped to [1e-7, 1 - 1e-7] by default) and the cross-entropy of the
@@ -328,7 +328,7 @@ def make_parser() -> ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seed numbers (keras.utils.set_random_seed)")
     p.add_argument("--loss", nargs="+", default=["probabilities"], choices=LOSSES,
                    help="cross-entropy from the clipped softmax probabilities (Keras 3 on JAX, the default) or from "
-                        "the logits (Keras on TensorFlow, bccd_jax)")
+                        "the logits (tf.keras, Keras 3 on TensorFlow, bccd_jax)")
     p.add_argument("--first-steps", type=int, metavar="K",
                    help="instead of training: record each run's first K steps (loss; margin, clipped share and "
                         "accuracy on the first 256 TEST images) in <out>/first-steps/")

@@ -195,9 +195,10 @@ def peer_section(results_dir: str | Path, latest: Mapping) -> list[str]:
              "Keras loss: what Keras trains on. \"probabilities\": Keras 3 on its JAX backend computes the "
              "cross-entropy of a softmax output from its probabilities clipped to [1e-7, 1 - 1e-7], whose gradient "
              "is exactly 0 for an image whose true-class probability lies outside that range; \"logits\" "
-             "(`--loss logits`): from the logits, as Keras on its TensorFlow backend (the study's) computes it for a "
+             "(`--loss logits`): from the logits, as tf.keras and Keras 3 on its TensorFlow backend compute it for a "
              "softmax output, and as bccd_jax does (tests/test_keras_peer.py: on a saturated network Keras' step on "
-             "probabilities moves no weight, its step on logits is bccd_jax's).", "",
+             "probabilities moves no weight, its step on logits is bccd_jax's). Standalone Keras 2.2 on TensorFlow "
+             "clipped probabilities too; the study does not name its Keras version.", "",
              "Each table compares the two at epoch E, the last both ran: means over seeds with a 95 % t-interval, "
              "Keras minus bccd_jax with Welch's 95 % interval; the peak of the mean TEST accuracy curve over "
              "epochs 1..E; the seeds whose training accuracy had not reached 0.40 by epoch E (stuck at chance); "
@@ -229,7 +230,8 @@ def first_steps_lines(results_dir: str | Path) -> list[str]:
     lines = ["", "### The first training steps", "",
              "`python -m benchmarks.keras_peer --first-steps K` trains a run's first K batches one at a time (the "
              "batches of its first epoch) and follows the logits on 256 TEST images evenly spaced over the classes "
-             "after each: their mean margin (largest logit minus the second), the share whose true-class probability Keras' loss on "
+             "after each: their mean margin (largest logit minus the second), the share whose true-class "
+             "probability Keras' loss on "
              "probabilities clips (and so gives no gradient), and the accuracy. Columns: at steps 1, 2 and K. On a "
              "batch whose every image is clipped that loss's gradient is exactly 0: SGD and RMSProp (no momentum) "
              "then take a step of exactly 0, and once no batch has an unclipped image the network never moves again; "

@@ -141,7 +141,7 @@ def test_one_rmsprop_and_adam_step_as_keras_takes_them():
 def test_a_saturated_softmax_stops_keras_on_probabilities_and_not_on_logits():
     """Why Keras' RMSProp base CNN never leaves chance where bccd_jax's learns: once every softmax saturates, Keras 3's
     loss on probabilities (clipped to [1e-7, 1 - 1e-7]) has a gradient of exactly 0, so no step moves the weights;
-    from the logits (Keras on TensorFlow, bccd_jax) the gradient stays, and Keras' step is bccd_jax's."""
+    from the logits (tf.keras, bccd_jax) the gradient stays, and Keras' step is bccd_jax's."""
     x, y = batch(2)
     cfg = ModelConfig.preset("base")
     _, fns, state = bccd_state(cfg, "sgd", x)
