@@ -68,7 +68,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _quiet_after_error() -> None:
-    """The process ends after its one error line: silence what library threads report while it shuts down (a
+    """The process ends with its one error line: from just before it, silence what library threads report while it
+    shuts down (a
     TensorStore read of a damaged checkpoint calls back into an event loop already closed: "RuntimeError: Event
     loop is closed", printed through sys.excepthook from a native thread, or through threading.excepthook), and the
     "Exception ignored in ..." of garbage-collected coroutines."""
@@ -79,27 +80,56 @@ def _quiet_after_error() -> None:
     threading.excepthook = lambda args: None
 
 
+def _is_closed_loop_callback(exc: BaseException | None) -> bool:
+    return type(exc) is RuntimeError and str(exc) == "Event loop is closed"
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """From the start of a command, sys.excepthook and threading.excepthook drop one error and pass every other on:
+    a native TensorStore thread calling back into an event loop that a failed checkpoint read has closed. It can
+    fire at any moment after that read, before or while the error line prints, so silencing after the line
+    (`_quiet_after_error`) cannot catch it alone."""
+    import threading
+
+    if getattr(sys.excepthook, "drops_closed_loop_callbacks", False):
+        return
+    sys_hook, thread_hook = sys.excepthook, threading.excepthook
+
+    def excepthook(exc_type, exc, tb):
+        if not _is_closed_loop_callback(exc):
+            sys_hook(exc_type, exc, tb)
+
+    def thread_excepthook(args):
+        if not _is_closed_loop_callback(args.exc_value):
+            thread_hook(args)
+
+    excepthook.drops_closed_loop_callbacks = True
+    sys.excepthook, threading.excepthook = excepthook, thread_excepthook
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Call `main(argv)`; turn UserError (and KeyboardInterrupt) into one stderr line and exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
+    else:
+        _drop_closed_loop_callbacks()
     try:
         return int(main(args) or 0)
     except UserError as e:
         if debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        if not debug:
+        else:
             _quiet_after_error()
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # a disk or folder problem below a caller that did not expect one
         if debug:
             traceback.print_exc()
-        print(f"error: {os_error_line(e)}", file=sys.stderr)
-        if not debug:
+        else:
             _quiet_after_error()
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
