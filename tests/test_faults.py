@@ -347,9 +347,10 @@ def test_no_library_thread_prints_a_traceback_around_the_error_line(monkeypatch,
 
     from bccd_jax.errors import UserError, run_cli
 
+    # a fresh process's hooks (an in-process run_cli of another test may have silenced them)
     for hook in ("excepthook", "unraisablehook"):
-        monkeypatch.setattr(sys, hook, getattr(sys, hook))
-    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+        monkeypatch.setattr(sys, hook, getattr(sys, f"__{hook}__"))
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
 
     def main(argv):
         # a native thread's callback can come before the error line: dropped; any other error still shows
