@@ -69,10 +69,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def _quiet_after_error() -> None:
     """The process ends with its one error line: from just before it, silence what library threads report while it
-    shuts down (a
-    TensorStore read of a damaged checkpoint calls back into an event loop already closed: "RuntimeError: Event
-    loop is closed", printed through sys.excepthook from a native thread, or through threading.excepthook), and the
-    "Exception ignored in ..." of garbage-collected coroutines."""
+    shuts down (a TensorStore read of a damaged checkpoint calls back into an event loop already closed:
+    "RuntimeError: Event loop is closed", printed through sys.excepthook from a native thread, or through
+    threading.excepthook), and the "Exception ignored in ..." of garbage-collected coroutines."""
     import threading
 
     sys.unraisablehook = lambda unraisable: None
