@@ -42,11 +42,11 @@ from bccd_jax.models.cnn import feature_map_size
 
 BACKEND = "jax"
 KERAS_OPTIMIZERS = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam"}
+"""bccd_jax's optimizer names -> Keras' classes."""
+assert set(KERAS_OPTIMIZERS) == set(OPTIMIZER_DEFAULT_LR)
 LOSSES = ("probabilities", "logits")
 """Where Keras' cross-entropy is computed from: the clipped softmax probabilities (Keras 3 on JAX, standalone Keras 2.2)
 or the logits (tf.keras, Keras 3 on TensorFlow, bccd_jax)."""
-"""bccd_jax's optimizer names -> Keras' classes."""
-assert set(KERAS_OPTIMIZERS) == set(OPTIMIZER_DEFAULT_LR)
 
 
 def use_jax_backend() -> None:

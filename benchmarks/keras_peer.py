@@ -153,11 +153,10 @@ def empty_history() -> dict[str, list]:
 
 
 def logits_loss(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean cross-entropy of `logits` (log-softmax, unclipped): bccd_jax's loss."""
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-log_p[np.arange(labels.size), labels].mean())
+    """Mean cross-entropy of `logits` (log-softmax, unclipped): bccd_jax's loss, by bccd_jax's evaluation."""
+    from bccd_jax.train import subset_scores
+
+    return subset_scores(np.asarray(logits)[None], labels)[0][0]
 
 
 def provenance() -> dict[str, Any]:
@@ -206,8 +205,9 @@ def train_run(run: PeerRun, data, epochs: int, out: Path, resume: bool, eval_bat
         if not resume:
             raise UserError(f"{ckpt} holds a checkpoint at epoch {state['epoch']}; pass --resume to continue it, or "
                             "remove it to start afresh")
-        if settings_of(state["settings"]) != settings:
-            changed = sorted(k for k in settings if settings[k] != settings_of(state["settings"]).get(k))
+        recorded = settings_of(state["settings"])
+        if recorded != settings:
+            changed = sorted(k for k in settings if settings[k] != recorded.get(k))
             raise UserError(f"{run.name}: the checkpoint was trained with other {', '.join(changed)}; "
                             f"choose another --out or remove {ckpt}")
         model = keras.models.load_model(ckpt / state["keras_file"])
@@ -248,10 +248,9 @@ def train_run(run: PeerRun, data, epochs: int, out: Path, resume: bool, eval_bat
 def clipped_share(logits: np.ndarray, labels: np.ndarray) -> float:
     """The share of images whose true-class softmax probability lies outside [1e-7, 1 - 1e-7]: Keras' loss on
     probabilities clips it there, so these images give that loss a gradient of exactly 0."""
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    p_true = p[np.arange(labels.size), labels]
+    from scipy.special import log_softmax
+
+    p_true = np.exp(log_softmax(np.asarray(logits, np.float64), axis=1)[np.arange(labels.size), labels])
     return float(np.mean((p_true < CLIP) | (p_true > 1 - CLIP)))
 
 
@@ -331,7 +330,7 @@ def make_parser() -> ArgumentParser:
                         "the logits (tf.keras, Keras 3 on TensorFlow, bccd_jax)")
     p.add_argument("--first-steps", type=int, metavar="K",
                    help="instead of training: record each run's first K steps (loss; margin, clipped share and "
-                        "accuracy on the first 256 TEST images) in <out>/first-steps/")
+                        "accuracy on 256 TEST images spread over the classes) in <out>/first-steps/")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=256, help="TEST batch (does not change the numbers)")

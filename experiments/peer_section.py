@@ -159,14 +159,11 @@ def curves_figure(model: str, arms: list[tuple[KerasArm, Any]], into: Path) -> P
         epochs = min(arm.epochs, r.epochs)
         name = ", ".join(part for part, varies in ((arm.optimizer, True), (arm.init, vary_init)) if varies)
         keras = f"Keras on {arm.loss}" if vary_loss else "Keras"
-        if (name_b := f"{name}: bccd_jax") in histories:  # one bccd_jax curve for the arms that differ in loss only
-            histories[f"{name}: {keras}"] = {"epoch": list(range(1, epochs + 1)),
-                                             **{key: arm.curve(key, epochs).tolist() for key in CURVES}}
-            continue
         histories[f"{name}: {keras}"] = {"epoch": list(range(1, epochs + 1)),
-                                       **{key: arm.curve(key, epochs).tolist() for key in CURVES}}
-        histories[name_b] = {"epoch": list(range(1, epochs + 1)),
-                                          **{key: r.curve(key)[:epochs].tolist() for key in CURVES}}
+                                         **{key: arm.curve(key, epochs).tolist() for key in CURVES}}
+        if f"{name}: bccd_jax" not in histories:  # one bccd_jax curve for the arms that differ in loss only
+            histories[f"{name}: bccd_jax"] = {"epoch": list(range(1, epochs + 1)),
+                                              **{key: r.curve(key)[:epochs].tolist() for key in CURVES}}
     if not histories:
         return None
     return plot_curves(histories, into / f"{model}-curves.png",
@@ -208,8 +205,7 @@ def peer_section(results_dir: str | Path, latest: Mapping) -> list[str]:
         waiting = sum(a.in_progress for a, _ in rows)
         lines += ["", f"### The {model} CNN", "",
                   "| optimizer | init | Keras loss | Keras seeds | bccd_jax run | E | TEST acc Keras | "
-                  "TEST acc bccd_jax | "
-                  "Keras - bccd_jax | TEST loss Keras | TEST loss bccd_jax | Keras - bccd_jax | "
+                  "TEST acc bccd_jax | Keras - bccd_jax | TEST loss Keras | TEST loss bccd_jax | Keras - bccd_jax | "
                   "peak mean TEST acc Keras / bccd_jax | stuck seeds Keras / bccd_jax | Keras s/epoch |",
                   "|---|---|---|---:|---|---:|---|---|---|---|---|---|---|---|---:|"]
         lines += [arm_row(a, m) for a, m in rows if a.seeds]
@@ -231,9 +227,9 @@ def first_steps_lines(results_dir: str | Path) -> list[str]:
              "`python -m benchmarks.keras_peer --first-steps K` trains a run's first K batches one at a time (the "
              "batches of its first epoch) and follows the logits on 256 TEST images evenly spaced over the classes "
              "after each: their mean margin (largest logit minus the second), the share whose true-class "
-             "probability Keras' loss on "
-             "probabilities clips (and so gives no gradient), and the accuracy. Columns: at steps 1, 2 and K. On a "
-             "batch whose every image is clipped that loss's gradient is exactly 0: SGD and RMSProp (no momentum) "
+             "probability Keras' loss on probabilities clips (and so gives no gradient), and the accuracy. "
+             "Columns: at steps 1, 2 and K. On a batch whose every image is clipped that loss's gradient is exactly "
+             "0: SGD and RMSProp (no momentum) "
              "then take a step of exactly 0, and once no batch has an unclipped image the network never moves again; "
              "Adam's first moment keeps moving the weights after the gradient stops.", "",
              "| model, optimizer, init | Keras loss | seed | K | batch loss | TEST margin | TEST clipped share | "
